@@ -1,0 +1,160 @@
+//! PID 1 in the guest: mounts the kernel filesystems, names the host, configures the network
+//! from the kernel command line, starts the agent server as a child (restarting it if it dies)
+//! and reaps every orphan.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{sethostname, Pid};
+
+/// Guest settings read from the kernel command line (`ember.ip=`, `ember.gw=`, `ember.hostname=`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BootParams {
+    /// Guest address with prefix, e.g. `169.254.0.21/30`.
+    pub ip: Option<String>,
+    /// Default gateway, e.g. `169.254.0.22`.
+    pub gw: Option<String>,
+    pub hostname: Option<String>,
+}
+
+impl BootParams {
+    pub fn parse(cmdline: &str) -> Self {
+        let mut p = Self::default();
+        for word in cmdline.split_whitespace() {
+            if let Some((key, value)) = word.split_once('=') {
+                let value = Some(value.to_string());
+                match key {
+                    "ember.ip" => p.ip = value,
+                    "ember.gw" => p.gw = value,
+                    "ember.hostname" => p.hostname = value,
+                    _ => {}
+                }
+            }
+        }
+        p
+    }
+
+    /// The `ip -batch` script that brings up loopback and eth0.
+    pub fn ip_batch(&self) -> String {
+        let mut s = String::from("link set lo up\n");
+        if let Some(ip) = &self.ip {
+            s += &format!("addr add {ip} dev eth0\nlink set eth0 up\n");
+            if let Some(gw) = &self.gw {
+                s += &format!("route add default via {gw} dev eth0\n");
+            }
+        }
+        s
+    }
+}
+
+/// Runs as PID 1; never returns.
+pub fn run() -> ! {
+    log("ember-init: starting");
+    mount_all();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let params = BootParams::parse(&cmdline);
+    let hostname = params.hostname.as_deref().unwrap_or("ember");
+    if let Err(e) = sethostname(hostname) {
+        log(&format!("ember-init: sethostname: {e}"));
+    }
+    configure_network(&params);
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/usr/local/bin/ember-agent".into());
+    let mut agent = spawn_agent(&exe);
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) if Some(pid.as_raw() as u32) == agent => {
+                log("ember-init: agent exited; restarting it");
+                std::thread::sleep(Duration::from_millis(200));
+                agent = spawn_agent(&exe);
+            }
+            Ok(_) => {}
+            // ECHILD: nothing to reap right now (the agent failed to start).
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(200));
+                if agent.is_none() {
+                    agent = spawn_agent(&exe);
+                }
+            }
+        }
+    }
+}
+
+fn spawn_agent(exe: &Path) -> Option<u32> {
+    match Command::new(exe).arg("serve").stdin(Stdio::null()).spawn() {
+        Ok(child) => Some(child.id()),
+        Err(e) => {
+            log(&format!("ember-init: cannot start agent: {e}"));
+            None
+        }
+    }
+}
+
+fn mount_all() {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 8] = [
+        ("proc", "/proc", "proc", nodev, None),
+        ("sysfs", "/sys", "sysfs", nodev, None),
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
+        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("gid=5,mode=620,ptmxmode=666")),
+        ("tmpfs", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nodev, None),
+        ("tmpfs", "/run/lock", "tmpfs", nodev, Some("mode=1777,size=5m")),
+    ];
+    for (src, target, fstype, flags, data) in mounts {
+        let _ = std::fs::create_dir_all(target);
+        match mount(Some(src), target, Some(fstype), flags, data) {
+            Ok(()) => {}
+            // The kernel mounts devtmpfs itself (CONFIG_DEVTMPFS_MOUNT).
+            Err(nix::errno::Errno::EBUSY) => {}
+            Err(e) => log(&format!("ember-init: mount {target}: {e}")),
+        }
+    }
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, link);
+    }
+}
+
+fn configure_network(params: &BootParams) {
+    let run = || -> std::io::Result<bool> {
+        let mut child = Command::new("ip").args(["-batch", "-"]).stdin(Stdio::piped()).spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(params.ip_batch().as_bytes())?;
+        }
+        Ok(child.wait()?.success())
+    };
+    match run() {
+        Ok(true) => {}
+        Ok(false) => log("ember-init: network configuration failed"),
+        Err(e) => log(&format!("ember-init: cannot run ip: {e}")),
+    }
+}
+
+fn log(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_boot_params_and_builds_ip_script() {
+        let p = BootParams::parse("console=ttyS0 ember.ip=169.254.0.21/30 ember.gw=169.254.0.22 ember.hostname=sb1 quiet");
+        assert_eq!(p.ip.as_deref(), Some("169.254.0.21/30"));
+        assert_eq!(p.hostname.as_deref(), Some("sb1"));
+        let script = p.ip_batch();
+        assert!(script.contains("addr add 169.254.0.21/30 dev eth0"));
+        assert!(script.contains("route add default via 169.254.0.22"));
+        assert_eq!(BootParams::parse("quiet").ip_batch(), "link set lo up\n");
+    }
+}

@@ -1,0 +1,54 @@
+//! `ember-agent`: PID 1 in the guest (then it starts itself again as the server), or
+//! `ember-agent serve` anywhere, including on the host in a scratch directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use ember_agent::server::{serve, AgentConfig};
+
+#[derive(Parser)]
+#[command(name = "ember-agent", version, about = "Ember guest agent (E2B envd protocol)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve envd's protocol.
+    Serve {
+        #[arg(long, default_value = "0.0.0.0:49983")]
+        listen: SocketAddr,
+        /// User for requests that name none.
+        #[arg(long, default_value = "user")]
+        default_user: String,
+        /// Root of the account database (`/etc/passwd`, `/etc/group`).
+        #[arg(long, default_value = "/")]
+        users_root: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::process::id() == 1 {
+        ember_agent::init::run();
+    }
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EMBER_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match cli.command {
+        Some(Cmd::Serve { listen, default_user, users_root }) => AgentConfig { listen, default_user, users_root },
+        None => AgentConfig {
+            listen: ([0, 0, 0, 0], ember_envd_proto::ENVD_PORT).into(),
+            default_user: "user".into(),
+            users_root: "/".into(),
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(serve(config))
+}

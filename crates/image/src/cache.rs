@@ -1,0 +1,115 @@
+//! The artefact cache outside the checkout: one directory per artefact kind, one entry per
+//! input hash, published atomically by renaming a finished build into place, and guarded by a
+//! lock file so that two builds of the same entry do not race.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use sha2::{Digest, Sha256};
+
+use crate::{io_err, ImageError};
+
+/// Default cache root when `EMBER_CACHE_DIR` is not set.
+pub const DEFAULT_ROOT: &str = "/var/cache/ember";
+
+/// The cache root.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+/// Hashes the inputs of an artefact into its cache key (16 hex digits of SHA-256).
+pub fn key(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+/// An exclusive lock on one cache entry, released on drop.
+pub struct EntryLock(#[allow(dead_code)] Flock<File>);
+
+impl Cache {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The cache named by `EMBER_CACHE_DIR`, or the default.
+    pub fn from_env() -> Self {
+        Self::new(std::env::var_os("EMBER_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_ROOT.into()))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Directory of the entry `kind/key`.
+    pub fn entry(&self, kind: &str, key: &str) -> PathBuf {
+        self.root.join(kind).join(key)
+    }
+
+    /// Takes the build lock of `kind/key`, waiting for another builder to finish.
+    pub fn lock(&self, kind: &str, key: &str) -> Result<EntryLock, ImageError> {
+        let dir = self.root.join(kind);
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let path = dir.join(format!("{key}.lock"));
+        let file = File::create(&path).map_err(io_err(format!("create {}", path.display())))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| ImageError::Io {
+            context: format!("lock {}", path.display()),
+            source: e.into(),
+        })?;
+        Ok(EntryLock(lock))
+    }
+
+    /// A fresh scratch directory beside the entry, for building it.
+    pub fn scratch(&self, kind: &str, key: &str) -> Result<PathBuf, ImageError> {
+        let dir = self.root.join(kind).join(format!("{key}.tmp"));
+        remove_any(&dir)?;
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        Ok(dir)
+    }
+
+    /// Moves a finished scratch directory into place as the entry.
+    pub fn publish(&self, kind: &str, key: &str, scratch: &Path) -> Result<PathBuf, ImageError> {
+        let dest = self.entry(kind, key);
+        remove_any(&dest)?;
+        std::fs::rename(scratch, &dest).map_err(io_err(format!("publish {}", dest.display())))?;
+        Ok(dest)
+    }
+}
+
+/// Removes a file or directory tree if it exists.
+pub fn remove_any(path: &Path) -> Result<(), ImageError> {
+    let result = match path.symlink_metadata() {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => return Ok(()),
+    };
+    result.map_err(io_err(format!("remove {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_depends_on_every_input() {
+        assert_eq!(key(&[b"a", b"b"]), key(&[b"a", b"b"]));
+        assert_ne!(key(&[b"a", b"b"]), key(&[b"a", b"c"]));
+        assert_eq!(key(&[b"x"]).len(), 16);
+    }
+
+    #[test]
+    fn publish_replaces_entry_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let _lock = cache.lock("k", "abc").unwrap();
+        let scratch = cache.scratch("k", "abc").unwrap();
+        std::fs::write(scratch.join("f"), "1").unwrap();
+        let entry = cache.publish("k", "abc", &scratch).unwrap();
+        assert_eq!(std::fs::read_to_string(entry.join("f")).unwrap(), "1");
+        assert!(!scratch.exists());
+    }
+}

@@ -1,0 +1,174 @@
+//! Root filesystems. The Debian tree (debootstrap bookworm plus the base packages and the
+//! `user` account) is cached by the hash of its recipe; the template image (that tree plus the
+//! agent as `/usr/local/bin/ember-agent`, as ext4) is cached by the hash of the tree key and the
+//! agent binary, so a new agent costs one `mkfs.ext4`, not a new debootstrap.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cache::{self, Cache};
+use crate::tools::{self, tool};
+use crate::{io_err, step, ImageError};
+
+const TREE_KIND: &str = "rootfs-tree";
+const IMAGE_KIND: &str = "rootfs";
+const SUITE: &str = "bookworm";
+const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+/// Packages debootstrap installs (npm is added afterwards: debootstrap trips on its virtual dependencies).
+const INCLUDE: &[&str] = &[
+    "python3", "python3-pip", "python3-venv", "nodejs", "git", "curl", "ca-certificates", "sudo", "iproute2",
+    "procps", "less", "xz-utils",
+];
+/// Packages installed with apt-get inside the tree after debootstrap.
+const APT_AFTER: &[&str] = &["npm"];
+/// Size of the template's root disk; sandboxes see this much space.
+pub const IMAGE_SIZE_MIB: u64 = 4096;
+/// Path of the agent inside the guest; the kernel starts it as init.
+pub const AGENT_PATH: &str = "/usr/local/bin/ember-agent";
+
+/// Files written into the tree after the packages, part of the recipe.
+const SUDOERS: &str = "user ALL=(ALL:ALL) NOPASSWD: ALL\n";
+const HOSTS: &str = "127.0.0.1\tlocalhost\n127.0.1.1\tember\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+const SETUP: &str = "set -e
+useradd --create-home --uid 1000 --user-group --shell /bin/bash --groups sudo user
+apt-get clean
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/*.log
+";
+
+fn recipe(mirror: &str) -> String {
+    format!(
+        "ember-rootfs-v1\nsuite={SUITE}\nmirror={mirror}\ninclude={}\napt={}\nsetup={SETUP}\nsudoers={SUDOERS}\nhosts={HOSTS}",
+        INCLUDE.join(","),
+        APT_AFTER.join(",")
+    )
+}
+
+/// Returns the cached Debian tree for template `base`, building it first if missing.
+pub fn ensure_tree(cache: &Cache) -> Result<(PathBuf, String), ImageError> {
+    let mirror = std::env::var("EMBER_DEBIAN_MIRROR").unwrap_or_else(|_| DEFAULT_MIRROR.into());
+    let key = cache::key(&[recipe(&mirror).as_bytes()]);
+    let tree = cache.entry(TREE_KIND, &key);
+    if tree.join("etc/os-release").exists() {
+        return Ok((tree, key));
+    }
+    let _lock = cache.lock(TREE_KIND, &key)?;
+    if !tree.join("etc/os-release").exists() {
+        build_tree(cache, &key, &mirror)?;
+    }
+    Ok((tree, key))
+}
+
+fn build_tree(cache: &Cache, key: &str, mirror: &str) -> Result<(), ImageError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(ImageError::NotRoot);
+    }
+    tools::require(&[tool("debootstrap", "debootstrap"), tool("chroot", "coreutils")])?;
+    eprintln!("==> building the Debian {SUITE} root filesystem for template base (key {key}); a few minutes once");
+    let scratch = cache.scratch(TREE_KIND, key)?;
+    let log = cache.root().join(TREE_KIND).join(format!("{key}.log"));
+    let _ = std::fs::remove_file(&log);
+    let root = scratch.join("root");
+    step::run(
+        "rootfs: debootstrap",
+        Command::new("debootstrap")
+            .args(["--variant=minbase", &format!("--include={}", INCLUDE.join(",")), SUITE])
+            .arg(&root)
+            .arg(mirror),
+        &log,
+    )?;
+    std::fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf")).map_err(io_err("copy resolv.conf"))?;
+    {
+        let _proc = ProcMount::new(&root)?;
+        step::run(
+            "rootfs: apt-get install npm",
+            chroot(&root, "apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(APT_AFTER)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            &log,
+        )?;
+        step::run("rootfs: user and clean-up", chroot(&root, "sh").args(["-c", SETUP]), &log)?;
+    }
+    let write = |rel: &str, text: &str| std::fs::write(root.join(rel), text).map_err(io_err(format!("write /{rel}")));
+    write("etc/sudoers.d/user", SUDOERS)?;
+    set_mode(&root.join("etc/sudoers.d/user"), 0o440)?;
+    write("etc/hosts", HOSTS)?;
+    write("etc/hostname", "ember\n")?;
+    write("etc/resolv.conf", "")?;
+    // Move the finished tree up so the entry directory is the root itself.
+    let staged = cache.root().join(TREE_KIND).join(format!("{key}.root"));
+    cache::remove_any(&staged)?;
+    std::fs::rename(&root, &staged).map_err(io_err("stage tree"))?;
+    cache::remove_any(&scratch)?;
+    cache.publish(TREE_KIND, key, &staged)?;
+    Ok(())
+}
+
+/// Returns the cached template image (tree + agent), building it if missing.
+pub fn ensure_image(cache: &Cache, agent: &Path) -> Result<(PathBuf, String), ImageError> {
+    let agent_bytes = std::fs::read(agent).map_err(|_| ImageError::AgentMissing(agent.to_path_buf()))?;
+    let (tree, tree_key) = ensure_tree(cache)?;
+    let key = cache::key(&[
+        b"ember-image-v1\n",
+        tree_key.as_bytes(),
+        &IMAGE_SIZE_MIB.to_le_bytes(),
+        &agent_bytes,
+    ]);
+    let image = cache.entry(IMAGE_KIND, &key).join("rootfs.ext4");
+    if image.is_file() {
+        return Ok((image, key));
+    }
+    let _lock = cache.lock(IMAGE_KIND, &key)?;
+    if image.is_file() {
+        return Ok((image, key));
+    }
+    let _tree_lock = cache.lock(TREE_KIND, &tree_key)?;
+    tools::require(&[tool("mkfs.ext4", "e2fsprogs")])?;
+    let installed = tree.join(AGENT_PATH.trim_start_matches('/'));
+    std::fs::write(&installed, &agent_bytes).map_err(io_err(format!("install agent into {}", installed.display())))?;
+    set_mode(&installed, 0o755)?;
+    let scratch = cache.scratch(IMAGE_KIND, &key)?;
+    let out = scratch.join("rootfs.ext4");
+    step::run(
+        "rootfs: mkfs.ext4",
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "ember-root", "-d"])
+            .arg(&tree)
+            .arg(&out)
+            .arg(format!("{IMAGE_SIZE_MIB}M")),
+        &scratch.join("mkfs.log"),
+    )?;
+    // Sandboxes only ever read the template image through their copy-on-write overlays.
+    set_mode(&out, 0o444)?;
+    cache.publish(IMAGE_KIND, &key, &scratch)?;
+    Ok((image, key))
+}
+
+fn chroot(root: &Path, program: &str) -> Command {
+    let mut cmd = Command::new("chroot");
+    cmd.arg(root).arg(program).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    cmd
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(format!("chmod {}", path.display())))
+}
+
+/// `/proc` mounted inside a chroot for as long as this lives.
+struct ProcMount(PathBuf);
+
+impl ProcMount {
+    fn new(root: &Path) -> Result<Self, ImageError> {
+        let target = root.join("proc");
+        nix::mount::mount(Some("proc"), &target, Some("proc"), nix::mount::MsFlags::empty(), None::<&str>)
+            .map_err(|e| ImageError::Io { context: format!("mount {}", target.display()), source: e.into() })?;
+        Ok(Self(target))
+    }
+}
+
+impl Drop for ProcMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}

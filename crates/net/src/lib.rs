@@ -1,0 +1,37 @@
+//! Sandbox networking. Every sandbox gets a network namespace of its own holding a tap device
+//! that QEMU attaches to; every guest has the same address and MAC (so a snapshot restores into
+//! any namespace), and the host reaches the guest by opening sockets from inside the namespace.
+
+mod netns;
+
+pub use netns::{Netns, NAME_PREFIX};
+
+use std::net::Ipv4Addr;
+
+/// The guest's address on its virtio-net interface, the same in every sandbox.
+pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 21);
+/// The tap's address inside the namespace: the guest's gateway.
+pub const TAP_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 22);
+/// Prefix length of the guest link.
+pub const PREFIX_LEN: u8 = 30;
+/// The guest's MAC address, the same in every sandbox.
+pub const GUEST_MAC: &str = "02:fc:00:00:00:05";
+/// Name of the tap device inside each namespace.
+pub const TAP_NAME: &str = "tap0";
+
+/// Errors setting up or using a namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The namespace name is not usable.
+    #[error("invalid network namespace name '{0}'")]
+    BadName(String),
+    /// An `ip` command failed.
+    #[error("ip {args}: {stderr}")]
+    Ip { args: String, stderr: String },
+    /// `ip` could not be run at all.
+    #[error("cannot run ip (install iproute2): {0}")]
+    NoIp(std::io::Error),
+    /// A system call on the namespace failed.
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}

@@ -1,0 +1,145 @@
+//! The plain description of one VM, checked by [`VmConfig::validate`] and turned into QEMU's
+//! command line by [`VmConfig::qemu_args`].
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::{Accel, VmmError};
+
+pub const MIN_VCPUS: u32 = 1;
+pub const MAX_VCPUS: u32 = 8;
+pub const MIN_MEMORY_MIB: u32 = 128;
+pub const MAX_MEMORY_MIB: u32 = 8192;
+/// TCG translation cache bound per VM (MiB); keeps each sandbox's private memory small.
+pub const TCG_TB_SIZE_MIB: u32 = 256;
+
+/// A network interface attached to a tap device that exists in the VM's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap: String,
+    pub mac: String,
+}
+
+/// Everything QEMU needs for one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub cmdline: String,
+    /// The VM's root disk (a qcow2 overlay).
+    pub disk: PathBuf,
+    pub net: Option<NetConfig>,
+    /// Network namespace to run QEMU in (a `/run/netns/NAME` path).
+    pub netns: Option<PathBuf>,
+    pub serial_log: PathBuf,
+    pub qmp_socket: PathBuf,
+    pub qemu: PathBuf,
+    pub accel: Accel,
+    /// Kill QEMU when the process that started it dies.
+    pub die_with_parent: bool,
+}
+
+impl VmConfig {
+    /// Checks the sizes; nothing is created before this passes.
+    pub fn validate(&self) -> Result<(), VmmError> {
+        check_sizes(self.vcpus, self.memory_mib)
+    }
+
+    /// QEMU's arguments: microvm, no firmware or PCI, virtio-mmio devices, QMP on a socket.
+    pub fn qemu_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |parts: &[&str]| a.extend(parts.iter().map(OsString::from));
+        push(&["-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off"]);
+        push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+        match self.accel {
+            Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => push(&["-accel", &format!("tcg,tb-size={TCG_TB_SIZE_MIB}"), "-cpu", "max"]),
+        }
+        push(&["-smp", &self.vcpus.to_string(), "-m", &format!("{}M", self.memory_mib)]);
+        push(&["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]);
+        a.push("-kernel".into());
+        a.push(self.kernel.clone().into());
+        push(&["-append", &self.cmdline]);
+        a.push("-chardev".into());
+        a.push(kv("file,id=serial0,path=", &self.serial_log));
+        push(&["-serial", "chardev:serial0"]);
+        a.push("-drive".into());
+        a.push(kv("id=root,format=qcow2,if=none,discard=unmap,file=", &self.disk));
+        push(&["-device", "virtio-blk-device,drive=root"]);
+        if let Some(net) = &self.net {
+            push(&["-netdev", &format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap)]);
+            push(&["-device", &format!("virtio-net-device,netdev=net0,mac={}", net.mac)]);
+        }
+        push(&["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng0"]);
+        a.push("-qmp".into());
+        let mut qmp = kv("unix:", &self.qmp_socket);
+        qmp.push(",server=on,wait=off");
+        a.push(qmp);
+        a
+    }
+}
+
+/// Checks vCPU and memory sizes against the supported ranges.
+pub fn check_sizes(vcpus: u32, memory_mib: u32) -> Result<(), VmmError> {
+    if !(MIN_VCPUS..=MAX_VCPUS).contains(&vcpus) {
+        return Err(VmmError::Vcpus(vcpus));
+    }
+    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
+        return Err(VmmError::Memory(memory_mib));
+    }
+    Ok(())
+}
+
+fn kv(prefix: &str, path: &std::path::Path) -> OsString {
+    let mut s = OsString::from(prefix);
+    s.push(path.as_os_str());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> VmConfig {
+        VmConfig {
+            vcpus: 2,
+            memory_mib: 512,
+            kernel: "/k/vmlinux".into(),
+            cmdline: "console=ttyS0".into(),
+            disk: "/d/overlay.qcow2".into(),
+            net: Some(NetConfig { tap: "tap0".into(), mac: "02:fc:00:00:00:05".into() }),
+            netns: None,
+            serial_log: "/d/serial.log".into(),
+            qmp_socket: "/d/qmp.sock".into(),
+            qemu: "qemu-system-x86_64".into(),
+            accel: Accel::Tcg,
+            die_with_parent: true,
+        }
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        assert!(cfg().validate().is_ok());
+        assert!(matches!(check_sizes(0, 512), Err(VmmError::Vcpus(0))));
+        assert!(matches!(check_sizes(9, 512), Err(VmmError::Vcpus(9))));
+        assert!(matches!(check_sizes(1, 127), Err(VmmError::Memory(127))));
+        assert!(matches!(check_sizes(1, 8193), Err(VmmError::Memory(8193))));
+        assert!(check_sizes(8, 8192).is_ok() && check_sizes(1, 128).is_ok());
+    }
+
+    #[test]
+    fn command_line_names_devices_and_accelerator() {
+        let args: Vec<String> = cfg().qemu_args().into_iter().map(|a| a.into_string().unwrap()).collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("-accel tcg,tb-size=256 -cpu max"), "{joined}");
+        assert!(joined.contains("-smp 2 -m 512M"));
+        assert!(joined.contains("virtio-net-device,netdev=net0,mac=02:fc:00:00:00:05"));
+        assert!(joined.contains("file=/d/overlay.qcow2"));
+        assert!(joined.contains("-qmp unix:/d/qmp.sock,server=on,wait=off"));
+        let mut kvm = cfg();
+        kvm.accel = Accel::Kvm;
+        let kvm_args: Vec<String> = kvm.qemu_args().into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert!(kvm_args.join(" ").contains("-accel kvm -cpu host"));
+    }
+}

@@ -1,0 +1,25 @@
+//! Disk images: the copy-on-write qcow2 overlay each sandbox writes to, over a template image
+//! that is never written.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::VmmError;
+
+/// Creates `overlay` as a qcow2 image backed by the raw image `backing`.
+pub fn create_overlay(backing: &Path, overlay: &Path) -> Result<(), VmmError> {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(backing)
+        .arg(overlay)
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => VmmError::QemuImgMissing,
+            _ => VmmError::Io { context: "run qemu-img".into(), source: e },
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(VmmError::Overlay { path: overlay.to_path_buf(), stderr: String::from_utf8_lossy(&out.stderr).trim().into() })
+    }
+}

@@ -8,7 +8,9 @@ use std::process::{ExitStatus, Stdio};
 
 use bytes::Bytes;
 use ember_envd_proto::envelope::{encode_end, encode_message};
-use ember_envd_proto::process::{DataEvent, EndEvent, ProcessEvent, StartEvent, StartRequest, StartResponse};
+use ember_envd_proto::process::{
+    DataEvent, EndEvent, ProcessEvent, StartEvent, StartRequest, StartResponse,
+};
 use ember_envd_proto::{Code, ConnectError};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
@@ -31,13 +33,23 @@ pub struct Launch {
 /// Validates the request and starts the process; on success returns its pid and a receiver of
 /// enveloped frames (start event first, end-of-stream frame last).
 pub fn start(launch: Launch) -> Result<(u32, mpsc::Receiver<Bytes>), ConnectError> {
-    let Launch { request, user, sandbox_envs } = launch;
+    let Launch {
+        request,
+        user,
+        sandbox_envs,
+    } = launch;
     let cfg = &request.process;
     if cfg.cmd.is_empty() {
-        return Err(ConnectError::new(Code::InvalidArgument, "process.cmd is empty"));
+        return Err(ConnectError::new(
+            Code::InvalidArgument,
+            "process.cmd is empty",
+        ));
     }
     if request.pty.is_some() {
-        return Err(ConnectError::new(Code::Unimplemented, "PTY processes are not supported yet"));
+        return Err(ConnectError::new(
+            Code::Unimplemented,
+            "PTY processes are not supported yet",
+        ));
     }
     let cwd = resolve_cwd(cfg.cwd.as_deref(), &user.home)?;
 
@@ -51,7 +63,11 @@ pub fn start(launch: Launch) -> Result<(u32, mpsc::Receiver<Bytes>), ConnectErro
         .envs(&sandbox_envs)
         .envs(&cfg.envs)
         .current_dir(&cwd)
-        .stdin(if request.stdin == Some(true) { Stdio::piped() } else { Stdio::null() })
+        .stdin(if request.stdin == Some(true) {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -78,7 +94,12 @@ pub fn start(launch: Launch) -> Result<(u32, mpsc::Receiver<Bytes>), ConnectErro
         tokio::join!(out, err);
         let end = match child.wait().await {
             Ok(status) => end_event(status),
-            Err(e) => EndEvent { exit_code: -1, exited: false, status: "unknown".into(), error: Some(e.to_string()) },
+            Err(e) => EndEvent {
+                exit_code: -1,
+                exited: false,
+                status: "unknown".into(),
+                error: Some(e.to_string()),
+            },
         };
         tracing::debug!(pid, status = %end.status, "process ended");
         let _ = tx.send(event(ProcessEvent::End(end))).await;
@@ -95,7 +116,10 @@ fn resolve_cwd(cwd: Option<&str>, home: &Path) -> Result<PathBuf, ConnectError> 
     if dir.is_dir() {
         Ok(dir)
     } else {
-        Err(ConnectError::new(Code::InvalidArgument, format!("cwd '{}' does not exist", dir.display())))
+        Err(ConnectError::new(
+            Code::InvalidArgument,
+            format!("cwd '{}' does not exist", dir.display()),
+        ))
     }
 }
 
@@ -122,7 +146,11 @@ fn drop_privileges(cmd: &mut tokio::process::Command, user: &User) {
     }
 }
 
-async fn pump<R: AsyncRead + Unpin>(reader: Option<R>, tx: mpsc::Sender<Bytes>, wrap: fn(Vec<u8>) -> DataEvent) {
+async fn pump<R: AsyncRead + Unpin>(
+    reader: Option<R>,
+    tx: mpsc::Sender<Bytes>,
+    wrap: fn(Vec<u8>) -> DataEvent,
+) {
     let Some(mut reader) = reader else { return };
     let mut buf = vec![0u8; READ_CHUNK];
     let mut client_gone = false;
@@ -131,7 +159,10 @@ async fn pump<R: AsyncRead + Unpin>(reader: Option<R>, tx: mpsc::Sender<Bytes>, 
             Ok(0) | Err(_) => return,
             Ok(n) if !client_gone => {
                 // A client that went away must not stop the process: keep draining its output.
-                client_gone = tx.send(event(ProcessEvent::Data(wrap(buf[..n].to_vec())))).await.is_err();
+                client_gone = tx
+                    .send(event(ProcessEvent::Data(wrap(buf[..n].to_vec()))))
+                    .await
+                    .is_err();
             }
             Ok(_) => {}
         }
@@ -157,7 +188,12 @@ pub fn end_event(status: ExitStatus) -> EndEvent {
             status: format!("signal: {}", signal_name(sig)),
             error: None,
         },
-        (None, None) => EndEvent { exit_code: -1, exited: false, status: "unknown".into(), error: None },
+        (None, None) => EndEvent {
+            exit_code: -1,
+            exited: false,
+            status: "unknown".into(),
+            error: None,
+        },
     }
 }
 
@@ -190,9 +226,15 @@ mod tests {
     #[test]
     fn status_strings_match_envd() {
         let exited = end_event(ExitStatus::from_raw(7 << 8));
-        assert_eq!((exited.exit_code, exited.exited, exited.status.as_str()), (7, true, "exit status 7"));
+        assert_eq!(
+            (exited.exit_code, exited.exited, exited.status.as_str()),
+            (7, true, "exit status 7")
+        );
         let killed = end_event(ExitStatus::from_raw(libc::SIGKILL));
-        assert_eq!((killed.exit_code, killed.exited, killed.status.as_str()), (-1, false, "signal: killed"));
+        assert_eq!(
+            (killed.exit_code, killed.exited, killed.status.as_str()),
+            (-1, false, "signal: killed")
+        );
     }
 
     #[test]

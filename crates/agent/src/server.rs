@@ -74,13 +74,19 @@ async fn start(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
             .users
             .lookup(&name)
             .map_err(|e| ConnectError::new(Code::Unauthenticated, e.to_string()))?;
-        process::start(Launch { request, user, sandbox_envs: state.sandbox_envs.clone() })
+        process::start(Launch {
+            request,
+            user,
+            sandbox_envs: state.sandbox_envs.clone(),
+        })
     })();
     match result {
         Ok((pid, rx)) => {
             tracing::debug!(pid, "process started");
             let frames = stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|frame| (Ok::<_, Infallible>(frame), rx))
+                rx.recv()
+                    .await
+                    .map(|frame| (Ok::<_, Infallible>(frame), rx))
             });
             stream_response(Body::from_stream(frames))
         }
@@ -97,8 +103,14 @@ fn stream_response(body: Body) -> Response {
 }
 
 /// Decodes a streaming request body that must hold exactly one message.
-fn decode_single_frame<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ConnectError> {
-    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+fn decode_single_frame<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, ConnectError> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     if !ctype.starts_with(CONNECT_JSON) {
         return Err(ConnectError::new(
             Code::InvalidArgument,
@@ -108,8 +120,16 @@ fn decode_single_frame<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body
     let bad = |msg: String| ConnectError::new(Code::InvalidArgument, msg);
     let mut decoder = Decoder::new();
     decoder.push(body);
-    let frame = decoder.next_frame().map_err(|e| bad(e.to_string()))?.ok_or_else(|| bad("empty request".into()))?;
-    if frame.is_end_stream() || decoder.next_frame().map_err(|e| bad(e.to_string()))?.is_some() {
+    let frame = decoder
+        .next_frame()
+        .map_err(|e| bad(e.to_string()))?
+        .ok_or_else(|| bad("empty request".into()))?;
+    if frame.is_end_stream()
+        || decoder
+            .next_frame()
+            .map_err(|e| bad(e.to_string()))?
+            .is_some()
+    {
         return Err(bad("expected exactly one request message".into()));
     }
     decoder.finish().map_err(|e| bad(e.to_string()))?;

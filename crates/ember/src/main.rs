@@ -1,12 +1,21 @@
-//! `ember`: the command-line entry point.
+//! `ember`: the command-line entry point. Subcommands live in their own modules; this file
+//! parses arguments, sets up logging and maps errors to messages and exit codes.
+
+mod run;
+mod template;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ember", version, about = "E2B-compatible sandboxes in microVMs")]
+#[command(
+    name = "ember",
+    version,
+    about = "E2B-compatible sandboxes in microVMs on your own Linux box"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -14,46 +23,54 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a command in a fresh sandbox, stream its output, destroy the sandbox, exit with its code.
+    Run(run::RunArgs),
     /// Manage templates.
     Template {
         #[command(subcommand)]
-        command: TemplateCmd,
+        command: template::TemplateCmd,
     },
 }
 
-#[derive(Subcommand)]
-enum TemplateCmd {
-    /// Build a template's kernel and root filesystem (done on first use otherwise).
-    Build { name: String },
-}
-
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EMBER_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ember: error: start async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Cmd::Run(args) => run::run(args).await,
+            Cmd::Template { command } => template::run(command).await,
+        }
+    });
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ember: error: {e:#}");
-            std::process::ExitCode::from(1)
-        }
-    }
-}
-
-fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    match cli.command {
-        Cmd::Template { command: TemplateCmd::Build { name } } => {
-            let cache = ember_image::Cache::from_env();
-            let t = ember_image::template::ensure(&cache, &name, &agent_binary()?)?;
-            println!("template {} ready: kernel {} rootfs {}", t.name, t.kernel.display(), t.rootfs.display());
-            Ok(std::process::ExitCode::SUCCESS)
+            ExitCode::FAILURE
         }
     }
 }
 
 /// The guest agent binary: `EMBER_AGENT_BIN`, else `ember-agent` beside this executable.
-fn agent_binary() -> anyhow::Result<PathBuf> {
+pub fn agent_binary() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("EMBER_AGENT_BIN") {
         return Ok(p.into());
     }
-    let exe = std::env::current_exe().context("locate ember executable")?;
+    let exe = std::env::current_exe().context("locate the ember executable")?;
     Ok(exe.with_file_name("ember-agent"))
 }

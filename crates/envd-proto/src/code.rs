@@ -55,6 +55,9 @@ pub struct ConnectError {
 
 impl ConnectError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }

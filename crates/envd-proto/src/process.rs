@@ -105,16 +105,31 @@ mod tests {
 
     #[test]
     fn events_use_proto_json_shapes() {
-        let start = StartResponse { event: ProcessEvent::Start(StartEvent { pid: 7 }) };
-        assert_eq!(serde_json::to_string(&start).unwrap(), r#"{"event":{"start":{"pid":7}}}"#);
-        let data = StartResponse { event: ProcessEvent::Data(DataEvent::Stdout(b"hi\n".to_vec())) };
-        assert_eq!(serde_json::to_string(&data).unwrap(), r#"{"event":{"data":{"stdout":"aGkK"}}}"#);
+        let start = StartResponse {
+            event: ProcessEvent::Start(StartEvent { pid: 7 }),
+        };
+        assert_eq!(
+            serde_json::to_string(&start).unwrap(),
+            r#"{"event":{"start":{"pid":7}}}"#
+        );
+        let data = StartResponse {
+            event: ProcessEvent::Data(DataEvent::Stdout(b"hi\n".to_vec())),
+        };
+        assert_eq!(
+            serde_json::to_string(&data).unwrap(),
+            r#"{"event":{"data":{"stdout":"aGkK"}}}"#
+        );
         let end: StartResponse =
             serde_json::from_str(r#"{"event":{"end":{"exited":true,"status":"exit status 0"}}}"#)
                 .unwrap();
         assert_eq!(
             end.event,
-            ProcessEvent::End(EndEvent { exit_code: 0, exited: true, status: "exit status 0".into(), error: None })
+            ProcessEvent::End(EndEvent {
+                exit_code: 0,
+                exited: true,
+                status: "exit status 0".into(),
+                error: None
+            })
         );
     }
 
@@ -126,6 +141,9 @@ mod tests {
         .unwrap();
         assert_eq!(req.process.args, ["-l", "-c", "echo hi"]);
         assert_eq!(req.stdin, Some(false));
-        assert!(serde_json::from_str::<StartRequest>(r#"{"process":{"cmd":"x","args":"notalist"}}"#).is_err());
+        assert!(serde_json::from_str::<StartRequest>(
+            r#"{"process":{"cmd":"x","args":"notalist"}}"#
+        )
+        .is_err());
     }
 }

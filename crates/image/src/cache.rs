@@ -38,7 +38,11 @@ impl Cache {
 
     /// The cache named by `EMBER_CACHE_DIR`, or the default.
     pub fn from_env() -> Self {
-        Self::new(std::env::var_os("EMBER_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_ROOT.into()))
+        Self::new(
+            std::env::var_os("EMBER_CACHE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| DEFAULT_ROOT.into()),
+        )
     }
 
     pub fn root(&self) -> &Path {

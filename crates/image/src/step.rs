@@ -54,7 +54,11 @@ pub fn run(label: &str, cmd: &mut Command, log: &Path) -> Result<(), ImageError>
         eprintln!("==> {label}: done in {}", fmt_secs(started));
         Ok(())
     } else {
-        Err(ImageError::StepFailed { step: label.to_string(), log: log.to_path_buf(), tail: tail(log, TAIL_BYTES) })
+        Err(ImageError::StepFailed {
+            step: label.to_string(),
+            log: log.to_path_buf(),
+            tail: tail(log, TAIL_BYTES),
+        })
     }
 }
 
@@ -64,7 +68,10 @@ fn progress(label: &str) -> Option<ProgressBar> {
         return None;
     }
     let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} {prefix}: {wide_msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix}: {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     bar.set_prefix(label.to_string());
     bar.enable_steady_tick(Duration::from_millis(120));
     Some(bar)
@@ -77,7 +84,9 @@ fn fmt_secs(since: Instant) -> String {
 
 /// The last `max` bytes of a file, as text.
 pub fn tail(path: &Path, max: u64) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
     let mut buf = Vec::new();
@@ -87,7 +96,12 @@ pub fn tail(path: &Path, max: u64) -> String {
 
 fn last_line(path: &Path) -> String {
     let text = tail(path, 512);
-    let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     line.chars().take(100).collect()
 }
 
@@ -99,8 +113,18 @@ mod tests {
     fn failed_step_reports_log_tail() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
-        run("ok step", Command::new("sh").args(["-c", "echo fine"]), &log).unwrap();
-        let err = run("bad step", Command::new("sh").args(["-c", "echo broken-thing >&2; exit 3"]), &log).unwrap_err();
+        run(
+            "ok step",
+            Command::new("sh").args(["-c", "echo fine"]),
+            &log,
+        )
+        .unwrap();
+        let err = run(
+            "bad step",
+            Command::new("sh").args(["-c", "echo broken-thing >&2; exit 3"]),
+            &log,
+        )
+        .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("bad step failed"), "{msg}");
         assert!(msg.contains("broken-thing"), "{msg}");

@@ -4,7 +4,7 @@
 
 mod netns;
 
-pub use netns::{Netns, NAME_PREFIX};
+pub use netns::{connect_in, Netns, NAME_PREFIX};
 
 use std::net::Ipv4Addr;
 
@@ -33,5 +33,8 @@ pub enum NetError {
     NoIp(std::io::Error),
     /// A system call on the namespace failed.
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }

@@ -27,11 +27,17 @@ pub struct Netns {
 impl Netns {
     /// Creates namespace `name` with loopback up and the tap device configured.
     pub fn create(name: &str) -> Result<Self, NetError> {
-        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
             return Err(NetError::BadName(name.to_string()));
         }
         ip(&["netns", "add", name], None)?;
-        let ns = Self { name: name.to_string(), deleted: false };
+        let ns = Self {
+            name: name.to_string(),
+            deleted: false,
+        };
         let script = format!(
             "link set lo up\ntuntap add dev {TAP_NAME} mode tap\naddr add {TAP_IP}/{PREFIX_LEN} dev {TAP_NAME}\nlink set {TAP_NAME} up\n"
         );
@@ -51,26 +57,15 @@ impl Netns {
 
     /// Opens the namespace, for `setns`.
     pub fn open(&self) -> Result<File, NetError> {
-        File::open(self.path()).map_err(|source| NetError::Io { context: format!("open {}", self.path().display()), source })
+        File::open(self.path()).map_err(|source| NetError::Io {
+            context: format!("open {}", self.path().display()),
+            source,
+        })
     }
 
-    /// Connects a TCP socket from inside the namespace. The socket stays bound to the namespace
-    /// and may be used from any thread; the connect runs on a thread of its own because
-    /// `setns` changes the calling thread for good.
+    /// Connects a TCP socket from inside the namespace (see [`connect_in`]).
     pub fn connect_tcp(&self, addr: SocketAddr, timeout: Duration) -> Result<TcpStream, NetError> {
-        let ns = self.open()?;
-        let io = |context: &str| {
-            let context = context.to_string();
-            move |source| NetError::Io { context, source }
-        };
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| NetError::Io { context: "setns".into(), source: e.into() })?;
-                TcpStream::connect_timeout(&addr, timeout).map_err(io("connect"))
-            })
-            .join()
-            .unwrap_or_else(|_| Err(NetError::Io { context: "connect thread".into(), source: std::io::Error::other("panicked") }))
-        })
+        connect_in(&self.path(), addr, timeout)
     }
 
     /// Deletes the namespace (and its tap).
@@ -90,6 +85,39 @@ impl Drop for Netns {
     }
 }
 
+/// Connects a TCP socket from inside the namespace at `ns_path`. The socket stays in that
+/// namespace and may be used from any thread; the connect runs on a thread of its own because
+/// `setns` changes the calling thread for good.
+pub fn connect_in(
+    ns_path: &std::path::Path,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, NetError> {
+    let ns = File::open(ns_path).map_err(|source| NetError::Io {
+        context: format!("open {}", ns_path.display()),
+        source,
+    })?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| NetError::Io {
+                context: "setns".into(),
+                source: e.into(),
+            })?;
+            TcpStream::connect_timeout(&addr, timeout).map_err(|source| NetError::Io {
+                context: format!("connect {addr}"),
+                source,
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(NetError::Io {
+                context: "connect thread".into(),
+                source: std::io::Error::other("panicked"),
+            })
+        })
+    })
+}
+
 fn path_of(name: &str) -> PathBuf {
     PathBuf::from(NETNS_DIR).join(name)
 }
@@ -104,8 +132,12 @@ pub fn delete(name: &str) -> Result<(), NetError> {
 
 /// Names of the namespaces Ember created that exist now.
 pub fn list_ember() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(NETNS_DIR) else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(NAME_PREFIX)).collect()
+    let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(NAME_PREFIX))
+        .collect()
 }
 
 impl Netns {
@@ -123,18 +155,29 @@ impl Netns {
 fn ip(args: &[&str], stdin: Option<&str>) -> Result<(), NetError> {
     let mut child = Command::new("ip")
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(NetError::NoIp)?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).map_err(|source| NetError::Io { context: "write ip batch".into(), source })?;
+        pipe.write_all(text.as_bytes())
+            .map_err(|source| NetError::Io {
+                context: "write ip batch".into(),
+                source,
+            })?;
     }
     let out = child.wait_with_output().map_err(NetError::NoIp)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(NetError::Ip { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })
+        Err(NetError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }

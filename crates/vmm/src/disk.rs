@@ -15,11 +15,17 @@ pub fn create_overlay(backing: &Path, overlay: &Path) -> Result<(), VmmError> {
         .output()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => VmmError::QemuImgMissing,
-            _ => VmmError::Io { context: "run qemu-img".into(), source: e },
+            _ => VmmError::Io {
+                context: "run qemu-img".into(),
+                source: e,
+            },
         })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(VmmError::Overlay { path: overlay.to_path_buf(), stderr: String::from_utf8_lossy(&out.stderr).trim().into() })
+        Err(VmmError::Overlay {
+            path: overlay.to_path_buf(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().into(),
+        })
     }
 }

@@ -9,8 +9,8 @@ pub mod qmp;
 pub mod vm;
 
 pub use accel::{Accel, AccelInfo};
-pub use config::{VmConfig, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, MIN_VCPUS};
-
+pub use config::{NetConfig, VmConfig, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, MIN_VCPUS};
+pub use vm::Vm;
 
 /// Errors of the VM layer.
 #[derive(Debug, thiserror::Error)]
@@ -29,11 +29,17 @@ pub enum VmmError {
     QemuImgMissing,
     /// Creating the disk overlay failed.
     #[error("create disk overlay {path}: {stderr}")]
-    Overlay { path: std::path::PathBuf, stderr: String },
+    Overlay {
+        path: std::path::PathBuf,
+        stderr: String,
+    },
     /// A QMP exchange failed.
     #[error("QMP: {0}")]
     Qmp(#[from] qmp::QmpError),
     /// An operating-system call failed.
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }

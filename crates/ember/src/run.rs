@@ -1,0 +1,134 @@
+//! `ember run -- CMD ARGS...`: one command in a fresh sandbox, output streamed as produced.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use ember_envd_proto::process::{DataEvent, ProcessConfig, ProcessEvent, StartRequest};
+use ember_envd_proto::Code;
+use ember_runtime::{AgentError, Runtime, RuntimeConfig, Sandbox, SandboxSpec};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Template to create the sandbox from.
+    #[arg(long, default_value = "base")]
+    template: String,
+    /// vCPUs (1-8).
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Memory in MiB (128-8192).
+    #[arg(long = "memory-mb", default_value_t = 512)]
+    memory_mb: u32,
+    /// Seconds to wait for the guest to answer.
+    #[arg(long, default_value_t = 60)]
+    boot_timeout: u64,
+    /// Print how long the sandbox took to become ready.
+    #[arg(long)]
+    timings: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    ember_vmm::config::check_sizes(args.cpus, args.memory_mb)?;
+    ember_image::template::check_name(&args.template)?;
+    let mut config = RuntimeConfig::from_env(crate::agent_binary()?);
+    config.boot_timeout = Duration::from_secs(args.boot_timeout);
+    let runtime = Runtime::new(config)?;
+    eprintln!("ember: accelerator: {}", runtime.accel());
+    if let Some(warning) = runtime.accel().warning() {
+        eprintln!("ember: warning: {warning}");
+    }
+    let spec = SandboxSpec {
+        template: args.template.clone(),
+        vcpus: args.cpus,
+        memory_mib: args.memory_mb,
+    };
+    // Dropping the run future on a signal drops the sandbox, which tears everything down.
+    tokio::select! {
+        result = run_in_sandbox(&runtime, &spec, &args) => result,
+        signal = interrupted() => {
+            eprintln!("ember: {signal}: sandbox destroyed");
+            Ok(ExitCode::from(if signal == "interrupted" { 130 } else { 143 }))
+        }
+    }
+}
+
+async fn interrupted() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}
+
+async fn run_in_sandbox(
+    runtime: &Runtime,
+    spec: &SandboxSpec,
+    args: &RunArgs,
+) -> anyhow::Result<ExitCode> {
+    let sandbox = runtime.create(spec).await.context("create sandbox")?;
+    if args.timings {
+        eprintln!(
+            "ember: sandbox {} ready in {} ms (accelerator {})",
+            sandbox.id(),
+            sandbox.boot_time().as_millis(),
+            runtime.accel().accel
+        );
+    }
+    let result = stream_command(&sandbox, &args.command).await;
+    sandbox.destroy().await.context("destroy sandbox")?;
+    result
+}
+
+async fn stream_command(sandbox: &Sandbox, command: &[String]) -> anyhow::Result<ExitCode> {
+    let request = StartRequest {
+        process: ProcessConfig {
+            cmd: command[0].clone(),
+            args: command[1..].to_vec(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut events = sandbox
+        .agent()
+        .start(&request, None)
+        .await
+        .context("start the command in the sandbox")?;
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    let mut exit = None;
+    loop {
+        match events.next().await {
+            Ok(Some(ProcessEvent::Data(DataEvent::Stdout(b) | DataEvent::Pty(b)))) => {
+                stdout.write_all(&b)?;
+                stdout.flush()?;
+            }
+            Ok(Some(ProcessEvent::Data(DataEvent::Stderr(b)))) => {
+                stderr.write_all(&b)?;
+                stderr.flush()?;
+            }
+            Ok(Some(ProcessEvent::End(end))) => exit = Some(end),
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(AgentError::Rpc(e)) if e.code == Code::NotFound => {
+                eprintln!("ember: {}", e.message);
+                return Ok(ExitCode::from(127));
+            }
+            Err(e) => return Err(e).context("command output stream"),
+        }
+    }
+    let end = exit.context("the agent ended the stream without the process's end event")?;
+    Ok(match u8::try_from(end.exit_code) {
+        Ok(code) => ExitCode::from(code),
+        Err(_) => {
+            eprintln!("ember: command ended: {}", end.status);
+            ExitCode::FAILURE
+        }
+    })
+}

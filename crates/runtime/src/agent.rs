@@ -1,0 +1,167 @@
+//! The host's client of the guest agent: plain HTTP/1.1 over a TCP connection opened inside the
+//! sandbox's network namespace, speaking envd's Connect protocol.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use ember_envd_proto::envelope::{encode_message, EndStream};
+use ember_envd_proto::process::{ProcessEvent, StartRequest, StartResponse, START_PATH};
+use ember_envd_proto::{ConnectError, Decoder, EnvelopeError, CONNECT_JSON};
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+/// Errors talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("connect to the agent: {0}")]
+    Connect(#[from] ember_net::NetError),
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("the agent answered HTTP {0}")]
+    Status(StatusCode),
+    #[error("bad frame from the agent: {0}")]
+    Envelope(#[from] EnvelopeError),
+    #[error("bad message from the agent: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the agent refused: {0}")]
+    Rpc(ConnectError),
+    #[error("the stream ended without an end-of-stream frame")]
+    Truncated,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A client of one sandbox's agent.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    netns: PathBuf,
+    addr: SocketAddr,
+}
+
+impl AgentClient {
+    pub fn new(netns: PathBuf, addr: SocketAddr) -> Self {
+        Self { netns, addr }
+    }
+
+    async fn send<B>(
+        &self,
+        req: Request<B>,
+        connect_timeout: Duration,
+    ) -> Result<hyper::Response<Incoming>, AgentError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (ns, addr) = (self.netns.clone(), self.addr);
+        let stream =
+            tokio::task::spawn_blocking(move || ember_net::connect_in(&ns, addr, connect_timeout))
+                .await
+                .map_err(|e| AgentError::Other(format!("connect task: {e}")))??;
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| AgentError::Other(format!("socket: {e}")))?;
+        let stream = tokio::net::TcpStream::from_std(stream)
+            .map_err(|e| AgentError::Other(format!("socket: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "agent connection closed");
+            }
+        });
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// `GET /health`; true when the agent answers 204.
+    pub async fn health(&self, timeout: Duration) -> Result<bool, AgentError> {
+        let req = Request::get("/health")
+            .header(header::HOST, self.addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| AgentError::Other(e.to_string()))?;
+        let resp = tokio::time::timeout(timeout, self.send(req, timeout))
+            .await
+            .map_err(|_| AgentError::Other("health check timed out".into()))??;
+        Ok(resp.status() == StatusCode::NO_CONTENT)
+    }
+
+    /// Starts a process as `user` (the agent's default user if `None`) and streams its events.
+    pub async fn start(
+        &self,
+        request: &StartRequest,
+        user: Option<&str>,
+    ) -> Result<ProcessStream, AgentError> {
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(START_PATH)
+            .header(header::HOST, self.addr.to_string())
+            .header(header::CONTENT_TYPE, CONNECT_JSON)
+            .header("connect-protocol-version", "1");
+        if let Some(user) = user {
+            builder = builder.header(
+                header::AUTHORIZATION,
+                format!("Basic {}", STANDARD.encode(format!("{user}:"))),
+            );
+        }
+        let req = builder
+            .body(Full::new(encode_message(request)))
+            .map_err(|e| AgentError::Other(e.to_string()))?;
+        let resp = self.send(req, Duration::from_secs(10)).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(AgentError::Status(resp.status()));
+        }
+        Ok(ProcessStream {
+            body: resp.into_body(),
+            decoder: Decoder::new(),
+            done: false,
+        })
+    }
+}
+
+/// The events of a started process, in order: start, output, end.
+pub struct ProcessStream {
+    body: Incoming,
+    decoder: Decoder,
+    done: bool,
+}
+
+impl ProcessStream {
+    /// The next event; `None` after the end-of-stream frame.
+    pub async fn next(&mut self) -> Result<Option<ProcessEvent>, AgentError> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            if let Some(frame) = self.decoder.next_frame()? {
+                if frame.is_end_stream() {
+                    self.done = true;
+                    let end: EndStream = serde_json::from_slice(&frame.payload)?;
+                    return match end.error {
+                        Some(err) => Err(AgentError::Rpc(err)),
+                        None => Ok(None),
+                    };
+                }
+                let msg: StartResponse = serde_json::from_slice(&frame.payload)?;
+                return Ok(Some(msg.event));
+            }
+            match self.body.frame().await {
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        self.decoder.push(&data);
+                    }
+                }
+                None => {
+                    self.decoder.finish()?;
+                    return Err(AgentError::Truncated);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! One sandbox and its resources. Each resource is a field whose own `Drop` releases it, and
+//! fields drop in declaration order, so the VM goes first, then the namespace (and its tap),
+//! then the directory with the overlay: the same reverse order on success, error, panic and
+//! cancellation.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ember_image::template;
+use ember_net::{Netns, GUEST_IP, GUEST_MAC, PREFIX_LEN, TAP_IP, TAP_NAME};
+use ember_vmm::config::{check_sizes, NetConfig};
+use ember_vmm::{Vm, VmConfig};
+use rand::Rng;
+use tracing::Instrument;
+
+use crate::{io_err, reconcile, AgentClient, Runtime, RuntimeError};
+
+/// How much of the serial log goes into errors.
+const SERIAL_TAIL: u64 = 2000;
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub template: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+impl Default for SandboxSpec {
+    fn default() -> Self {
+        Self {
+            template: "base".into(),
+            vcpus: 2,
+            memory_mib: 512,
+        }
+    }
+}
+
+/// A running sandbox whose agent has answered.
+pub struct Sandbox {
+    id: String,
+    agent: AgentClient,
+    /// How long from QEMU start to the agent's first answer.
+    boot_time: Duration,
+    // Teardown order is the field order below.
+    vm: Vm,
+    netns: Netns,
+    dir: SandboxDir,
+}
+
+/// A new sandbox id: 20 characters of `[a-z0-9]`, as E2B's are.
+pub fn new_id() -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..20)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+impl Runtime {
+    /// Creates a sandbox: builds the template on first use, then boots a VM and waits for its
+    /// agent. Sizes and the template name are checked before anything is created.
+    pub async fn create(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
+        check_sizes(spec.vcpus, spec.memory_mib)?;
+        template::check_name(&spec.template)?;
+        let (cache, name, agent_bin) = (
+            self.config.cache.clone(),
+            spec.template.clone(),
+            self.config.agent_bin.clone(),
+        );
+        let tpl = tokio::task::spawn_blocking(move || template::ensure(&cache, &name, &agent_bin))
+            .await
+            .map_err(|e| RuntimeError::Io {
+                context: "template build task".into(),
+                source: std::io::Error::other(e),
+            })??;
+        let id = new_id();
+        let span = tracing::info_span!("sandbox", id = %id);
+        self.boot(id, spec, &tpl).instrument(span).await
+    }
+
+    async fn boot(
+        &self,
+        id: String,
+        spec: &SandboxSpec,
+        tpl: &template::Template,
+    ) -> Result<Sandbox, RuntimeError> {
+        let dir = SandboxDir::create(&self.config.data_dir.join("sandboxes").join(&id))?;
+        let overlay = dir.path().join("rootfs.qcow2");
+        ember_vmm::disk::create_overlay(&tpl.rootfs, &overlay)?;
+        let netns = Netns::create(&format!("{}{id}", ember_net::NAME_PREFIX))?;
+        let config = VmConfig {
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            kernel: tpl.kernel.clone(),
+            cmdline: kernel_cmdline(),
+            disk: overlay,
+            net: Some(NetConfig {
+                tap: TAP_NAME.into(),
+                mac: GUEST_MAC.into(),
+            }),
+            netns: Some(netns.path()),
+            serial_log: dir.path().join("serial.log"),
+            qmp_socket: dir.path().join("qmp.sock"),
+            qemu: self.config.qemu.clone(),
+            accel: self.accel.accel,
+            die_with_parent: true,
+        };
+        let started = Instant::now();
+        let mut vm = Vm::spawn(config)?;
+        reconcile::record_vm(dir.path(), vm.pid())?;
+        let agent = AgentClient::new(
+            netns.path(),
+            SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)),
+        );
+        wait_ready(&mut vm, &agent, self.config.boot_timeout, dir.path()).await?;
+        let boot_time = started.elapsed();
+        tracing::info!(
+            ms = boot_time.as_millis() as u64,
+            pid = vm.pid(),
+            "sandbox ready"
+        );
+        Ok(Sandbox {
+            id,
+            agent,
+            boot_time,
+            vm,
+            netns,
+            dir,
+        })
+    }
+}
+
+fn kernel_cmdline() -> String {
+    format!(
+        "console=ttyS0 root=/dev/vda rw rootfstype=ext4 init={} panic=-1 reboot=t quiet \
+         ember.ip={GUEST_IP}/{PREFIX_LEN} ember.gw={TAP_IP}",
+        ember_image::rootfs::AGENT_PATH
+    )
+}
+
+async fn wait_ready(
+    vm: &mut Vm,
+    agent: &AgentClient,
+    timeout: Duration,
+    dir: &Path,
+) -> Result<(), RuntimeError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = vm.try_exit() {
+            return Err(RuntimeError::VmExited {
+                status: status.to_string(),
+                qemu: vm.qemu_log().trim().to_string(),
+                serial: serial_tail(dir),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(RuntimeError::BootTimeout {
+                secs: timeout.as_secs(),
+                serial: serial_tail(dir),
+            });
+        }
+        if let Ok(true) = agent.health(Duration::from_millis(500)).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn serial_tail(dir: &Path) -> String {
+    ember_image::step::tail(&dir.join("serial.log"), SERIAL_TAIL)
+}
+
+impl Sandbox {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn agent(&self) -> &AgentClient {
+        &self.agent
+    }
+
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// QEMU's pid.
+    pub fn vm_pid(&self) -> u32 {
+        self.vm.pid()
+    }
+
+    pub fn netns_name(&self) -> &str {
+        self.netns.name()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The end of the guest's serial console log.
+    pub fn serial_tail(&self) -> String {
+        serial_tail(self.dir.path())
+    }
+
+    /// Whether QEMU is still running.
+    pub fn is_alive(&mut self) -> bool {
+        self.vm.try_exit().is_none()
+    }
+
+    /// Tears the sandbox down: VM, namespace and tap, then its files.
+    pub async fn destroy(self) -> Result<(), RuntimeError> {
+        let Sandbox {
+            id, vm, netns, dir, ..
+        } = self;
+        vm.kill().await;
+        netns.delete()?;
+        dir.remove()?;
+        tracing::info!(sandbox = %id, "sandbox destroyed");
+        Ok(())
+    }
+}
+
+/// The sandbox's directory (overlay, QMP socket, logs), removed when dropped.
+struct SandboxDir(Option<PathBuf>);
+
+impl SandboxDir {
+    fn create(path: &Path) -> Result<Self, RuntimeError> {
+        std::fs::create_dir_all(path).map_err(io_err(format!("create {}", path.display())))?;
+        let dir = Self(Some(path.to_path_buf()));
+        reconcile::record_owner(path)?;
+        Ok(dir)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    fn remove(mut self) -> Result<(), RuntimeError> {
+        match self.0.take() {
+            Some(p) => {
+                std::fs::remove_dir_all(&p).map_err(io_err(format!("remove {}", p.display())))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SandboxDir {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            if let Err(e) = std::fs::remove_dir_all(&p) {
+                tracing::warn!(dir = %p.display(), error = %e, "removing sandbox directory");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_look_like_e2b_ids() {
+        let id = new_id();
+        assert_eq!(id.len(), 20);
+        assert!(id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert_ne!(new_id(), id);
+    }
+
+    #[test]
+    fn cmdline_configures_the_guest_network() {
+        let c = kernel_cmdline();
+        assert!(
+            c.contains("ember.ip=169.254.0.21/30") && c.contains("ember.gw=169.254.0.22"),
+            "{c}"
+        );
+        assert!(c.contains("init=/usr/local/bin/ember-agent"));
+    }
+}

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use ember_envd_proto::process::{DataEvent, ProcessConfig, ProcessEvent, StartRequest};
 use ember_envd_proto::Code;
-use ember_runtime::{AgentError, Runtime, RuntimeConfig, Sandbox, SandboxSpec};
+use ember_runtime::{AgentClient, AgentError, Runtime, RuntimeConfig, SandboxSpec};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -73,7 +73,7 @@ async fn run_in_sandbox(
     spec: &SandboxSpec,
     args: &RunArgs,
 ) -> anyhow::Result<ExitCode> {
-    let sandbox = runtime.create(spec).await.context("create sandbox")?;
+    let mut sandbox = runtime.create(spec).await.context("create sandbox")?;
     if args.timings {
         eprintln!(
             "ember: sandbox {} ready in {} ms (accelerator {})",
@@ -82,12 +82,19 @@ async fn run_in_sandbox(
             runtime.accel().accel
         );
     }
-    let result = stream_command(&sandbox, &args.command).await;
+    let agent = sandbox.agent().clone();
+    let result = tokio::select! {
+        result = stream_command(&agent, &args.command) => result,
+        status = sandbox.vm_exited() => Err(anyhow::anyhow!(
+            "the sandbox's VM exited while the command ran ({status}); last serial console output:\n{}",
+            sandbox.serial_tail()
+        )),
+    };
     sandbox.destroy().await.context("destroy sandbox")?;
     result
 }
 
-async fn stream_command(sandbox: &Sandbox, command: &[String]) -> anyhow::Result<ExitCode> {
+async fn stream_command(agent: &AgentClient, command: &[String]) -> anyhow::Result<ExitCode> {
     let request = StartRequest {
         process: ProcessConfig {
             cmd: command[0].clone(),
@@ -96,8 +103,7 @@ async fn stream_command(sandbox: &Sandbox, command: &[String]) -> anyhow::Result
         },
         ..Default::default()
     };
-    let mut events = sandbox
-        .agent()
+    let mut events = agent
         .start(&request, None)
         .await
         .context("start the command in the sandbox")?;

@@ -67,7 +67,8 @@ pub struct RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    /// Defaults: `EMBER_DATA_DIR` or `/var/lib/ember`, `EMBER_CACHE_DIR` or `/var/cache/ember`.
+    /// Defaults: `EMBER_DATA_DIR` or `/var/lib/ember`, `EMBER_CACHE_DIR` or `/var/cache/ember`,
+    /// `EMBER_QEMU` or `qemu-system-x86_64` on `PATH`.
     pub fn from_env(agent_bin: PathBuf) -> Self {
         Self {
             data_dir: std::env::var_os("EMBER_DATA_DIR")
@@ -75,7 +76,9 @@ impl RuntimeConfig {
                 .unwrap_or_else(|| "/var/lib/ember".into()),
             cache: Cache::from_env(),
             agent_bin,
-            qemu: "qemu-system-x86_64".into(),
+            qemu: std::env::var_os("EMBER_QEMU")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "qemu-system-x86_64".into()),
             boot_timeout: Duration::from_secs(60),
         }
     }
@@ -93,6 +96,7 @@ impl Runtime {
         if !nix::unistd::geteuid().is_root() {
             return Err(RuntimeError::NotRoot);
         }
+        ember_vmm::vm::find_qemu(&config.qemu)?;
         let sandboxes = config.data_dir.join("sandboxes");
         std::fs::create_dir_all(&sandboxes)
             .map_err(io_err(format!("create {}", sandboxes.display())))?;

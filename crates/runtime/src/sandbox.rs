@@ -133,11 +133,18 @@ impl Runtime {
 }
 
 fn kernel_cmdline() -> String {
-    format!(
+    let mut cmdline = format!(
         "console=ttyS0 root=/dev/vda rw rootfstype=ext4 init={} panic=-1 reboot=t quiet \
          ember.ip={GUEST_IP}/{PREFIX_LEN} ember.gw={TAP_IP}",
         ember_image::rootfs::AGENT_PATH
-    )
+    );
+    // Extra kernel arguments for debugging (for example `loglevel=7` without `quiet`); later
+    // arguments override earlier ones.
+    if let Ok(extra) = std::env::var("EMBER_KERNEL_ARGS") {
+        cmdline.push(' ');
+        cmdline.push_str(&extra);
+    }
+    cmdline
 }
 
 async fn wait_ready(
@@ -206,6 +213,14 @@ impl Sandbox {
     /// Whether QEMU is still running.
     pub fn is_alive(&mut self) -> bool {
         self.vm.try_exit().is_none()
+    }
+
+    /// Waits until QEMU exits on its own (a crash, or the guest powering off) and describes how.
+    pub async fn vm_exited(&mut self) -> String {
+        match self.vm.wait().await {
+            Ok(status) => status.to_string(),
+            Err(e) => format!("unknown status ({e})"),
+        }
     }
 
     /// Tears the sandbox down: VM, namespace and tap, then its files.

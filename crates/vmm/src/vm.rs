@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -23,9 +24,7 @@ impl Vm {
     /// Starts QEMU for `config` (validated first), inside `config.netns` if set.
     pub fn spawn(config: VmConfig) -> Result<Self, VmmError> {
         config.validate()?;
-        if !config.qemu.is_file() && which(&config.qemu).is_none() {
-            return Err(VmmError::QemuMissing(config.qemu.clone()));
-        }
+        find_qemu(&config.qemu)?;
         let netns = match &config.netns {
             Some(p) => Some(File::open(p).map_err(|source| VmmError::Io {
                 context: format!("open {}", p.display()),
@@ -136,12 +135,16 @@ impl Drop for Vm {
     }
 }
 
-fn which(program: &std::path::Path) -> Option<std::path::PathBuf> {
-    if program.components().count() > 1 {
-        return None;
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
+/// Resolves the QEMU binary: a path as given, or a bare name on `PATH`.
+pub fn find_qemu(program: &Path) -> Result<PathBuf, VmmError> {
+    let found = if program.components().count() > 1 {
+        program.is_file().then(|| program.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
+        })
+    };
+    found.ok_or_else(|| VmmError::QemuMissing(program.to_path_buf()))
 }

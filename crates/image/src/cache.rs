@@ -10,6 +10,9 @@ use sha2::{Digest, Sha256};
 
 use crate::{io_err, ImageError};
 
+/// File whose modification time says when an entry was last used.
+const USED_FILE: &str = "last-used";
+
 /// Default cache root when `EMBER_CACHE_DIR` is not set.
 pub const DEFAULT_ROOT: &str = "/var/cache/ember";
 
@@ -67,6 +70,45 @@ impl Cache {
         Ok(EntryLock(lock))
     }
 
+    /// Marks entry `kind/key` as used now, for [`Cache::prune`].
+    pub fn touch(&self, kind: &str, key: &str) {
+        let _ = std::fs::write(self.entry(kind, key).join(USED_FILE), b"");
+    }
+
+    /// Removes all but the `keep` most recently used entries of `kind`, never `current`.
+    /// Entries being built (locked) are skipped.
+    pub fn prune(&self, kind: &str, keep: usize, current: &str) {
+        let Ok(dir) = std::fs::read_dir(self.root.join(kind)) else {
+            return;
+        };
+        let mut entries: Vec<(std::time::SystemTime, String)> = dir
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let used = e
+                    .path()
+                    .join(USED_FILE)
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()?;
+                Some((used, name))
+            })
+            .collect();
+        entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+        for (_, key) in entries.into_iter().skip(keep).filter(|(_, k)| k != current) {
+            let lock_path = self.root.join(kind).join(format!("{key}.lock"));
+            let Ok(file) = File::create(&lock_path) else {
+                continue;
+            };
+            if let Ok(_lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                tracing::info!(kind, key, "pruning old cache entry");
+                let _ = remove_any(&self.entry(kind, &key));
+                let _ = std::fs::remove_file(&lock_path);
+            }
+        }
+    }
+
     /// A fresh scratch directory beside the entry, for building it.
     pub fn scratch(&self, kind: &str, key: &str) -> Result<PathBuf, ImageError> {
         let dir = self.root.join(kind).join(format!("{key}.tmp"));
@@ -115,5 +157,22 @@ mod tests {
         let entry = cache.publish("k", "abc", &scratch).unwrap();
         assert_eq!(std::fs::read_to_string(entry.join("f")).unwrap(), "1");
         assert!(!scratch.exists());
+    }
+
+    #[test]
+    fn prune_keeps_the_most_recently_used_and_the_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        for key in ["a", "b", "c", "d"] {
+            std::fs::create_dir_all(cache.entry("k", key)).unwrap();
+            cache.touch("k", key);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        cache.prune("k", 2, "a");
+        let left: Vec<bool> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|k| cache.entry("k", k).exists())
+            .collect();
+        assert_eq!(left, [true, false, true, true]);
     }
 }

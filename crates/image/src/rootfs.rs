@@ -33,6 +33,8 @@ const INCLUDE: &[&str] = &[
 const APT_AFTER: &[&str] = &["npm"];
 /// Size of the template's root disk; sandboxes see this much space.
 pub const IMAGE_SIZE_MIB: u64 = 4096;
+/// Template images kept in the cache (the most recently used).
+const KEEP_IMAGES: usize = 3;
 /// Path of the agent inside the guest; the kernel starts it as init.
 pub const AGENT_PATH: &str = "/usr/local/bin/ember-agent";
 
@@ -142,10 +144,12 @@ pub fn ensure_image(cache: &Cache, agent: &Path) -> Result<(PathBuf, String), Im
     ]);
     let image = cache.entry(IMAGE_KIND, &key).join("rootfs.ext4");
     if image.is_file() {
+        cache.touch(IMAGE_KIND, &key);
         return Ok((image, key));
     }
     let _lock = cache.lock(IMAGE_KIND, &key)?;
     if image.is_file() {
+        cache.touch(IMAGE_KIND, &key);
         return Ok((image, key));
     }
     let _tree_lock = cache.lock(TREE_KIND, &tree_key)?;
@@ -170,6 +174,9 @@ pub fn ensure_image(cache: &Cache, agent: &Path) -> Result<(PathBuf, String), Im
     // Sandboxes only ever read the template image through their copy-on-write overlays.
     set_mode(&out, 0o444)?;
     cache.publish(IMAGE_KIND, &key, &scratch)?;
+    cache.touch(IMAGE_KIND, &key);
+    // Each agent build makes a new image; keep a few (running sandboxes hold theirs open).
+    cache.prune(IMAGE_KIND, KEEP_IMAGES, &key);
     Ok((image, key))
 }
 

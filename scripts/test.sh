@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, checks formatting and lints, builds the guest
+# images (cached outside the checkout), then runs every test, the real-guest tests included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup-host.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+scripts/build.sh
+export EMBER_AGENT_BIN="$PWD/target/release/ember-agent"
+target/release/ember template build base
+cargo test --workspace --locked

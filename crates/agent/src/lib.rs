@@ -1,7 +1,17 @@
 //! Ember's guest agent: PID 1 duties inside the microVM ([`init`]) and the envd-compatible
-//! server ([`server`]) that the host and the E2B SDKs talk to on port 49983.
+//! server ([`server`]) that the host and the E2B SDKs talk to on port 49983: processes
+//! ([`process`]), filesystem RPCs and watches ([`fs`]), file transfer ([`files`]) and the
+//! system endpoints ([`system`]).
 
+pub mod auth;
+pub mod connect;
+pub mod creds;
+pub mod files;
+pub mod fs;
 pub mod init;
 pub mod process;
 pub mod server;
+pub mod state;
+pub mod system;
+pub mod time;
 pub mod users;

@@ -30,6 +30,9 @@ enum Cmd {
         /// Root of the account database (`/etc/passwd`, `/etc/group`).
         #[arg(long, default_value = "/")]
         users_root: PathBuf,
+        /// Let `/init` set the system clock (for the agent inside a guest).
+        #[arg(long)]
+        set_clock: bool,
     },
 }
 
@@ -51,15 +54,18 @@ fn main() -> anyhow::Result<()> {
             listen,
             default_user,
             users_root,
+            set_clock,
         }) => AgentConfig {
             listen,
             default_user,
             users_root,
+            set_clock,
         },
         None => AgentConfig {
             listen: ([0, 0, 0, 0], ember_envd_proto::ENVD_PORT).into(),
             default_user: "user".into(),
             users_root: "/".into(),
+            set_clock: false,
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -77,6 +77,24 @@ impl UserDb {
     }
 }
 
+impl UserDb {
+    /// uid and gid to name maps, for describing files.
+    pub fn names(&self) -> crate::fs::entry::Names {
+        let ids = |text: String| {
+            text.lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    Some((f.get(2)?.parse().ok()?, f[0].to_string()))
+                })
+                .collect()
+        };
+        crate::fs::entry::Names {
+            users: self.read("etc/passwd").map(ids).unwrap_or_default(),
+            groups: self.read("etc/group").map(ids).unwrap_or_default(),
+        }
+    }
+}
+
 fn parse_passwd(text: &str, name: &str) -> Option<User> {
     text.lines().find_map(|line| {
         let f: Vec<&str> = line.split(':').collect();

@@ -4,6 +4,7 @@
 pub mod b64;
 pub mod code;
 pub mod envelope;
+pub mod filesystem;
 pub mod process;
 
 pub use code::{Code, ConnectError};

@@ -1,0 +1,201 @@
+//! `EntryInfo` for a path: type (of the target, for symlinks), size, Go-style permission
+//! string, owner and group names, RFC 3339 modification time, symlink target, and the
+//! `user.e2b.*` extended attributes as metadata.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ember_envd_proto::filesystem::{EntryInfo, FileType};
+
+/// Extended-attribute namespace of file metadata.
+pub const XATTR_PREFIX: &str = "user.e2b.";
+/// Most metadata entries read from one file.
+const MAX_XATTRS: usize = 64;
+
+/// uid and gid to name maps.
+#[derive(Debug, Default, Clone)]
+pub struct Names {
+    pub users: HashMap<u32, String>,
+    pub groups: HashMap<u32, String>,
+}
+
+impl Names {
+    fn user(&self, uid: u32) -> String {
+        self.users
+            .get(&uid)
+            .cloned()
+            .unwrap_or_else(|| uid.to_string())
+    }
+    fn group(&self, gid: u32) -> String {
+        self.groups
+            .get(&gid)
+            .cloned()
+            .unwrap_or_else(|| gid.to_string())
+    }
+}
+
+/// Describes `path` (not following a final symlink for `is_symlink`, following it for type).
+pub fn entry_info(path: &Path, names: &Names) -> std::io::Result<EntryInfo> {
+    let lmeta = std::fs::symlink_metadata(path)?;
+    let is_symlink = lmeta.file_type().is_symlink();
+    let (meta, target) = if is_symlink {
+        let target = std::fs::read_link(path)
+            .ok()
+            .map(|t| t.to_string_lossy().into_owned());
+        (
+            std::fs::metadata(path).unwrap_or_else(|_| lmeta.clone()),
+            target,
+        )
+    } else {
+        (lmeta.clone(), None)
+    };
+    let kind = if meta.is_dir() {
+        FileType::Directory
+    } else if meta.file_type().is_symlink() {
+        FileType::Symlink
+    } else {
+        FileType::File
+    };
+    let modified = lmeta.modified().ok().map(rfc3339);
+    Ok(EntryInfo {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into()),
+        kind,
+        path: path.to_string_lossy().into_owned(),
+        size: meta.len() as i64,
+        mode: meta.mode() & 0o7777,
+        permissions: mode_string(lmeta.mode()),
+        owner: names.user(lmeta.uid()),
+        group: names.group(lmeta.gid()),
+        modified_time: modified,
+        symlink_target: target,
+        metadata: read_metadata(path),
+        is_symlink,
+    })
+}
+
+/// The file's `user.e2b.*` attributes, prefix stripped.
+pub fn read_metadata(path: &Path) -> BTreeMap<String, String> {
+    let Ok(names) = xattr::list(path) else {
+        return BTreeMap::new();
+    };
+    names
+        .filter_map(|n| n.into_string().ok())
+        .filter_map(|n| {
+            let key = n.strip_prefix(XATTR_PREFIX)?.to_string();
+            Some((key, n))
+        })
+        .take(MAX_XATTRS)
+        .filter_map(|(key, full)| {
+            let value = xattr::get(path, &full).ok()??;
+            Some((key, String::from_utf8_lossy(&value).into_owned()))
+        })
+        .collect()
+}
+
+/// Go's `os.FileMode.String()` for a Unix `st_mode`: e.g. `-rw-r--r--`, `drwxr-xr-x`, `dtrwxrwxrwx`.
+pub fn mode_string(mode: u32) -> String {
+    let mut s = String::new();
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => s.push('d'),
+        libc::S_IFLNK => s.push('L'),
+        libc::S_IFIFO => s.push('p'),
+        libc::S_IFSOCK => s.push('S'),
+        libc::S_IFBLK => s.push('D'),
+        libc::S_IFCHR => s.push_str("Dc"),
+        _ => {}
+    }
+    if mode & libc::S_ISUID != 0 {
+        s.push('u');
+    }
+    if mode & libc::S_ISGID != 0 {
+        s.push('g');
+    }
+    if mode & libc::S_ISVTX != 0 {
+        s.push('t');
+    }
+    if s.is_empty() {
+        s.push('-');
+    }
+    for (i, c) in "rwxrwxrwx".chars().enumerate() {
+        s.push(if mode & (1 << (8 - i)) != 0 { c } else { '-' });
+    }
+    s
+}
+
+/// RFC 3339 in UTC with nanoseconds, e.g. `2026-11-22T03:04:05.123456789Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn modes_read_like_go() {
+        assert_eq!(mode_string(libc::S_IFREG | 0o644), "-rw-r--r--");
+        assert_eq!(mode_string(libc::S_IFDIR | 0o755), "drwxr-xr-x");
+        assert_eq!(
+            mode_string(libc::S_IFDIR | libc::S_ISVTX | 0o777),
+            "dtrwxrwxrwx"
+        );
+        assert_eq!(mode_string(libc::S_IFLNK | 0o777), "Lrwxrwxrwx");
+    }
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        let t = UNIX_EPOCH + Duration::new(1_795_836_245, 5);
+        assert_eq!(rfc3339(t), "2026-11-28T03:24:05.000000005Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000000000Z"
+        );
+    }
+
+    #[test]
+    fn describes_files_dirs_and_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f.txt");
+        std::fs::write(&f, "hello").unwrap();
+        std::os::unix::fs::symlink(&f, dir.path().join("link")).unwrap();
+        let names = Names::default();
+        let e = entry_info(&f, &names).unwrap();
+        assert_eq!(
+            (e.kind, e.size, e.name.as_str(), e.is_symlink),
+            (FileType::File, 5, "f.txt", false)
+        );
+        let l = entry_info(&dir.path().join("link"), &names).unwrap();
+        assert_eq!((l.kind, l.is_symlink), (FileType::File, true));
+        assert_eq!(l.symlink_target.as_deref(), Some(f.to_str().unwrap()));
+        assert_eq!(
+            entry_info(dir.path(), &names).unwrap().kind,
+            FileType::Directory
+        );
+    }
+}

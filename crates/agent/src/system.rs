@@ -1,0 +1,176 @@
+//! envd's plain endpoints besides `/files`: `/health`, `/envs`, `/metrics` and `/init`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{header_matches, http_error};
+use crate::connect::read_body;
+use crate::state::Agent;
+
+/// Largest `/init` body (1 MiB).
+const MAX_INIT: usize = 1 << 20;
+
+pub async fn health() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+pub async fn envs(State(agent): State<Arc<Agent>>) -> Json<BTreeMap<String, String>> {
+    Json(agent.identity().env)
+}
+
+/// `/init`'s body; unknown fields are ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitRequest {
+    #[serde(default)]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub access_token: Option<String>,
+    /// RFC 3339 host time, to set the guest clock.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    #[serde(default)]
+    pub default_user: Option<String>,
+    #[serde(default)]
+    pub default_workdir: Option<String>,
+}
+
+pub async fn init(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(token) = agent.access_token() {
+        if !header_matches(&headers, &token) {
+            return http_error(StatusCode::UNAUTHORIZED, "invalid access token");
+        }
+    }
+    let body = match read_body(body, MAX_INIT).await {
+        Ok(b) => b,
+        Err(e) => return http_error(StatusCode::PAYLOAD_TOO_LARGE, e.message),
+    };
+    let req: InitRequest = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body })
+    {
+        Ok(r) => r,
+        Err(e) => return http_error(StatusCode::BAD_REQUEST, format!("invalid /init body: {e}")),
+    };
+    if let Some(user) = &req.default_user {
+        if agent.users.lookup(user).is_err() {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                format!("default user '{user}' does not exist"),
+            );
+        }
+    }
+    if let (Some(ts), true) = (&req.timestamp, agent.config.set_clock) {
+        match crate::time::parse_rfc3339(ts) {
+            Some(t) => crate::time::set_clock(t),
+            None => {
+                return http_error(StatusCode::BAD_REQUEST, format!("invalid timestamp '{ts}'"))
+            }
+        }
+    }
+    let mut id = agent.identity.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(env) = req.env_vars {
+        id.env = env;
+    }
+    if let Some(token) = req.access_token {
+        id.access_token = Some(token).filter(|t| !t.is_empty());
+    }
+    if let Some(user) = req.default_user {
+        id.default_user = user;
+    }
+    if let Some(dir) = req.default_workdir {
+        id.default_workdir = Some(PathBuf::from(dir)).filter(|d| d.is_absolute());
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `/metrics`, envd's field names.
+#[derive(Debug, Serialize)]
+pub struct Metrics {
+    ts: i64,
+    cpu_count: usize,
+    cpu_used_pct: f64,
+    mem_total: u64,
+    mem_used: u64,
+    mem_cache: u64,
+    mem_total_mib: u64,
+    mem_used_mib: u64,
+    disk_used: u64,
+    disk_total: u64,
+}
+
+pub async fn metrics() -> Json<Metrics> {
+    let first = cpu_times();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = cpu_times();
+    let cpu_used_pct = match (first, second) {
+        (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
+            ((busy1 - busy0) as f64 / (total1 - total0) as f64 * 10_000.0).round() / 100.0
+        }
+        _ => 0.0,
+    };
+    let mem = meminfo();
+    let kib = |k: &str| mem.get(k).copied().unwrap_or(0) * 1024;
+    let (total, available) = (kib("MemTotal"), kib("MemAvailable"));
+    let used = total.saturating_sub(available);
+    let (disk_total, disk_used) = disk("/");
+    Json(Metrics {
+        ts: crate::time::now_unix(),
+        cpu_count: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        cpu_used_pct,
+        mem_total: total,
+        mem_used: used,
+        mem_cache: kib("Cached") + kib("Buffers"),
+        mem_total_mib: total >> 20,
+        mem_used_mib: used >> 20,
+        disk_used,
+        disk_total,
+    })
+}
+
+/// Busy and total jiffies from the first line of `/proc/stat`.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+    Some((total - idle, total))
+}
+
+fn meminfo() -> BTreeMap<String, u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.to_string(), v.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// (total, used) bytes of the filesystem holding `path`.
+fn disk(path: &str) -> (u64, u64) {
+    match nix::sys::statvfs::statvfs(path) {
+        Ok(s) => {
+            let frag = s.fragment_size();
+            let total = s.blocks() * frag;
+            (total, total.saturating_sub(s.blocks_free() * frag))
+        }
+        Err(_) => (0, 0),
+    }
+}

@@ -10,4 +10,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/build.sh
 export EMBER_AGENT_BIN="$PWD/target/release/ember-agent"
 target/release/ember template build base
+# The official SDK as a test client, pinned.
+if [ ! -x target/sdk-venv/bin/python ] || ! cmp -s tests/sdk/requirements.txt target/sdk-venv/requirements.txt; then
+    rm -rf target/sdk-venv
+    python3 -m venv target/sdk-venv
+    target/sdk-venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+    cp tests/sdk/requirements.txt target/sdk-venv/requirements.txt
+fi
 cargo test --workspace --locked

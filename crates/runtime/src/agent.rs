@@ -49,7 +49,8 @@ impl AgentClient {
         Self { netns, addr }
     }
 
-    async fn send<B>(
+    /// Sends one request on a fresh connection into the sandbox.
+    pub async fn send<B>(
         &self,
         req: Request<B>,
         connect_timeout: Duration,

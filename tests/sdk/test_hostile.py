@@ -2,9 +2,12 @@
 and encodings, clients that vanish mid-stream. Each gets a clear error and the agent keeps
 serving."""
 
+import base64
 import json
 import socket
 import struct
+import threading
+import time
 import urllib.parse
 
 import httpx
@@ -125,3 +128,52 @@ def test_garbage_http_does_not_stop_the_agent(agent):
     s.sendall(b"\x00\xffNOT HTTP AT ALL\r\n\r\n" * 10)
     s.close()
     still_serving(agent)
+
+
+def test_keepalive_frames_fill_silence(agent):
+    r = httpx.post(
+        f"{agent['url']}/process.Process/Start",
+        content=frame({"process": {"cmd": "/bin/sleep", "args": ["2.5"]}}),
+        headers={"Content-Type": "application/connect+json", "X-Access-Token": agent["token"], "Keepalive-Ping-Interval": "1"},
+        timeout=30,
+    )
+    events = [f[1] for f in frames(r.content)]
+    assert "start" in events[0]["event"]
+    assert sum(1 for e in events if "keepalive" in e.get("event", {})) >= 2, events
+    assert "end" in events[-2]["event"]
+
+
+def test_stream_input_client_stream(agent):
+    h = {"X-Access-Token": agent["token"]}
+    out = {}
+
+    def run_cat():
+        r = httpx.post(
+            f"{agent['url']}/process.Process/Start",
+            content=frame({"process": {"cmd": "/bin/cat"}, "stdin": True, "tag": "cat-tag"}),
+            headers={**h, "Content-Type": "application/connect+json"},
+            timeout=30,
+        )
+        out["events"] = [f[1] for f in frames(r.content)]
+
+    t = threading.Thread(target=run_cat)
+    t.start()
+    time.sleep(1)
+    body = frame({"start": {"process": {"tag": "cat-tag"}}}) + frame({"data": {"input": {"stdin": "c3RyZWFtZWQK"}}}) + frame({"keepalive": {}})
+
+    def chunks():
+        yield body[:7]
+        yield body[7:]
+
+    r = httpx.post(
+        f"{agent['url']}/process.Process/StreamInput",
+        content=chunks(),
+        headers={**h, "Content-Type": "application/connect+json"},
+    )
+    assert r.status_code == 200
+    assert frames(r.content)[-1] == (2, {})
+    r = httpx.post(f"{agent['url']}/process.Process/CloseStdin", json={"process": {"tag": "cat-tag"}}, headers=h)
+    assert r.status_code == 200, r.text
+    t.join(30)
+    stdout = b"".join(base64.b64decode(e["event"]["data"]["stdout"]) for e in out["events"] if "data" in e.get("event", {}))
+    assert stdout == b"streamed\n"

@@ -5,11 +5,10 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use base64::engine::general_purpose::STANDARD_NO_PAD;
-use base64::Engine;
 use ember_envd_proto::{Code, ConnectError};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
+
+use ember_envd_proto::signature::{sign, FileOp};
 
 use crate::state::Agent;
 use crate::users::{user_from_basic_auth, User};
@@ -28,12 +27,7 @@ pub struct HttpError(pub StatusCode, pub String);
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "code": self.0.as_u16(), "message": self.1 });
-        (
-            self.0,
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response()
+        (self.0, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
     }
 }
 
@@ -51,10 +45,7 @@ pub async fn require_token(State(agent): State<Arc<Agent>>, req: Request, next: 
         if !header_matches(req.headers(), &token) {
             let msg = "unauthorized access, please provide a valid access token or method signing if supported";
             if path.starts_with("/process.") || path.starts_with("/filesystem.") {
-                return crate::connect::error_for(
-                    req.headers(),
-                    ConnectError::new(Code::Unauthenticated, msg),
-                );
+                return crate::connect::error_for(req.headers(), ConnectError::new(Code::Unauthenticated, msg));
             }
             return http_error(StatusCode::UNAUTHORIZED, msg);
         }
@@ -64,9 +55,7 @@ pub async fn require_token(State(agent): State<Arc<Agent>>, req: Request, next: 
 
 /// Whether the request carries `token` in `X-Access-Token` (compared in constant time).
 pub fn header_matches(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get(TOKEN_HEADER)
-        .is_some_and(|v| constant_eq(v.as_bytes(), token.as_bytes()))
+    headers.get(TOKEN_HEADER).is_some_and(|v| constant_eq(v.as_bytes(), token.as_bytes()))
 }
 
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {
@@ -80,34 +69,7 @@ pub fn rpc_user(agent: &Agent, headers: &HeaderMap) -> Result<User, ConnectError
             .map_err(|e| ConnectError::new(Code::Unauthenticated, e.to_string()))?,
         None => agent.identity().default_user,
     };
-    agent
-        .users
-        .lookup(&name)
-        .map_err(|e| ConnectError::new(Code::Unauthenticated, e.to_string()))
-}
-
-/// File operation named in a signature.
-#[derive(Debug, Clone, Copy)]
-pub enum FileOp {
-    Read,
-    Write,
-}
-
-/// The v1 signature of a file URL: `v1_` + unpadded base64 of
-/// sha256("path:op:user:token[:expiration]").
-pub fn sign(path: &str, op: FileOp, user: &str, token: &str, expiration: Option<i64>) -> String {
-    let op = match op {
-        FileOp::Read => "read",
-        FileOp::Write => "write",
-    };
-    let mut text = format!("{path}:{op}:{user}:{token}");
-    if let Some(exp) = expiration {
-        text += &format!(":{exp}");
-    }
-    format!(
-        "v1_{}",
-        STANDARD_NO_PAD.encode(Sha256::digest(text.as_bytes()))
-    )
+    agent.users.lookup(&name).map_err(|e| ConnectError::new(Code::Unauthenticated, e.to_string()))
 }
 
 /// Checks a `/files` request: the header token, or else a valid, unexpired signature.
@@ -124,46 +86,29 @@ pub fn check_file_access(
         return if header_matches(headers, &token) {
             Ok(())
         } else {
-            Err(HttpError(
-                StatusCode::UNAUTHORIZED,
-                "invalid access token".into(),
-            ))
+            Err(HttpError(StatusCode::UNAUTHORIZED, "invalid access token".into()))
         };
     }
     let Some(signature) = &query.signature else {
-        return Err(HttpError(
-            StatusCode::UNAUTHORIZED,
-            "missing signature query parameter".into(),
-        ));
+        return Err(HttpError(StatusCode::UNAUTHORIZED, "missing signature query parameter".into()));
     };
     let expiration = match &query.signature_expiration {
-        Some(s) => Some(s.parse::<i64>().map_err(|_| {
-            HttpError(
-                StatusCode::BAD_REQUEST,
-                "invalid signature_expiration".into(),
-            )
-        })?),
+        Some(s) => Some(
+            s.parse::<i64>().map_err(|_| HttpError(StatusCode::BAD_REQUEST, "invalid signature_expiration".into()))?,
+        ),
         None => None,
     };
     let path = query.path.as_deref().unwrap_or_default();
     let user = query.username.as_deref().unwrap_or_default();
     let expected = sign(path, op, user, &token, expiration);
     if !constant_eq(expected.as_bytes(), signature.as_bytes()) {
-        return Err(HttpError(
-            StatusCode::UNAUTHORIZED,
-            "invalid signature".into(),
-        ));
+        return Err(HttpError(StatusCode::UNAUTHORIZED, "invalid signature".into()));
     }
     if let Some(exp) = expiration {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         if exp < now {
-            return Err(HttpError(
-                StatusCode::UNAUTHORIZED,
-                "signature is already expired".into(),
-            ));
+            return Err(HttpError(StatusCode::UNAUTHORIZED, "signature is already expired".into()));
         }
     }
     Ok(())
@@ -174,20 +119,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signature_matches_the_sdk_formula() {
-        // sha256("/home/user/a.txt:read::tok") computed independently with Python's hashlib.
-        let s = sign("/home/user/a.txt", FileOp::Read, "", "tok", None);
-        assert!(s.starts_with("v1_"));
-        assert!(!s.ends_with('='));
-        assert_ne!(s, sign("/home/user/a.txt", FileOp::Write, "", "tok", None));
-        assert_ne!(
-            s,
-            sign("/home/user/a.txt", FileOp::Read, "", "tok", Some(1))
-        );
-        assert!(
-            constant_eq(b"abc", b"abc")
-                && !constant_eq(b"abc", b"abd")
-                && !constant_eq(b"ab", b"abc")
-        );
+    fn constant_time_compare() {
+        assert!(constant_eq(b"abc", b"abc") && !constant_eq(b"abc", b"abd") && !constant_eq(b"ab", b"abc"));
     }
 }

@@ -31,81 +31,44 @@ pub fn is_stream(headers: &HeaderMap) -> bool {
 }
 
 fn content_type(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default()
 }
 
 /// Decodes a unary request body (`application/json`).
-pub fn decode_unary<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<T, ConnectError> {
+pub fn decode_unary<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ConnectError> {
     let ctype = content_type(headers);
     if !ctype.starts_with("application/json") {
-        return Err(invalid(format!(
-            "content-type must be application/json, got '{ctype}'"
-        )));
+        return Err(invalid(format!("content-type must be application/json, got '{ctype}'")));
     }
-    let body = if body.is_empty() {
-        b"{}".as_slice()
-    } else {
-        body
-    };
+    let body = if body.is_empty() { b"{}".as_slice() } else { body };
     serde_json::from_slice(body).map_err(|e| invalid(format!("invalid request message: {e}")))
 }
 
 /// Decodes a server-stream request body that must hold exactly one enveloped message.
-pub fn decode_single_frame<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<T, ConnectError> {
+pub fn decode_single_frame<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ConnectError> {
     if !is_stream(headers) {
-        return Err(invalid(format!(
-            "content-type must be {CONNECT_JSON}, got '{}'",
-            content_type(headers)
-        )));
+        return Err(invalid(format!("content-type must be {CONNECT_JSON}, got '{}'", content_type(headers))));
     }
     let mut decoder = Decoder::new();
     decoder.push(body);
-    let frame = decoder
-        .next_frame()
-        .map_err(|e| invalid(e.to_string()))?
-        .ok_or_else(|| invalid("empty request"))?;
-    if frame.is_end_stream()
-        || decoder
-            .next_frame()
-            .map_err(|e| invalid(e.to_string()))?
-            .is_some()
-    {
+    let frame = decoder.next_frame().map_err(|e| invalid(e.to_string()))?.ok_or_else(|| invalid("empty request"))?;
+    if frame.is_end_stream() || decoder.next_frame().map_err(|e| invalid(e.to_string()))?.is_some() {
         return Err(invalid("expected exactly one request message"));
     }
     decoder.finish().map_err(|e| invalid(e.to_string()))?;
-    serde_json::from_slice(&frame.payload)
-        .map_err(|e| invalid(format!("invalid request message: {e}")))
+    serde_json::from_slice(&frame.payload).map_err(|e| invalid(format!("invalid request message: {e}")))
 }
 
 /// A successful unary answer.
 pub fn unary<T: Serialize>(msg: &T) -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(msg).unwrap_or_default(),
-    )
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(msg).unwrap_or_default())
         .into_response()
 }
 
 /// A failed unary call: the code's HTTP status and `{code, message}`.
 pub fn unary_error(err: ConnectError) -> Response {
-    let status =
-        StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(&err).unwrap_or_default(),
-    )
-        .into_response()
+    let status = StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(&err).unwrap_or_default()).into_response()
 }
 
 /// An error in the form the request expects: end-of-stream frame for streams, status for unary.
@@ -166,10 +129,7 @@ pub fn stream(rx: mpsc::Receiver<Bytes>, opts: StreamOptions) -> Response {
                 return None;
             }
             loop {
-                let wait = keepalive
-                    .as_ref()
-                    .map(|k| k.0)
-                    .unwrap_or(Duration::from_secs(3600));
+                let wait = keepalive.as_ref().map(|k| k.0).unwrap_or(Duration::from_secs(3600));
                 let until = match deadline {
                     Some(d) => d.min(tokio::time::Instant::now() + wait),
                     None => tokio::time::Instant::now() + wait,
@@ -210,20 +170,13 @@ impl ClientStream {
         if !is_stream(headers) {
             return Err(invalid(format!("content-type must be {CONNECT_JSON}")));
         }
-        Ok(Self {
-            body,
-            decoder: Decoder::new(),
-        })
+        Ok(Self { body, decoder: Decoder::new() })
     }
 
     /// The next message; `None` at the end of the stream.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectError> {
         loop {
-            if let Some(frame) = self
-                .decoder
-                .next_frame()
-                .map_err(|e| invalid(e.to_string()))?
-            {
+            if let Some(frame) = self.decoder.next_frame().map_err(|e| invalid(e.to_string()))? {
                 if frame.is_end_stream() {
                     return Ok(None);
                 }
@@ -237,12 +190,7 @@ impl ClientStream {
                         self.decoder.push(&data);
                     }
                 }
-                Some(Err(e)) => {
-                    return Err(ConnectError::new(
-                        Code::Canceled,
-                        format!("request body: {e}"),
-                    ))
-                }
+                Some(Err(e)) => return Err(ConnectError::new(Code::Canceled, format!("request body: {e}"))),
                 None => {
                     self.decoder.finish().map_err(|e| invalid(e.to_string()))?;
                     return Ok(None);
@@ -257,13 +205,9 @@ pub async fn read_body(body: Body, max: usize) -> Result<Bytes, ConnectError> {
     let mut out = Vec::new();
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ConnectError::new(Code::Canceled, format!("request body: {e}")))?;
+        let chunk = chunk.map_err(|e| ConnectError::new(Code::Canceled, format!("request body: {e}")))?;
         if out.len() + chunk.len() > max {
-            return Err(ConnectError::new(
-                Code::ResourceExhausted,
-                format!("request body larger than {max} bytes"),
-            ));
+            return Err(ConnectError::new(Code::ResourceExhausted, format!("request body larger than {max} bytes")));
         }
         out.extend_from_slice(&chunk);
     }

@@ -11,10 +11,7 @@ pub enum CredsError {
     #[error("the agent runs as uid {agent} and cannot act as user '{user}'")]
     NotPermitted { agent: u32, user: String },
     #[error("switching to user '{user}': {source}")]
-    Switch {
-        user: String,
-        source: std::io::Error,
-    },
+    Switch { user: String, source: std::io::Error },
 }
 
 /// Runs `f` on the current thread as `user`. Call from a blocking thread (`spawn_blocking`).
@@ -24,15 +21,9 @@ pub fn as_user<T>(user: &User, f: impl FnOnce() -> T) -> Result<T, CredsError> {
         return Ok(f());
     }
     if euid != 0 {
-        return Err(CredsError::NotPermitted {
-            agent: euid,
-            user: user.name.clone(),
-        });
+        return Err(CredsError::NotPermitted { agent: euid, user: user.name.clone() });
     }
-    let guard = Switched::to(user).map_err(|source| CredsError::Switch {
-        user: user.name.clone(),
-        source,
-    })?;
+    let guard = Switched::to(user).map_err(|source| CredsError::Switch { user: user.name.clone(), source })?;
     let out = f();
     drop(guard);
     Ok(out)

@@ -18,7 +18,8 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use crate::auth::{check_file_access, http_error, FileOp, HttpError};
+use crate::auth::{check_file_access, http_error, HttpError};
+use ember_envd_proto::signature::FileOp;
 use crate::fs::entry::XATTR_PREFIX;
 use crate::fs::{resolve, run_as};
 use crate::state::Agent;
@@ -67,18 +68,10 @@ fn prepare(
     query: Result<Query<FileQuery>, QueryRejection>,
     op: FileOp,
 ) -> Result<(FileQuery, User), HttpError> {
-    let Query(query) =
-        query.map_err(|e| HttpError(StatusCode::BAD_REQUEST, format!("invalid query: {e}")))?;
+    let Query(query) = query.map_err(|e| HttpError(StatusCode::BAD_REQUEST, format!("invalid query: {e}")))?;
     check_file_access(agent, headers, &query, op)?;
-    let name = query
-        .username
-        .clone()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| agent.identity().default_user);
-    let user = agent
-        .users
-        .lookup(&name)
-        .map_err(|e| HttpError(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let name = query.username.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| agent.identity().default_user);
+    let user = agent.users.lookup(&name).map_err(|e| HttpError(StatusCode::UNAUTHORIZED, e.to_string()))?;
     Ok((query, user))
 }
 
@@ -107,9 +100,7 @@ pub async fn download(
                 format!("path '{}' is a directory", opened.display()),
             ));
         }
-        std::fs::File::open(&opened)
-            .map(|f| (f, meta.len()))
-            .map_err(|e| crate::fs::io_error(&opened, e))
+        std::fs::File::open(&opened).map(|f| (f, meta.len())).map_err(|e| crate::fs::io_error(&opened, e))
     })
     .await;
     let (file, len) = match file {
@@ -120,10 +111,7 @@ pub async fn download(
     let (status, start, count) = match range(&headers, len) {
         Some(Ok((start, end))) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
         Some(Err(())) => {
-            return (
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
-            )
+            return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))])
                 .into_response()
         }
         None => (StatusCode::OK, 0, len),
@@ -131,22 +119,13 @@ pub async fn download(
     if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
         return http_error(StatusCode::INTERNAL_SERVER_ERROR, "seek failed");
     }
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-        file.take(count),
-        64 * 1024,
-    ));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().replace('"', ""))
-        .unwrap_or_default();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file.take(count), 64 * 1024));
+    let name = path.file_name().map(|n| n.to_string_lossy().replace('"', "")).unwrap_or_default();
     let mut resp = (
         status,
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("inline; filename=\"{name}\""),
-            ),
+            (header::CONTENT_DISPOSITION, format!("inline; filename=\"{name}\"")),
             (header::CONTENT_LENGTH, count.to_string()),
             (header::ACCEPT_RANGES, "bytes".to_string()),
         ],
@@ -163,27 +142,15 @@ pub async fn download(
 
 /// A single `Range: bytes=a-b` (or `a-`, `-n`) request, clamped to the file.
 fn range(headers: &HeaderMap, len: u64) -> Option<Result<(u64, u64), ()>> {
-    let spec = headers
-        .get(header::RANGE)?
-        .to_str()
-        .ok()?
-        .strip_prefix("bytes=")?;
+    let spec = headers.get(header::RANGE)?.to_str().ok()?.strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None;
     }
     let (a, b) = spec.split_once('-')?;
     let parsed = match (a.trim(), b.trim()) {
-        ("", n) => n
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n > 0)
-            .map(|n| (len.saturating_sub(n), len.saturating_sub(1))),
+        ("", n) => n.parse::<u64>().ok().filter(|n| *n > 0).map(|n| (len.saturating_sub(n), len.saturating_sub(1))),
         (s, "") => s.parse::<u64>().ok().map(|s| (s, len.saturating_sub(1))),
-        (s, e) => s
-            .parse::<u64>()
-            .ok()
-            .zip(e.parse::<u64>().ok())
-            .map(|(s, e)| (s, e.min(len.saturating_sub(1)))),
+        (s, e) => s.parse::<u64>().ok().zip(e.parse::<u64>().ok()).map(|(s, e)| (s, e.min(len.saturating_sub(1)))),
     };
     Some(match parsed {
         Some((s, e)) if s <= e && s < len => Ok((s, e)),
@@ -203,29 +170,23 @@ pub async fn upload(
     };
     let result = async {
         let metadata = metadata_headers(&headers)?;
-        let ctype = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
+        let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         let mut written = Vec::new();
         if ctype.starts_with("multipart/form-data") {
-            let boundary = multer::parse_boundary(ctype)
-                .map_err(|e| invalid(format!("invalid multipart body: {e}")))?;
+            let boundary =
+                multer::parse_boundary(ctype).map_err(|e| invalid(format!("invalid multipart body: {e}")))?;
             let mut parts = multer::Multipart::new(body.into_data_stream(), boundary);
-            while let Some(field) = parts
-                .next_field()
-                .await
-                .map_err(|e| invalid(format!("invalid multipart body: {e}")))?
+            while let Some(field) =
+                parts.next_field().await.map_err(|e| invalid(format!("invalid multipart body: {e}")))?
             {
                 if field.name() != Some("file") {
                     continue;
                 }
                 let target = match (&query.path, written.is_empty()) {
                     (Some(p), true) => p.clone(),
-                    _ => field
-                        .file_name()
-                        .map(str::to_string)
-                        .ok_or_else(|| invalid("file part without a filename"))?,
+                    _ => {
+                        field.file_name().map(str::to_string).ok_or_else(|| invalid("file part without a filename"))?
+                    }
                 };
                 let path = resolve(&target, &user.home)?;
                 let data = field.map_err(|e| std::io::Error::other(e.to_string()));
@@ -234,24 +195,12 @@ pub async fn upload(
         } else {
             let target = query.path.clone().ok_or_else(|| invalid("missing path"))?;
             let path = resolve(&target, &user.home)?;
-            let gzip = headers
-                .get(header::CONTENT_ENCODING)
-                .and_then(|v| v.to_str().ok())
-                == Some("gzip");
-            let stream = body
-                .into_data_stream()
-                .map_err(|e| std::io::Error::other(e.to_string()));
+            let gzip = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) == Some("gzip");
+            let stream = body.into_data_stream().map_err(|e| std::io::Error::other(e.to_string()));
             let info = if gzip {
-                let reader = async_compression::tokio::bufread::GzipDecoder::new(
-                    tokio_util::io::StreamReader::new(stream),
-                );
-                write_file(
-                    &user,
-                    &path,
-                    tokio_util::io::ReaderStream::new(reader),
-                    &metadata,
-                )
-                .await?
+                let reader =
+                    async_compression::tokio::bufread::GzipDecoder::new(tokio_util::io::StreamReader::new(stream));
+                write_file(&user, &path, tokio_util::io::ReaderStream::new(reader), &metadata).await?
             } else {
                 write_file(&user, &path, stream, &metadata).await?
             };
@@ -280,13 +229,9 @@ fn metadata_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>, Con
         let Some(key) = name.as_str().strip_prefix(METADATA_HEADER) else {
             continue;
         };
-        let value = value
-            .to_str()
-            .map_err(|_| invalid(format!("metadata '{key}' is not printable ASCII")))?;
+        let value = value.to_str().map_err(|_| invalid(format!("metadata '{key}' is not printable ASCII")))?;
         if key.is_empty() || value.len() > MAX_METADATA_VALUE || out.len() >= MAX_METADATA {
-            return Err(invalid(format!(
-                "metadata '{key}' is empty, too long, or one too many"
-            )));
+            return Err(invalid(format!("metadata '{key}' is empty, too long, or one too many")));
         }
         out.insert(key.to_ascii_lowercase(), value.to_string());
     }
@@ -314,14 +259,10 @@ where
     }
     file.flush().await.map_err(disk_err)?;
     let file = file.into_std().await;
-    replace_metadata(&file, metadata)
-        .map_err(|e| ConnectError::new(Code::Internal, format!("metadata: {e}")))?;
+    replace_metadata(&file, metadata).map_err(|e| ConnectError::new(Code::Internal, format!("metadata: {e}")))?;
     Ok(WriteInfo {
         path: path.to_string_lossy().into_owned(),
-        name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         kind: "file",
     })
 }
@@ -341,15 +282,9 @@ fn open_for_write(path: &PathBuf) -> Result<std::fs::File, ConnectError> {
         .map_err(|e| crate::fs::io_error(path, e))
 }
 
-fn replace_metadata(
-    file: &std::fs::File,
-    metadata: &BTreeMap<String, String>,
-) -> std::io::Result<()> {
+fn replace_metadata(file: &std::fs::File, metadata: &BTreeMap<String, String>) -> std::io::Result<()> {
     use xattr::FileExt;
-    let old: Vec<_> = file
-        .list_xattr()?
-        .filter(|n| n.to_str().is_some_and(|s| s.starts_with(XATTR_PREFIX)))
-        .collect();
+    let old: Vec<_> = file.list_xattr()?.filter(|n| n.to_str().is_some_and(|s| s.starts_with(XATTR_PREFIX))).collect();
     for name in old {
         file.remove_xattr(name)?;
     }

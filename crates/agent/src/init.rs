@@ -66,9 +66,7 @@ pub fn run() -> ! {
     let mut agent = spawn_agent(&exe);
     loop {
         match waitpid(Pid::from_raw(-1), None) {
-            Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _))
-                if Some(pid.as_raw() as u32) == agent =>
-            {
+            Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) if Some(pid.as_raw() as u32) == agent => {
                 log("ember-init: agent exited; restarting it");
                 std::thread::sleep(Duration::from_millis(200));
                 agent = spawn_agent(&exe);
@@ -86,11 +84,7 @@ pub fn run() -> ! {
 }
 
 fn spawn_agent(exe: &Path) -> Option<u32> {
-    match Command::new(exe)
-        .args(["serve", "--set-clock"])
-        .stdin(Stdio::null())
-        .spawn()
-    {
+    match Command::new(exe).args(["serve", "--set-clock"]).stdin(Stdio::null()).spawn() {
         Ok(child) => Some(child.id()),
         Err(e) => {
             log(&format!("ember-init: cannot start agent: {e}"));
@@ -104,42 +98,12 @@ fn mount_all() {
     let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 8] = [
         ("proc", "/proc", "proc", nodev, None),
         ("sysfs", "/sys", "sysfs", nodev, None),
-        (
-            "devtmpfs",
-            "/dev",
-            "devtmpfs",
-            MsFlags::MS_NOSUID,
-            Some("mode=0755"),
-        ),
-        (
-            "devpts",
-            "/dev/pts",
-            "devpts",
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("gid=5,mode=620,ptmxmode=666"),
-        ),
-        (
-            "tmpfs",
-            "/dev/shm",
-            "tmpfs",
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=1777"),
-        ),
-        (
-            "tmpfs",
-            "/run",
-            "tmpfs",
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0755"),
-        ),
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
+        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("gid=5,mode=620,ptmxmode=666")),
+        ("tmpfs", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
         ("cgroup2", "/sys/fs/cgroup", "cgroup2", nodev, None),
-        (
-            "tmpfs",
-            "/run/lock",
-            "tmpfs",
-            nodev,
-            Some("mode=1777,size=5m"),
-        ),
+        ("tmpfs", "/run/lock", "tmpfs", nodev, Some("mode=1777,size=5m")),
     ];
     for (src, target, fstype, flags, data) in mounts {
         let _ = std::fs::create_dir_all(target);
@@ -162,10 +126,7 @@ fn mount_all() {
 
 fn configure_network(params: &BootParams) {
     let run = || -> std::io::Result<bool> {
-        let mut child = Command::new("ip")
-            .args(["-batch", "-"])
-            .stdin(Stdio::piped())
-            .spawn()?;
+        let mut child = Command::new("ip").args(["-batch", "-"]).stdin(Stdio::piped()).spawn()?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(params.ip_batch().as_bytes())?;
         }
@@ -188,9 +149,8 @@ mod tests {
 
     #[test]
     fn parses_boot_params_and_builds_ip_script() {
-        let p = BootParams::parse(
-            "console=ttyS0 ember.ip=169.254.0.21/30 ember.gw=169.254.0.22 ember.hostname=sb1 quiet",
-        );
+        let p =
+            BootParams::parse("console=ttyS0 ember.ip=169.254.0.21/30 ember.gw=169.254.0.22 ember.hostname=sb1 quiet");
         assert_eq!(p.ip.as_deref(), Some("169.254.0.21/30"));
         assert_eq!(p.hostname.as_deref(), Some("sb1"));
         let script = p.ip_batch();

@@ -8,11 +8,7 @@ use clap::{Parser, Subcommand};
 use ember_agent::server::{serve, AgentConfig};
 
 #[derive(Parser)]
-#[command(
-    name = "ember-agent",
-    version,
-    about = "Ember guest agent (E2B envd protocol)"
-)]
+#[command(name = "ember-agent", version, about = "Ember guest agent (E2B envd protocol)")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -43,24 +39,15 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EMBER_AGENT_LOG")
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("EMBER_AGENT_LOG").unwrap_or_else(|_| "info".into()),
         )
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
     let config = match cli.command {
-        Some(Cmd::Serve {
-            listen,
-            default_user,
-            users_root,
-            set_clock,
-        }) => AgentConfig {
-            listen,
-            default_user,
-            users_root,
-            set_clock,
-        },
+        Some(Cmd::Serve { listen, default_user, users_root, set_clock }) => {
+            AgentConfig { listen, default_user, users_root, set_clock }
+        }
         None => AgentConfig {
             listen: ([0, 0, 0, 0], ember_envd_proto::ENVD_PORT).into(),
             default_user: "user".into(),
@@ -68,9 +55,6 @@ fn main() -> anyhow::Result<()> {
             set_clock: false,
         },
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(serve(config))
 }

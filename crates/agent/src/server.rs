@@ -36,10 +36,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/process.Process/{method}", post(process::handle))
         .route("/filesystem.Filesystem/{method}", post(fs::handle))
         .fallback(|| async { http_error(StatusCode::NOT_FOUND, "no such endpoint") })
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&agent),
-            auth::require_token,
-        ))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&agent), auth::require_token))
         // Bodies are read as streams with per-endpoint limits.
         .layer(DefaultBodyLimit::disable())
         .with_state(agent)
@@ -48,9 +45,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
 /// Serves until the process is stopped.
 pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     use anyhow::Context;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("bind {}", config.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("bind {}", config.listen))?;
     tracing::info!(addr = %config.listen, version = ember_envd_proto::ENVD_VERSION, "ember-agent listening");
     let agent = Arc::new(Agent::new(config));
     axum::serve(listener, router(agent)).await.context("serve")

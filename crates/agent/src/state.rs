@@ -29,10 +29,7 @@ pub struct Identity {
 
 impl Agent {
     pub fn new(config: AgentConfig) -> Self {
-        let identity = Identity {
-            default_user: config.default_user.clone(),
-            ..Default::default()
-        };
+        let identity = Identity { default_user: config.default_user.clone(), ..Default::default() };
         Self {
             users: UserDb::new(&config.users_root),
             config,
@@ -43,17 +40,10 @@ impl Agent {
     }
 
     pub fn identity(&self) -> Identity {
-        self.identity
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.identity.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn access_token(&self) -> Option<String> {
-        self.identity
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .access_token
-            .clone()
+        self.identity.read().unwrap_or_else(|e| e.into_inner()).access_token.clone()
     }
 }

@@ -54,25 +54,19 @@ pub async fn init(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bod
         Ok(b) => b,
         Err(e) => return http_error(StatusCode::PAYLOAD_TOO_LARGE, e.message),
     };
-    let req: InitRequest = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body })
-    {
+    let req: InitRequest = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
         Ok(r) => r,
         Err(e) => return http_error(StatusCode::BAD_REQUEST, format!("invalid /init body: {e}")),
     };
     if let Some(user) = &req.default_user {
         if agent.users.lookup(user).is_err() {
-            return http_error(
-                StatusCode::BAD_REQUEST,
-                format!("default user '{user}' does not exist"),
-            );
+            return http_error(StatusCode::BAD_REQUEST, format!("default user '{user}' does not exist"));
         }
     }
     if let (Some(ts), true) = (&req.timestamp, agent.config.set_clock) {
-        match crate::time::parse_rfc3339(ts) {
+        match ember_envd_proto::time::parse_rfc3339(ts) {
             Some(t) => crate::time::set_clock(t),
-            None => {
-                return http_error(StatusCode::BAD_REQUEST, format!("invalid timestamp '{ts}'"))
-            }
+            None => return http_error(StatusCode::BAD_REQUEST, format!("invalid timestamp '{ts}'")),
         }
     }
     let mut id = agent.identity.write().unwrap_or_else(|e| e.into_inner());
@@ -122,10 +116,8 @@ pub async fn metrics() -> Json<Metrics> {
     let used = total.saturating_sub(available);
     let (disk_total, disk_used) = disk("/");
     Json(Metrics {
-        ts: crate::time::now_unix(),
-        cpu_count: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        ts: ember_envd_proto::time::now_unix(),
+        cpu_count: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         cpu_used_pct,
         mem_total: total,
         mem_used: used,
@@ -140,13 +132,7 @@ pub async fn metrics() -> Json<Metrics> {
 /// Busy and total jiffies from the first line of `/proc/stat`.
 fn cpu_times() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let v: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|n| n.parse().ok())
-        .collect();
+    let v: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|n| n.parse().ok()).collect();
     let total: u64 = v.iter().sum();
     let idle = v.get(3)? + v.get(4).unwrap_or(&0);
     Some((total - idle, total))

@@ -20,10 +20,7 @@ pub enum UserError {
     BadHeader(&'static str),
     /// The account database could not be read.
     #[error("read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 /// A resolved account.
@@ -52,26 +49,19 @@ impl UserDb {
     fn read(&self, rel: &str) -> Result<String, UserError> {
         use std::io::Read;
         let path = self.root.join(rel);
-        let io = |source| UserError::Io {
-            path: path.clone(),
-            source,
-        };
+        let io = |source| UserError::Io { path: path.clone(), source };
         let file = std::fs::File::open(&path).map_err(io)?;
         let mut text = String::new();
-        file.take(MAX_DB_LEN)
-            .read_to_string(&mut text)
-            .map_err(io)?;
+        file.take(MAX_DB_LEN).read_to_string(&mut text).map_err(io)?;
         Ok(text)
     }
 
     /// Looks a user up by name.
     pub fn lookup(&self, name: &str) -> Result<User, UserError> {
         let passwd = self.read("etc/passwd")?;
-        let mut user =
-            parse_passwd(&passwd, name).ok_or_else(|| UserError::Unknown(name.into()))?;
+        let mut user = parse_passwd(&passwd, name).ok_or_else(|| UserError::Unknown(name.into()))?;
         if let Ok(group) = self.read("etc/group") {
-            user.groups
-                .extend(supplementary_groups(&group, name, user.gid));
+            user.groups.extend(supplementary_groups(&group, name, user.gid));
         }
         Ok(user)
     }
@@ -114,11 +104,7 @@ fn parse_passwd(text: &str, name: &str) -> Option<User> {
     })
 }
 
-fn supplementary_groups<'a>(
-    text: &'a str,
-    name: &'a str,
-    primary: u32,
-) -> impl Iterator<Item = u32> + 'a {
+fn supplementary_groups<'a>(text: &'a str, name: &'a str, primary: u32) -> impl Iterator<Item = u32> + 'a {
     text.lines().filter_map(move |line| {
         let f: Vec<&str> = line.split(':').collect();
         if f.len() < 4 || !f[3].split(',').any(|m| m == name) {
@@ -130,12 +116,8 @@ fn supplementary_groups<'a>(
 
 /// The user named by an `Authorization: Basic base64("name:")` header value.
 pub fn user_from_basic_auth(value: &str) -> Result<String, UserError> {
-    let encoded = value
-        .strip_prefix("Basic ")
-        .ok_or(UserError::BadHeader("not Basic"))?;
-    let raw = STANDARD
-        .decode(encoded.trim())
-        .map_err(|_| UserError::BadHeader("bad base64"))?;
+    let encoded = value.strip_prefix("Basic ").ok_or(UserError::BadHeader("not Basic"))?;
+    let raw = STANDARD.decode(encoded.trim()).map_err(|_| UserError::BadHeader("bad base64"))?;
     let text = String::from_utf8(raw).map_err(|_| UserError::BadHeader("not UTF-8"))?;
     let name = text.split(':').next().unwrap_or_default();
     if name.is_empty() || name.len() > 64 {
@@ -148,7 +130,8 @@ pub fn user_from_basic_auth(value: &str) -> Result<String, UserError> {
 mod tests {
     use super::*;
 
-    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\nbroken:x:notanumber\n";
+    const PASSWD: &str =
+        "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\nbroken:x:notanumber\n";
     const GROUP: &str = "root:x:0:\nsudo:x:27:user\nuser:x:1000:\nusers:x:100:other,user\n";
 
     #[test]

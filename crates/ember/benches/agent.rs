@@ -15,37 +15,20 @@ const CHUNK: usize = 1 << 20;
 
 #[tokio::main]
 async fn main() {
-    let data = tempfile::Builder::new()
-        .prefix("ember-bench-")
-        .tempdir()
-        .expect("temp dir");
+    let data = tempfile::Builder::new().prefix("ember-bench-").tempdir().expect("temp dir");
     let ember = std::path::Path::new(env!("CARGO_BIN_EXE_ember"));
-    let agent_bin = std::env::var_os("EMBER_AGENT_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| ember.with_file_name("ember-agent"));
+    let agent_bin =
+        std::env::var_os("EMBER_AGENT_BIN").map(Into::into).unwrap_or_else(|| ember.with_file_name("ember-agent"));
     let mut config = RuntimeConfig::from_env(agent_bin);
     config.data_dir = data.path().to_path_buf();
     let runtime = Runtime::new(config).expect("runtime (run as root)");
-    let spec = SandboxSpec {
-        memory_mib: 1024,
-        ..SandboxSpec::default()
-    };
+    let spec = SandboxSpec { memory_mib: 1024, ..SandboxSpec::default() };
     let sandbox = runtime.create(&spec).await.expect("create sandbox");
     let agent = sandbox.agent().clone();
-    println!(
-        "agent in a guest: accelerator {}, {} vCPUs, {} MiB",
-        runtime.accel(),
-        spec.vcpus,
-        spec.memory_mib
-    );
+    println!("agent in a guest: accelerator {}, {} vCPUs, {} MiB", runtime.accel(), spec.vcpus, spec.memory_mib);
 
-    let request = StartRequest {
-        process: ProcessConfig {
-            cmd: "/bin/true".into(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let request =
+        StartRequest { process: ProcessConfig { cmd: "/bin/true".into(), ..Default::default() }, ..Default::default() };
     let mut times = Vec::with_capacity(STARTS);
     for _ in 0..STARTS {
         let started = Instant::now();
@@ -66,21 +49,14 @@ async fn main() {
 
     let upload = Instant::now();
     let chunks = futures_util::stream::iter((0..FILE_MIB).map(|i| {
-        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![
-            (i % 251)
-                as u8;
-            CHUNK
-        ])))
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![(i % 251) as u8; CHUNK])))
     }));
     let req = http::Request::post("/files?path=/home/user/bench.bin")
         .header(http::header::HOST, "sandbox")
         .header(http::header::CONTENT_TYPE, "application/octet-stream")
         .body(StreamBody::new(chunks))
         .expect("request");
-    let resp = agent
-        .send(req, Duration::from_secs(10))
-        .await
-        .expect("upload");
+    let resp = agent.send(req, Duration::from_secs(10)).await.expect("upload");
     assert!(resp.status().is_success(), "upload: {}", resp.status());
     resp.into_body().collect().await.expect("upload answer");
     let up = upload.elapsed();
@@ -90,10 +66,7 @@ async fn main() {
         .header(http::header::HOST, "sandbox")
         .body(http_body_util::Empty::<Bytes>::new())
         .expect("request");
-    let resp = agent
-        .send(req, Duration::from_secs(10))
-        .await
-        .expect("download");
+    let resp = agent.send(req, Duration::from_secs(10)).await.expect("download");
     assert!(resp.status().is_success(), "download: {}", resp.status());
     let mut body = resp.into_body();
     let mut got = 0usize;

@@ -9,16 +9,10 @@ use std::time::{Duration, Instant};
 const RUNS: usize = 5;
 
 fn main() {
-    let data = tempfile::Builder::new()
-        .prefix("ember-bench-")
-        .tempdir()
-        .expect("temp dir");
+    let data = tempfile::Builder::new().prefix("ember-bench-").tempdir().expect("temp dir");
     let ember = env!("CARGO_BIN_EXE_ember");
-    let agent = std::env::var_os("EMBER_AGENT_BIN").unwrap_or_else(|| {
-        std::path::Path::new(ember)
-            .with_file_name("ember-agent")
-            .into_os_string()
-    });
+    let agent = std::env::var_os("EMBER_AGENT_BIN")
+        .unwrap_or_else(|| std::path::Path::new(ember).with_file_name("ember-agent").into_os_string());
     let mut wall = Vec::new();
     let mut internal = Vec::new();
     let mut accel = String::new();
@@ -33,10 +27,7 @@ fn main() {
             .spawn()
             .expect("start ember");
         let mut ready = None;
-        for line in BufReader::new(child.stderr.take().expect("stderr"))
-            .lines()
-            .map_while(Result::ok)
-        {
+        for line in BufReader::new(child.stderr.take().expect("stderr")).lines().map_while(Result::ok) {
             if let Some(rest) = line.strip_prefix("ember: accelerator: ") {
                 accel = rest.to_string();
             }
@@ -52,14 +43,9 @@ fn main() {
             }
         }
         let status = child.wait().expect("wait for ember");
-        let ready =
-            ready.unwrap_or_else(|| panic!("run {i}: ember never reported ready ({status})"));
+        let ready = ready.unwrap_or_else(|| panic!("run {i}: ember never reported ready ({status})"));
         assert!(status.success(), "run {i}: ember failed ({status})");
-        eprintln!(
-            "run {}: ready after {:.0} ms",
-            i + 1,
-            ready.as_secs_f64() * 1000.0
-        );
+        eprintln!("run {}: ready after {:.0} ms", i + 1, ready.as_secs_f64() * 1000.0);
         wall.push(ready);
     }
     println!("cold boot, {RUNS} runs, accelerator {accel}");
@@ -69,10 +55,7 @@ fn main() {
         ms(wall[0]),
         ms(wall[RUNS - 1])
     );
-    println!(
-        "  QEMU start -> agent ready:      median {:.0} ms",
-        ms(median(&mut internal))
-    );
+    println!("  QEMU start -> agent ready:      median {:.0} ms", ms(median(&mut internal)));
 }
 
 fn median(v: &mut [Duration]) -> Duration {

@@ -11,11 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "ember",
-    version,
-    about = "E2B-compatible sandboxes in microVMs on your own Linux box"
-)]
+#[command(name = "ember", version, about = "E2B-compatible sandboxes in microVMs on your own Linux box")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -35,16 +31,10 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EMBER_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EMBER_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ember: error: start async runtime: {e}");

@@ -38,6 +38,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut config = RuntimeConfig::from_env(crate::agent_binary()?);
     config.boot_timeout = Duration::from_secs(args.boot_timeout);
     let runtime = Runtime::new(config)?;
+    runtime.clean_orphans(&Default::default());
     eprintln!("ember: accelerator: {}", runtime.accel());
     if let Some(warning) = runtime.accel().warning() {
         eprintln!("ember: warning: {warning}");
@@ -46,6 +47,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         template: args.template.clone(),
         vcpus: args.cpus,
         memory_mib: args.memory_mb,
+        die_with_parent: true,
     };
     // Dropping the run future on a signal drops the sandbox, which tears everything down.
     tokio::select! {
@@ -68,11 +70,7 @@ async fn interrupted() -> &'static str {
     }
 }
 
-async fn run_in_sandbox(
-    runtime: &Runtime,
-    spec: &SandboxSpec,
-    args: &RunArgs,
-) -> anyhow::Result<ExitCode> {
+async fn run_in_sandbox(runtime: &Runtime, spec: &SandboxSpec, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut sandbox = runtime.create(spec).await.context("create sandbox")?;
     if args.timings {
         eprintln!(
@@ -96,17 +94,10 @@ async fn run_in_sandbox(
 
 async fn stream_command(agent: &AgentClient, command: &[String]) -> anyhow::Result<ExitCode> {
     let request = StartRequest {
-        process: ProcessConfig {
-            cmd: command[0].clone(),
-            args: command[1..].to_vec(),
-            ..Default::default()
-        },
+        process: ProcessConfig { cmd: command[0].clone(), args: command[1..].to_vec(), ..Default::default() },
         ..Default::default()
     };
-    let mut events = agent
-        .start(&request, None)
-        .await
-        .context("start the command in the sandbox")?;
+    let mut events = agent.start(&request, None).await.context("start the command in the sandbox")?;
     let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
     let mut exit = None;
     loop {

@@ -15,10 +15,7 @@ pub async fn run(cmd: TemplateCmd) -> anyhow::Result<ExitCode> {
         TemplateCmd::Build { name } => {
             let cache = ember_image::Cache::from_env();
             let agent = crate::agent_binary()?;
-            let t = tokio::task::spawn_blocking(move || {
-                ember_image::template::ensure(&cache, &name, &agent)
-            })
-            .await??;
+            let t = tokio::task::spawn_blocking(move || ember_image::template::ensure(&cache, &name, &agent)).await??;
             println!(
                 "template {} ready (key {}): kernel {}, root disk {}",
                 t.name,

@@ -21,26 +21,15 @@ fn python() -> PathBuf {
     let p = std::env::var_os("EMBER_SDK_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target/sdk-venv/bin/python"));
-    assert!(
-        p.exists(),
-        "{} missing: run scripts/test.sh, which installs the pinned SDK",
-        p.display()
-    );
+    assert!(p.exists(), "{} missing: run scripts/test.sh, which installs the pinned SDK", p.display());
     p
 }
 
 fn check(out: Output, what: &str) {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{text}");
     assert!(out.status.success(), "{what}: pytest failed:\n{text}");
-    assert!(
-        text.contains(" passed"),
-        "{what}: pytest ran no test:\n{text}"
-    );
+    assert!(text.contains(" passed"), "{what}: pytest ran no test:\n{text}");
     assert!(!text.contains(" failed"), "{what}: {text}");
 }
 
@@ -58,21 +47,9 @@ fn sdk_suite_against_the_agent_on_the_host() {
 #[test]
 fn sdk_suite_against_the_agent_in_a_guest() {
     let ember = Ember::new();
-    let mut run = ember.spawn(&[
-        "run",
-        "--timings",
-        "--memory-mb",
-        "1024",
-        "--",
-        "sleep",
-        "3600",
-    ]);
+    let mut run = ember.spawn(&["run", "--timings", "--memory-mb", "1024", "--", "sleep", "3600"]);
     let ready = run.wait_for("ready in", Duration::from_secs(180));
-    let id = ready
-        .split_whitespace()
-        .nth(2)
-        .expect("sandbox id in the ready line")
-        .to_string();
+    let id = ready.split_whitespace().nth(2).expect("sandbox id in the ready line").to_string();
     let out = Command::new("ip")
         .args(["netns", "exec", &format!("ember-{id}")])
         .arg(python())

@@ -12,9 +12,7 @@ pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
 /// Deserializes standard base64 into bytes.
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
     let s = String::deserialize(d)?;
-    STANDARD
-        .decode(s.as_bytes())
-        .map_err(serde::de::Error::custom)
+    STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
 }
 
 /// The same for `Option<Vec<u8>>` fields of a oneof.
@@ -30,10 +28,7 @@ pub mod option {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
         match Option::<String>::deserialize(d)? {
-            Some(s) => STANDARD
-                .decode(s.as_bytes())
-                .map(Some)
-                .map_err(serde::de::Error::custom),
+            Some(s) => STANDARD.decode(s.as_bytes()).map(Some).map_err(serde::de::Error::custom),
             None => Ok(None),
         }
     }

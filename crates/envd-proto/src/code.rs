@@ -55,9 +55,6 @@ pub struct ConnectError {
 
 impl ConnectError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 }

@@ -70,9 +70,7 @@ fn int64_str<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
 fn int64_any<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     match serde_json::Value::deserialize(d)? {
         serde_json::Value::String(s) => s.parse().map_err(serde::de::Error::custom),
-        serde_json::Value::Number(n) => n
-            .as_i64()
-            .ok_or_else(|| serde::de::Error::custom("not an int64")),
+        serde_json::Value::Number(n) => n.as_i64().ok_or_else(|| serde::de::Error::custom("not an int64")),
         other => Err(serde::de::Error::custom(format!("invalid int64 {other}"))),
     }
 }
@@ -181,17 +179,10 @@ mod tests {
         assert_eq!(json["type"], "FILE_TYPE_FILE");
         assert_eq!(json["size"], "5");
         assert_eq!(json["modifiedTime"], "2026-11-22T00:00:00Z");
-        let w: WatchRequest =
-            serde_json::from_str(r#"{"path":"/x","recursive":true,"includeEntry":true}"#).unwrap();
+        let w: WatchRequest = serde_json::from_str(r#"{"path":"/x","recursive":true,"includeEntry":true}"#).unwrap();
         assert!(w.recursive && w.include_entry);
-        let ev = WatchDirResponse::Filesystem(FilesystemEvent {
-            name: "f".into(),
-            kind: EventType::Create,
-            entry: None,
-        });
-        assert_eq!(
-            serde_json::to_string(&ev).unwrap(),
-            r#"{"filesystem":{"name":"f","type":"EVENT_TYPE_CREATE"}}"#
-        );
+        let ev =
+            WatchDirResponse::Filesystem(FilesystemEvent { name: "f".into(), kind: EventType::Create, entry: None });
+        assert_eq!(serde_json::to_string(&ev).unwrap(), r#"{"filesystem":{"name":"f","type":"EVENT_TYPE_CREATE"}}"#);
     }
 }

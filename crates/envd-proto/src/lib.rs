@@ -6,6 +6,8 @@ pub mod code;
 pub mod envelope;
 pub mod filesystem;
 pub mod process;
+pub mod signature;
+pub mod time;
 
 pub use code::{Code, ConnectError};
 pub use envelope::{Decoder, EnvelopeError, Frame, FLAG_END_STREAM, MAX_FRAME_LEN};

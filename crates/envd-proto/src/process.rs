@@ -142,17 +142,9 @@ pub struct UpdateRequest {
 /// Input for a process (a proto oneof): to its stdin or to its PTY.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessInput {
-    #[serde(
-        default,
-        with = "crate::b64::option",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "crate::b64::option", skip_serializing_if = "Option::is_none")]
     pub stdin: Option<Vec<u8>>,
-    #[serde(
-        default,
-        with = "crate::b64::option",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "crate::b64::option", skip_serializing_if = "Option::is_none")]
     pub pty: Option<Vec<u8>>,
 }
 
@@ -234,31 +226,15 @@ mod tests {
 
     #[test]
     fn events_use_proto_json_shapes() {
-        let start = StartResponse {
-            event: ProcessEvent::Start(StartEvent { pid: 7 }),
-        };
-        assert_eq!(
-            serde_json::to_string(&start).unwrap(),
-            r#"{"event":{"start":{"pid":7}}}"#
-        );
-        let data = StartResponse {
-            event: ProcessEvent::Data(DataEvent::Stdout(b"hi\n".to_vec())),
-        };
-        assert_eq!(
-            serde_json::to_string(&data).unwrap(),
-            r#"{"event":{"data":{"stdout":"aGkK"}}}"#
-        );
+        let start = StartResponse { event: ProcessEvent::Start(StartEvent { pid: 7 }) };
+        assert_eq!(serde_json::to_string(&start).unwrap(), r#"{"event":{"start":{"pid":7}}}"#);
+        let data = StartResponse { event: ProcessEvent::Data(DataEvent::Stdout(b"hi\n".to_vec())) };
+        assert_eq!(serde_json::to_string(&data).unwrap(), r#"{"event":{"data":{"stdout":"aGkK"}}}"#);
         let end: StartResponse =
-            serde_json::from_str(r#"{"event":{"end":{"exited":true,"status":"exit status 0"}}}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"event":{"end":{"exited":true,"status":"exit status 0"}}}"#).unwrap();
         assert_eq!(
             end.event,
-            ProcessEvent::End(EndEvent {
-                exit_code: 0,
-                exited: true,
-                status: "exit status 0".into(),
-                error: None
-            })
+            ProcessEvent::End(EndEvent { exit_code: 0, exited: true, status: "exit status 0".into(), error: None })
         );
     }
 
@@ -270,10 +246,7 @@ mod tests {
         .unwrap();
         assert_eq!(req.process.args, ["-l", "-c", "echo hi"]);
         assert_eq!(req.stdin, Some(false));
-        assert!(serde_json::from_str::<StartRequest>(
-            r#"{"process":{"cmd":"x","args":"notalist"}}"#
-        )
-        .is_err());
+        assert!(serde_json::from_str::<StartRequest>(r#"{"process":{"cmd":"x","args":"notalist"}}"#).is_err());
     }
 
     #[test]
@@ -281,25 +254,13 @@ mod tests {
         let sig: SendSignalRequest =
             serde_json::from_str(r#"{"process":{"pid":5},"signal":"SIGNAL_SIGKILL"}"#).unwrap();
         assert_eq!((sig.process.pid, sig.signal), (Some(5), Signal::Sigkill));
-        let sig: SendSignalRequest =
-            serde_json::from_str(r#"{"process":{"tag":"t"},"signal":15}"#).unwrap();
-        assert_eq!(
-            (sig.process.tag.as_deref(), sig.signal),
-            (Some("t"), Signal::Sigterm)
-        );
+        let sig: SendSignalRequest = serde_json::from_str(r#"{"process":{"tag":"t"},"signal":15}"#).unwrap();
+        assert_eq!((sig.process.tag.as_deref(), sig.signal), (Some("t"), Signal::Sigterm));
         assert!(serde_json::from_str::<SendSignalRequest>(r#"{"signal":"SIGNAL_NOPE"}"#).is_err());
-        let input: StreamInputRequest =
-            serde_json::from_str(r#"{"data":{"input":{"stdin":"aGk="}}}"#).unwrap();
-        let expected = ProcessInput {
-            stdin: Some(b"hi".to_vec()),
-            pty: None,
-        };
-        assert_eq!(
-            input,
-            StreamInputRequest::Data(StreamInputData { input: expected })
-        );
-        let start: StreamInputRequest =
-            serde_json::from_str(r#"{"start":{"process":{"pid":3}}}"#).unwrap();
+        let input: StreamInputRequest = serde_json::from_str(r#"{"data":{"input":{"stdin":"aGk="}}}"#).unwrap();
+        let expected = ProcessInput { stdin: Some(b"hi".to_vec()), pty: None };
+        assert_eq!(input, StreamInputRequest::Data(StreamInputData { input: expected }));
+        let start: StreamInputRequest = serde_json::from_str(r#"{"start":{"process":{"pid":3}}}"#).unwrap();
         assert!(matches!(start, StreamInputRequest::Start(s) if s.process.pid == Some(3)));
     }
 }

@@ -41,11 +41,7 @@ impl Cache {
 
     /// The cache named by `EMBER_CACHE_DIR`, or the default.
     pub fn from_env() -> Self {
-        Self::new(
-            std::env::var_os("EMBER_CACHE_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| DEFAULT_ROOT.into()),
-        )
+        Self::new(std::env::var_os("EMBER_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_ROOT.into()))
     }
 
     pub fn root(&self) -> &Path {
@@ -63,10 +59,8 @@ impl Cache {
         std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
         let path = dir.join(format!("{key}.lock"));
         let file = File::create(&path).map_err(io_err(format!("create {}", path.display())))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| ImageError::Io {
-            context: format!("lock {}", path.display()),
-            source: e.into(),
-        })?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| ImageError::Io { context: format!("lock {}", path.display()), source: e.into() })?;
         Ok(EntryLock(lock))
     }
 
@@ -86,12 +80,7 @@ impl Cache {
             .filter(|e| e.path().is_dir())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                let used = e
-                    .path()
-                    .join(USED_FILE)
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()?;
+                let used = e.path().join(USED_FILE).metadata().and_then(|m| m.modified()).ok()?;
                 Some((used, name))
             })
             .collect();
@@ -169,10 +158,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         cache.prune("k", 2, "a");
-        let left: Vec<bool> = ["a", "b", "c", "d"]
-            .iter()
-            .map(|k| cache.entry("k", k).exists())
-            .collect();
+        let left: Vec<bool> = ["a", "b", "c", "d"].iter().map(|k| cache.entry("k", k).exists()).collect();
         assert_eq!(left, [true, false, true, true]);
     }
 }

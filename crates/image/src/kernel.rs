@@ -27,12 +27,7 @@ pub struct Kernel {
 pub fn ensure(cache: &Cache) -> Result<Kernel, ImageError> {
     tools::require(&[tool("dpkg-query", "dpkg")])?;
     let version = source_version()?;
-    let key = cache::key(&[
-        b"ember-kernel-v1\n",
-        version.as_bytes(),
-        b"\n",
-        FRAGMENT.as_bytes(),
-    ]);
+    let key = cache::key(&[b"ember-kernel-v1\n", version.as_bytes(), b"\n", FRAGMENT.as_bytes()]);
     let vmlinux = cache.entry(KIND, &key).join("vmlinux");
     if vmlinux.is_file() {
         return Ok(Kernel { vmlinux, key });
@@ -76,11 +71,7 @@ fn build(cache: &Cache, key: &str, version: &str) -> Result<(), ImageError> {
     let log = scratch.join("build.log");
     step::run(
         "guest kernel: unpack source",
-        Command::new("tar")
-            .arg("-xf")
-            .arg(SOURCE_TARBALL)
-            .arg("-C")
-            .arg(&scratch),
+        Command::new("tar").arg("-xf").arg(SOURCE_TARBALL).arg("-C").arg(&scratch),
         &log,
     )?;
     let src = scratch.join("linux-source-6.1");
@@ -88,31 +79,21 @@ fn build(cache: &Cache, key: &str, version: &str) -> Result<(), ImageError> {
     std::fs::write(&fragment, FRAGMENT).map_err(io_err("write kernel config fragment"))?;
     step::run(
         "guest kernel: configure",
-        Command::new("scripts/kconfig/merge_config.sh")
-            .arg("-n")
-            .arg(&fragment)
-            .current_dir(&src),
+        Command::new("scripts/kconfig/merge_config.sh").arg("-n").arg(&fragment).current_dir(&src),
         &log,
     )?;
-    let config =
-        std::fs::read_to_string(src.join(".config")).map_err(io_err("read kernel .config"))?;
+    let config = std::fs::read_to_string(src.join(".config")).map_err(io_err("read kernel .config"))?;
     let missing = missing_options(FRAGMENT, &config);
     if !missing.is_empty() {
         return Err(ImageError::KernelConfig(missing.join(", ")));
     }
-    let jobs = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     step::run(
         "guest kernel: make vmlinux",
-        Command::new("make")
-            .arg(format!("-j{jobs}"))
-            .arg("vmlinux")
-            .current_dir(&src),
+        Command::new("make").arg(format!("-j{jobs}")).arg("vmlinux").current_dir(&src),
         &log,
     )?;
-    std::fs::rename(src.join("vmlinux"), scratch.join("vmlinux"))
-        .map_err(io_err("move vmlinux"))?;
+    std::fs::rename(src.join("vmlinux"), scratch.join("vmlinux")).map_err(io_err("move vmlinux"))?;
     std::fs::rename(src.join(".config"), scratch.join("config")).map_err(io_err("move .config"))?;
     cache::remove_any(&src)?;
     cache.publish(KIND, key, &scratch)?;
@@ -137,10 +118,7 @@ mod tests {
     #[test]
     fn finds_options_that_did_not_stick() {
         let fragment = "# c\nCONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\n";
-        assert_eq!(
-            missing_options(fragment, "CONFIG_A=y\n# CONFIG_B is not set\n"),
-            ["CONFIG_B=y"]
-        );
+        assert_eq!(missing_options(fragment, "CONFIG_A=y\n# CONFIG_B is not set\n"), ["CONFIG_B=y"]);
         assert!(missing_options(fragment, "CONFIG_B=y\nCONFIG_A=y\n").is_empty());
     }
 

@@ -27,11 +27,7 @@ pub enum ImageError {
     MissingPackage(&'static str),
     /// A build step failed; the tail of its log is included.
     #[error("{step} failed (full log: {}):\n{tail}", log.display())]
-    StepFailed {
-        step: String,
-        log: PathBuf,
-        tail: String,
-    },
+    StepFailed { step: String, log: PathBuf, tail: String },
     /// The kernel configuration did not take some options of the fragment.
     #[error("kernel config fragment options not applied (unmet dependencies?): {0}")]
     KernelConfig(String),
@@ -46,10 +42,7 @@ pub enum ImageError {
     NotRoot,
     /// A file system operation failed.
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
 }
 
 /// Wraps an I/O error with what was being done.

@@ -40,8 +40,7 @@ pub const AGENT_PATH: &str = "/usr/local/bin/ember-agent";
 
 /// Files written into the tree after the packages, part of the recipe.
 const SUDOERS: &str = "user ALL=(ALL:ALL) NOPASSWD: ALL\n";
-const HOSTS: &str =
-    "127.0.0.1\tlocalhost\n127.0.1.1\tember\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+const HOSTS: &str = "127.0.0.1\tlocalhost\n127.0.1.1\tember\n::1\tlocalhost ip6-localhost ip6-loopback\n";
 const SETUP: &str = "set -e
 useradd --create-home --uid 1000 --user-group --shell /bin/bash --groups sudo user
 apt-get clean
@@ -75,10 +74,7 @@ fn build_tree(cache: &Cache, key: &str, mirror: &str) -> Result<(), ImageError> 
     if !nix::unistd::geteuid().is_root() {
         return Err(ImageError::NotRoot);
     }
-    tools::require(&[
-        tool("debootstrap", "debootstrap"),
-        tool("chroot", "coreutils"),
-    ])?;
+    tools::require(&[tool("debootstrap", "debootstrap"), tool("chroot", "coreutils")])?;
     eprintln!("==> building the Debian {SUITE} root filesystem for template base (key {key}); a few minutes once");
     let scratch = cache.scratch(TREE_KIND, key)?;
     let log = cache.root().join(TREE_KIND).join(format!("{key}.log"));
@@ -87,17 +83,12 @@ fn build_tree(cache: &Cache, key: &str, mirror: &str) -> Result<(), ImageError> 
     step::run(
         "rootfs: debootstrap",
         Command::new("debootstrap")
-            .args([
-                "--variant=minbase",
-                &format!("--include={}", INCLUDE.join(",")),
-                SUITE,
-            ])
+            .args(["--variant=minbase", &format!("--include={}", INCLUDE.join(",")), SUITE])
             .arg(&root)
             .arg(mirror),
         &log,
     )?;
-    std::fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf"))
-        .map_err(io_err("copy resolv.conf"))?;
+    std::fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf")).map_err(io_err("copy resolv.conf"))?;
     {
         let _proc = ProcMount::new(&root)?;
         step::run(
@@ -108,15 +99,9 @@ fn build_tree(cache: &Cache, key: &str, mirror: &str) -> Result<(), ImageError> 
                 .env("DEBIAN_FRONTEND", "noninteractive"),
             &log,
         )?;
-        step::run(
-            "rootfs: user and clean-up",
-            chroot(&root, "sh").args(["-c", SETUP]),
-            &log,
-        )?;
+        step::run("rootfs: user and clean-up", chroot(&root, "sh").args(["-c", SETUP]), &log)?;
     }
-    let write = |rel: &str, text: &str| {
-        std::fs::write(root.join(rel), text).map_err(io_err(format!("write /{rel}")))
-    };
+    let write = |rel: &str, text: &str| std::fs::write(root.join(rel), text).map_err(io_err(format!("write /{rel}")));
     write("etc/sudoers.d/user", SUDOERS)?;
     set_mode(&root.join("etc/sudoers.d/user"), 0o440)?;
     write("etc/hosts", HOSTS)?;
@@ -133,15 +118,9 @@ fn build_tree(cache: &Cache, key: &str, mirror: &str) -> Result<(), ImageError> 
 
 /// Returns the cached template image (tree + agent), building it if missing.
 pub fn ensure_image(cache: &Cache, agent: &Path) -> Result<(PathBuf, String), ImageError> {
-    let agent_bytes =
-        std::fs::read(agent).map_err(|_| ImageError::AgentMissing(agent.to_path_buf()))?;
+    let agent_bytes = std::fs::read(agent).map_err(|_| ImageError::AgentMissing(agent.to_path_buf()))?;
     let (tree, tree_key) = ensure_tree(cache)?;
-    let key = cache::key(&[
-        b"ember-image-v1\n",
-        tree_key.as_bytes(),
-        &IMAGE_SIZE_MIB.to_le_bytes(),
-        &agent_bytes,
-    ]);
+    let key = cache::key(&[b"ember-image-v1\n", tree_key.as_bytes(), &IMAGE_SIZE_MIB.to_le_bytes(), &agent_bytes]);
     let image = cache.entry(IMAGE_KIND, &key).join("rootfs.ext4");
     if image.is_file() {
         cache.touch(IMAGE_KIND, &key);
@@ -155,10 +134,7 @@ pub fn ensure_image(cache: &Cache, agent: &Path) -> Result<(PathBuf, String), Im
     let _tree_lock = cache.lock(TREE_KIND, &tree_key)?;
     tools::require(&[tool("mkfs.ext4", "e2fsprogs")])?;
     let installed = tree.join(AGENT_PATH.trim_start_matches('/'));
-    std::fs::write(&installed, &agent_bytes).map_err(io_err(format!(
-        "install agent into {}",
-        installed.display()
-    )))?;
+    std::fs::write(&installed, &agent_bytes).map_err(io_err(format!("install agent into {}", installed.display())))?;
     set_mode(&installed, 0o755)?;
     let scratch = cache.scratch(IMAGE_KIND, &key)?;
     let out = scratch.join("rootfs.ext4");
@@ -182,9 +158,7 @@ pub fn ensure_image(cache: &Cache, agent: &Path) -> Result<(PathBuf, String), Im
 
 fn chroot(root: &Path, program: &str) -> Command {
     let mut cmd = Command::new("chroot");
-    cmd.arg(root)
-        .arg(program)
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    cmd.arg(root).arg(program).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     cmd
 }
 
@@ -200,17 +174,8 @@ struct ProcMount(PathBuf);
 impl ProcMount {
     fn new(root: &Path) -> Result<Self, ImageError> {
         let target = root.join("proc");
-        nix::mount::mount(
-            Some("proc"),
-            &target,
-            Some("proc"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(|e| ImageError::Io {
-            context: format!("mount {}", target.display()),
-            source: e.into(),
-        })?;
+        nix::mount::mount(Some("proc"), &target, Some("proc"), nix::mount::MsFlags::empty(), None::<&str>)
+            .map_err(|e| ImageError::Io { context: format!("mount {}", target.display()), source: e.into() })?;
         Ok(Self(target))
     }
 }

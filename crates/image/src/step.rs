@@ -54,11 +54,7 @@ pub fn run(label: &str, cmd: &mut Command, log: &Path) -> Result<(), ImageError>
         eprintln!("==> {label}: done in {}", fmt_secs(started));
         Ok(())
     } else {
-        Err(ImageError::StepFailed {
-            step: label.to_string(),
-            log: log.to_path_buf(),
-            tail: tail(log, TAIL_BYTES),
-        })
+        Err(ImageError::StepFailed { step: label.to_string(), log: log.to_path_buf(), tail: tail(log, TAIL_BYTES) })
     }
 }
 
@@ -96,12 +92,7 @@ pub fn tail(path: &Path, max: u64) -> String {
 
 fn last_line(path: &Path) -> String {
     let text = tail(path, 512);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim();
+    let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
     line.chars().take(100).collect()
 }
 
@@ -113,18 +104,8 @@ mod tests {
     fn failed_step_reports_log_tail() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
-        run(
-            "ok step",
-            Command::new("sh").args(["-c", "echo fine"]),
-            &log,
-        )
-        .unwrap();
-        let err = run(
-            "bad step",
-            Command::new("sh").args(["-c", "echo broken-thing >&2; exit 3"]),
-            &log,
-        )
-        .unwrap_err();
+        run("ok step", Command::new("sh").args(["-c", "echo fine"]), &log).unwrap();
+        let err = run("bad step", Command::new("sh").args(["-c", "echo broken-thing >&2; exit 3"]), &log).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("bad step failed"), "{msg}");
         assert!(msg.contains("broken-thing"), "{msg}");

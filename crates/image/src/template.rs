@@ -23,9 +23,7 @@ pub fn check_name(name: &str) -> Result<(), ImageError> {
     if KNOWN_TEMPLATES.contains(&name) {
         Ok(())
     } else {
-        Err(ImageError::UnknownTemplate {
-            name: name.to_string(),
-        })
+        Err(ImageError::UnknownTemplate { name: name.to_string() })
     }
 }
 
@@ -35,12 +33,7 @@ pub fn ensure(cache: &Cache, name: &str, agent: &Path) -> Result<Template, Image
     let (rootfs, rootfs_key) = rootfs::ensure_image(cache, agent)?;
     let kernel = kernel::ensure(cache)?;
     let key = crate::cache::key(&[kernel.key.as_bytes(), rootfs_key.as_bytes()]);
-    Ok(Template {
-        name: name.to_string(),
-        kernel: kernel.vmlinux,
-        rootfs,
-        key,
-    })
+    Ok(Template { name: name.to_string(), kernel: kernel.vmlinux, rootfs, key })
 }
 
 #[cfg(test)]

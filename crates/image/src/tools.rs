@@ -24,18 +24,12 @@ pub fn find(program: &str) -> Option<PathBuf> {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// Fails with every missing tool named, or succeeds when all are present.
 pub fn require(tools: &[Tool]) -> Result<(), crate::ImageError> {
-    let missing: Vec<Tool> = tools
-        .iter()
-        .copied()
-        .filter(|t| find(t.program).is_none())
-        .collect();
+    let missing: Vec<Tool> = tools.iter().copied().filter(|t| find(t.program).is_none()).collect();
     if missing.is_empty() {
         Ok(())
     } else {
@@ -50,13 +44,9 @@ mod tests {
     #[test]
     fn names_missing_tools_and_their_packages() {
         assert!(require(&[tool("sh", "dash")]).is_ok());
-        let err =
-            require(&[tool("sh", "dash"), tool("no-such-tool-ember", "ember-pkg")]).unwrap_err();
+        let err = require(&[tool("sh", "dash"), tool("no-such-tool-ember", "ember-pkg")]).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("no-such-tool-ember (package ember-pkg)"),
-            "{msg}"
-        );
+        assert!(msg.contains("no-such-tool-ember (package ember-pkg)"), "{msg}");
         assert!(msg.contains("apt-get install ember-pkg"), "{msg}");
         assert!(!msg.contains("dash"), "{msg}");
     }

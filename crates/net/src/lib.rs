@@ -33,8 +33,5 @@ pub enum NetError {
     NoIp(std::io::Error),
     /// A system call on the namespace failed.
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
 }

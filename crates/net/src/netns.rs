@@ -27,23 +27,27 @@ pub struct Netns {
 impl Netns {
     /// Creates namespace `name` with loopback up and the tap device configured.
     pub fn create(name: &str) -> Result<Self, NetError> {
-        if name.is_empty()
-            || name.len() > 64
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
+        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return Err(NetError::BadName(name.to_string()));
         }
         ip(&["netns", "add", name], None)?;
-        let ns = Self {
-            name: name.to_string(),
-            deleted: false,
-        };
+        let ns = Self { name: name.to_string(), deleted: false };
         let script = format!(
             "link set lo up\ntuntap add dev {TAP_NAME} mode tap\naddr add {TAP_IP}/{PREFIX_LEN} dev {TAP_NAME}\nlink set {TAP_NAME} up\n"
         );
         // On failure `ns` is dropped here, which deletes the half-made namespace.
         ip(&["-n", name, "-batch", "-"], Some(&script))?;
         Ok(ns)
+    }
+
+    /// Takes over an existing namespace created by an earlier process.
+    pub fn adopt(name: &str) -> Option<Self> {
+        path_of(name).exists().then(|| Self { name: name.to_string(), deleted: false })
+    }
+
+    /// Forgets the namespace without deleting it (it stays for a later [`Netns::adopt`]).
+    pub fn detach(mut self) {
+        self.deleted = true;
     }
 
     pub fn name(&self) -> &str {
@@ -57,10 +61,8 @@ impl Netns {
 
     /// Opens the namespace, for `setns`.
     pub fn open(&self) -> Result<File, NetError> {
-        File::open(self.path()).map_err(|source| NetError::Io {
-            context: format!("open {}", self.path().display()),
-            source,
-        })
+        File::open(self.path())
+            .map_err(|source| NetError::Io { context: format!("open {}", self.path().display()), source })
     }
 
     /// Connects a TCP socket from inside the namespace (see [`connect_in`]).
@@ -88,32 +90,19 @@ impl Drop for Netns {
 /// Connects a TCP socket from inside the namespace at `ns_path`. The socket stays in that
 /// namespace and may be used from any thread; the connect runs on a thread of its own because
 /// `setns` changes the calling thread for good.
-pub fn connect_in(
-    ns_path: &std::path::Path,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<TcpStream, NetError> {
-    let ns = File::open(ns_path).map_err(|source| NetError::Io {
-        context: format!("open {}", ns_path.display()),
-        source,
-    })?;
+pub fn connect_in(ns_path: &std::path::Path, addr: SocketAddr, timeout: Duration) -> Result<TcpStream, NetError> {
+    let ns = File::open(ns_path)
+        .map_err(|source| NetError::Io { context: format!("open {}", ns_path.display()), source })?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| NetError::Io {
-                context: "setns".into(),
-                source: e.into(),
-            })?;
-            TcpStream::connect_timeout(&addr, timeout).map_err(|source| NetError::Io {
-                context: format!("connect {addr}"),
-                source,
-            })
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(|e| NetError::Io { context: "setns".into(), source: e.into() })?;
+            TcpStream::connect_timeout(&addr, timeout)
+                .map_err(|source| NetError::Io { context: format!("connect {addr}"), source })
         })
         .join()
         .unwrap_or_else(|_| {
-            Err(NetError::Io {
-                context: "connect thread".into(),
-                source: std::io::Error::other("panicked"),
-            })
+            Err(NetError::Io { context: "connect thread".into(), source: std::io::Error::other("panicked") })
         })
     })
 }
@@ -135,9 +124,7 @@ pub fn list_ember() -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
         return Vec::new();
     };
-    dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(NAME_PREFIX))
-        .collect()
+    dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(NAME_PREFIX)).collect()
 }
 
 impl Netns {
@@ -155,29 +142,18 @@ impl Netns {
 fn ip(args: &[&str], stdin: Option<&str>) -> Result<(), NetError> {
     let mut child = Command::new("ip")
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(NetError::NoIp)?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .map_err(|source| NetError::Io {
-                context: "write ip batch".into(),
-                source,
-            })?;
+        pipe.write_all(text.as_bytes()).map_err(|source| NetError::Io { context: "write ip batch".into(), source })?;
     }
     let out = child.wait_with_output().map_err(NetError::NoIp)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(NetError::Ip {
-            args: args.join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        Err(NetError::Ip { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })
     }
 }

@@ -61,18 +61,13 @@ impl AgentClient {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (ns, addr) = (self.netns.clone(), self.addr);
-        let stream =
-            tokio::task::spawn_blocking(move || ember_net::connect_in(&ns, addr, connect_timeout))
-                .await
-                .map_err(|e| AgentError::Other(format!("connect task: {e}")))??;
-        stream
-            .set_nonblocking(true)
-            .map_err(|e| AgentError::Other(format!("socket: {e}")))?;
-        let stream = tokio::net::TcpStream::from_std(stream)
-            .map_err(|e| AgentError::Other(format!("socket: {e}")))?;
+        let stream = tokio::task::spawn_blocking(move || ember_net::connect_in(&ns, addr, connect_timeout))
+            .await
+            .map_err(|e| AgentError::Other(format!("connect task: {e}")))??;
+        stream.set_nonblocking(true).map_err(|e| AgentError::Other(format!("socket: {e}")))?;
+        let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| AgentError::Other(format!("socket: {e}")))?;
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "agent connection closed");
@@ -94,11 +89,7 @@ impl AgentClient {
     }
 
     /// Starts a process as `user` (the agent's default user if `None`) and streams its events.
-    pub async fn start(
-        &self,
-        request: &StartRequest,
-        user: Option<&str>,
-    ) -> Result<ProcessStream, AgentError> {
+    pub async fn start(&self, request: &StartRequest, user: Option<&str>) -> Result<ProcessStream, AgentError> {
         let mut builder = Request::builder()
             .method(Method::POST)
             .uri(START_PATH)
@@ -106,23 +97,14 @@ impl AgentClient {
             .header(header::CONTENT_TYPE, CONNECT_JSON)
             .header("connect-protocol-version", "1");
         if let Some(user) = user {
-            builder = builder.header(
-                header::AUTHORIZATION,
-                format!("Basic {}", STANDARD.encode(format!("{user}:"))),
-            );
+            builder = builder.header(header::AUTHORIZATION, format!("Basic {}", STANDARD.encode(format!("{user}:"))));
         }
-        let req = builder
-            .body(Full::new(encode_message(request)))
-            .map_err(|e| AgentError::Other(e.to_string()))?;
+        let req = builder.body(Full::new(encode_message(request))).map_err(|e| AgentError::Other(e.to_string()))?;
         let resp = self.send(req, Duration::from_secs(10)).await?;
         if resp.status() != StatusCode::OK {
             return Err(AgentError::Status(resp.status()));
         }
-        Ok(ProcessStream {
-            body: resp.into_body(),
-            decoder: Decoder::new(),
-            done: false,
-        })
+        Ok(ProcessStream { body: resp.into_body(), decoder: Decoder::new(), done: false })
     }
 }
 

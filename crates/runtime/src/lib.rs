@@ -29,23 +29,19 @@ pub enum RuntimeError {
     /// The agent did not answer in time.
     #[error("the guest did not answer within {secs} s; last serial console output:\n{serial}")]
     BootTimeout { secs: u64, serial: String },
+    /// A sandbox to adopt is gone or incomplete.
+    #[error("sandbox {0} cannot be adopted: {1}")]
+    Adopt(String, &'static str),
     /// QEMU exited before the agent answered.
-    #[error("QEMU exited ({status}) before the guest answered; QEMU said: {qemu}\nlast serial console output:\n{serial}")]
-    VmExited {
-        status: String,
-        qemu: String,
-        serial: String,
-    },
-    /// Sandboxes need root (network namespaces, tap devices).
     #[error(
-        "creating sandboxes needs root (network namespaces and tap devices); run ember as root"
+        "QEMU exited ({status}) before the guest answered; QEMU said: {qemu}\nlast serial console output:\n{serial}"
     )]
+    VmExited { status: String, qemu: String, serial: String },
+    /// Sandboxes need root (network namespaces, tap devices).
+    #[error("creating sandboxes needs root (network namespaces and tap devices); run ember as root")]
     NotRoot,
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
 }
 
 pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -71,14 +67,10 @@ impl RuntimeConfig {
     /// `EMBER_QEMU` or `qemu-system-x86_64` on `PATH`.
     pub fn from_env(agent_bin: PathBuf) -> Self {
         Self {
-            data_dir: std::env::var_os("EMBER_DATA_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| "/var/lib/ember".into()),
+            data_dir: std::env::var_os("EMBER_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/lib/ember".into()),
             cache: Cache::from_env(),
             agent_bin,
-            qemu: std::env::var_os("EMBER_QEMU")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| "qemu-system-x86_64".into()),
+            qemu: std::env::var_os("EMBER_QEMU").map(PathBuf::from).unwrap_or_else(|| "qemu-system-x86_64".into()),
             boot_timeout: Duration::from_secs(60),
         }
     }
@@ -91,20 +83,16 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Detects the accelerator and removes what crashed runs left behind.
+    /// Checks for root and QEMU and detects the accelerator. Leftovers of crashed runs are
+    /// removed by [`Runtime::clean_orphans`], after a daemon has adopted what it wants to keep.
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         if !nix::unistd::geteuid().is_root() {
             return Err(RuntimeError::NotRoot);
         }
         ember_vmm::vm::find_qemu(&config.qemu)?;
         let sandboxes = config.data_dir.join("sandboxes");
-        std::fs::create_dir_all(&sandboxes)
-            .map_err(io_err(format!("create {}", sandboxes.display())))?;
-        reconcile::clean_orphans(&sandboxes);
-        Ok(Self {
-            accel: ember_vmm::accel::detect(),
-            config,
-        })
+        std::fs::create_dir_all(&sandboxes).map_err(io_err(format!("create {}", sandboxes.display())))?;
+        Ok(Self { accel: ember_vmm::accel::detect(), config })
     }
 
     pub fn accel(&self) -> &AccelInfo {
@@ -113,5 +101,10 @@ impl Runtime {
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+
+    /// Removes sandboxes whose owning process is gone, except those in `keep`.
+    pub fn clean_orphans(&self, keep: &std::collections::HashSet<String>) {
+        reconcile::clean_orphans(&self.config.data_dir.join("sandboxes"), keep);
     }
 }

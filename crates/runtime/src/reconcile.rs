@@ -12,25 +12,7 @@ use crate::{io_err, RuntimeError};
 const OWNER_FILE: &str = "owner";
 const VM_FILE: &str = "qemu.pid";
 
-/// A process identity that survives pid reuse: pid plus start time in clock ticks.
-fn identity(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let start = rest.split_whitespace().nth(19)?;
-    Some(format!("{pid} {start}"))
-}
-
-fn alive(recorded: &str) -> bool {
-    let Some(pid) = recorded
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-    else {
-        return false;
-    };
-    identity(pid).as_deref() == Some(recorded.trim())
-}
+use ember_vmm::vm::{alive, identity};
 
 /// Records the current process as the owner of sandbox directory `dir`.
 pub fn record_owner(dir: &Path) -> Result<(), RuntimeError> {
@@ -40,35 +22,34 @@ pub fn record_owner(dir: &Path) -> Result<(), RuntimeError> {
 
 /// Records the sandbox's QEMU process.
 pub fn record_vm(dir: &Path, pid: u32) -> Result<(), RuntimeError> {
-    std::fs::write(dir.join(VM_FILE), identity(pid).unwrap_or_default())
-        .map_err(io_err("record QEMU pid"))
+    std::fs::write(dir.join(VM_FILE), identity(pid).unwrap_or_default()).map_err(io_err("record QEMU pid"))
 }
 
-/// Removes every sandbox under `sandboxes` whose owner is no longer running.
-pub fn clean_orphans(sandboxes: &Path) {
+/// Reads the recorded QEMU identity of a sandbox directory.
+pub fn recorded_vm(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(VM_FILE)).ok().filter(|s| !s.trim().is_empty())
+}
+
+/// Removes every sandbox under `sandboxes` whose owner is no longer running, except `keep`.
+pub fn clean_orphans(sandboxes: &Path, keep: &std::collections::HashSet<String>) {
     let Ok(entries) = std::fs::read_dir(sandboxes) else {
         return;
     };
     for entry in entries.flatten() {
         let dir = entry.path();
+        let id = entry.file_name().to_string_lossy().into_owned();
         let owner = std::fs::read_to_string(dir.join(OWNER_FILE)).unwrap_or_default();
-        if alive(&owner) {
+        if alive(&owner) || keep.contains(&id) {
             continue;
         }
-        let id = entry.file_name().to_string_lossy().into_owned();
         tracing::info!(sandbox = %id, "removing sandbox left behind by a dead ember process");
         let vm = std::fs::read_to_string(dir.join(VM_FILE)).unwrap_or_default();
         if alive(&vm) {
-            if let Some(pid) = vm
-                .split_whitespace()
-                .next()
-                .and_then(|p| p.parse::<i32>().ok())
-            {
+            if let Some(pid) = vm.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
-        if let Err(e) = ember_net::Netns::delete_by_name(&format!("{}{id}", ember_net::NAME_PREFIX))
-        {
+        if let Err(e) = ember_net::Netns::delete_by_name(&format!("{}{id}", ember_net::NAME_PREFIX)) {
             tracing::warn!(sandbox = %id, error = %e, "deleting leftover namespace");
         }
         let _ = std::fs::remove_dir_all(&dir);
@@ -80,12 +61,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn owner_identity_detects_dead_and_reused_pids() {
-        let me = identity(std::process::id()).unwrap();
-        assert!(alive(&me));
-        let pid = std::process::id();
-        assert!(!alive(&format!("{pid} 1")), "same pid, other start time");
-        assert!(!alive(""));
+    fn orphans_are_removed_and_live_or_kept_sandboxes_stay() {
         let dir = tempfile::tempdir().unwrap();
         let sandboxes = dir.path();
         let dead = sandboxes.join("deadsandbox");
@@ -94,8 +70,12 @@ mod tests {
         let live = sandboxes.join("livesandbox");
         std::fs::create_dir(&live).unwrap();
         record_owner(&live).unwrap();
-        clean_orphans(sandboxes);
+        let kept = sandboxes.join("keptsandbox");
+        std::fs::create_dir(&kept).unwrap();
+        std::fs::write(kept.join(OWNER_FILE), "999999999 5").unwrap();
+        clean_orphans(sandboxes, &["keptsandbox".to_string()].into_iter().collect());
         assert!(!dead.exists());
         assert!(live.exists());
+        assert!(kept.exists());
     }
 }

@@ -25,15 +25,13 @@ pub struct SandboxSpec {
     pub template: String,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// Kill the VM if this process dies (`ember run`); a daemon leaves it to be adopted.
+    pub die_with_parent: bool,
 }
 
 impl Default for SandboxSpec {
     fn default() -> Self {
-        Self {
-            template: "base".into(),
-            vcpus: 2,
-            memory_mib: 512,
-        }
+        Self { template: "base".into(), vcpus: 2, memory_mib: 512, die_with_parent: true }
     }
 }
 
@@ -53,9 +51,7 @@ pub struct Sandbox {
 pub fn new_id() -> String {
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
-    (0..20)
-        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
-        .collect()
+    (0..20).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
 }
 
 impl Runtime {
@@ -64,28 +60,18 @@ impl Runtime {
     pub async fn create(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
         check_sizes(spec.vcpus, spec.memory_mib)?;
         template::check_name(&spec.template)?;
-        let (cache, name, agent_bin) = (
-            self.config.cache.clone(),
-            spec.template.clone(),
-            self.config.agent_bin.clone(),
-        );
-        let tpl = tokio::task::spawn_blocking(move || template::ensure(&cache, &name, &agent_bin))
-            .await
-            .map_err(|e| RuntimeError::Io {
-                context: "template build task".into(),
-                source: std::io::Error::other(e),
+        let (cache, name, agent_bin) =
+            (self.config.cache.clone(), spec.template.clone(), self.config.agent_bin.clone());
+        let tpl =
+            tokio::task::spawn_blocking(move || template::ensure(&cache, &name, &agent_bin)).await.map_err(|e| {
+                RuntimeError::Io { context: "template build task".into(), source: std::io::Error::other(e) }
             })??;
         let id = new_id();
         let span = tracing::info_span!("sandbox", id = %id);
         self.boot(id, spec, &tpl).instrument(span).await
     }
 
-    async fn boot(
-        &self,
-        id: String,
-        spec: &SandboxSpec,
-        tpl: &template::Template,
-    ) -> Result<Sandbox, RuntimeError> {
+    async fn boot(&self, id: String, spec: &SandboxSpec, tpl: &template::Template) -> Result<Sandbox, RuntimeError> {
         let dir = SandboxDir::create(&self.config.data_dir.join("sandboxes").join(&id))?;
         let overlay = dir.path().join("rootfs.qcow2");
         ember_vmm::disk::create_overlay(&tpl.rootfs, &overlay)?;
@@ -96,39 +82,22 @@ impl Runtime {
             kernel: tpl.kernel.clone(),
             cmdline: kernel_cmdline(),
             disk: overlay,
-            net: Some(NetConfig {
-                tap: TAP_NAME.into(),
-                mac: GUEST_MAC.into(),
-            }),
+            net: Some(NetConfig { tap: TAP_NAME.into(), mac: GUEST_MAC.into() }),
             netns: Some(netns.path()),
             serial_log: dir.path().join("serial.log"),
             qmp_socket: dir.path().join("qmp.sock"),
             qemu: self.config.qemu.clone(),
             accel: self.accel.accel,
-            die_with_parent: true,
+            die_with_parent: spec.die_with_parent,
         };
         let started = Instant::now();
         let mut vm = Vm::spawn(config)?;
         reconcile::record_vm(dir.path(), vm.pid())?;
-        let agent = AgentClient::new(
-            netns.path(),
-            SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)),
-        );
+        let agent = AgentClient::new(netns.path(), SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)));
         wait_ready(&mut vm, &agent, self.config.boot_timeout, dir.path()).await?;
         let boot_time = started.elapsed();
-        tracing::info!(
-            ms = boot_time.as_millis() as u64,
-            pid = vm.pid(),
-            "sandbox ready"
-        );
-        Ok(Sandbox {
-            id,
-            agent,
-            boot_time,
-            vm,
-            netns,
-            dir,
-        })
+        tracing::info!(ms = boot_time.as_millis() as u64, pid = vm.pid(), "sandbox ready");
+        Ok(Sandbox { id, agent, boot_time, vm, netns, dir })
     }
 }
 
@@ -147,26 +116,18 @@ fn kernel_cmdline() -> String {
     cmdline
 }
 
-async fn wait_ready(
-    vm: &mut Vm,
-    agent: &AgentClient,
-    timeout: Duration,
-    dir: &Path,
-) -> Result<(), RuntimeError> {
+async fn wait_ready(vm: &mut Vm, agent: &AgentClient, timeout: Duration, dir: &Path) -> Result<(), RuntimeError> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = vm.try_exit() {
             return Err(RuntimeError::VmExited {
-                status: status.to_string(),
+                status,
                 qemu: vm.qemu_log().trim().to_string(),
                 serial: serial_tail(dir),
             });
         }
         if Instant::now() >= deadline {
-            return Err(RuntimeError::BootTimeout {
-                secs: timeout.as_secs(),
-                serial: serial_tail(dir),
-            });
+            return Err(RuntimeError::BootTimeout { secs: timeout.as_secs(), serial: serial_tail(dir) });
         }
         if let Ok(true) = agent.health(Duration::from_millis(500)).await {
             return Ok(());
@@ -217,17 +178,37 @@ impl Sandbox {
 
     /// Waits until QEMU exits on its own (a crash, or the guest powering off) and describes how.
     pub async fn vm_exited(&mut self) -> String {
-        match self.vm.wait().await {
-            Ok(status) => status.to_string(),
-            Err(e) => format!("unknown status ({e})"),
+        self.vm.wait().await
+    }
+
+    /// Leaves the sandbox running and forgets it, for a later [`Sandbox::adopt`].
+    pub fn detach(self) {
+        let Sandbox { vm, netns, mut dir, .. } = self;
+        vm.detach();
+        netns.detach();
+        dir.0.take();
+    }
+
+    /// Takes over sandbox `id`, left running by an earlier process, if its VM, namespace and
+    /// agent are all still there.
+    pub async fn adopt(runtime: &Runtime, id: &str) -> Result<Sandbox, RuntimeError> {
+        let path = runtime.config.data_dir.join("sandboxes").join(id);
+        let gone = |what| RuntimeError::Adopt(id.to_string(), what);
+        let recorded = reconcile::recorded_vm(&path).ok_or_else(|| gone("no QEMU recorded"))?;
+        let vm = Vm::adopt(&recorded, path.join("serial.log"), path.join("qmp.sock")).ok_or_else(|| gone("QEMU is gone"))?;
+        let netns = Netns::adopt(&format!("{}{id}", ember_net::NAME_PREFIX)).ok_or_else(|| gone("namespace is gone"))?;
+        let dir = SandboxDir(Some(path.clone()));
+        reconcile::record_owner(&path)?;
+        let agent = AgentClient::new(netns.path(), SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)));
+        if !matches!(agent.health(Duration::from_secs(5)).await, Ok(true)) {
+            return Err(gone("agent does not answer"));
         }
+        Ok(Sandbox { id: id.to_string(), agent, boot_time: Duration::ZERO, vm, netns, dir })
     }
 
     /// Tears the sandbox down: VM, namespace and tap, then its files.
     pub async fn destroy(self) -> Result<(), RuntimeError> {
-        let Sandbox {
-            id, vm, netns, dir, ..
-        } = self;
+        let Sandbox { id, vm, netns, dir, .. } = self;
         vm.kill().await;
         netns.delete()?;
         dir.remove()?;
@@ -253,9 +234,7 @@ impl SandboxDir {
 
     fn remove(mut self) -> Result<(), RuntimeError> {
         match self.0.take() {
-            Some(p) => {
-                std::fs::remove_dir_all(&p).map_err(io_err(format!("remove {}", p.display())))
-            }
+            Some(p) => std::fs::remove_dir_all(&p).map_err(io_err(format!("remove {}", p.display()))),
             None => Ok(()),
         }
     }
@@ -279,19 +258,14 @@ mod tests {
     fn ids_look_like_e2b_ids() {
         let id = new_id();
         assert_eq!(id.len(), 20);
-        assert!(id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
         assert_ne!(new_id(), id);
     }
 
     #[test]
     fn cmdline_configures_the_guest_network() {
         let c = kernel_cmdline();
-        assert!(
-            c.contains("ember.ip=169.254.0.21/30") && c.contains("ember.gw=169.254.0.22"),
-            "{c}"
-        );
+        assert!(c.contains("ember.ip=169.254.0.21/30") && c.contains("ember.gw=169.254.0.22"), "{c}");
         assert!(c.contains("init=/usr/local/bin/ember-agent"));
     }
 }

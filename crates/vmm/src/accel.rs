@@ -47,18 +47,8 @@ impl fmt::Display for AccelInfo {
 /// Detects the accelerator on this host. `EMBER_ACCEL=tcg|kvm` overrides the detection.
 pub fn detect() -> AccelInfo {
     match std::env::var("EMBER_ACCEL").as_deref() {
-        Ok("tcg") => {
-            return AccelInfo {
-                accel: Accel::Tcg,
-                reason: "EMBER_ACCEL=tcg".into(),
-            }
-        }
-        Ok("kvm") => {
-            return AccelInfo {
-                accel: Accel::Kvm,
-                reason: "EMBER_ACCEL=kvm".into(),
-            }
-        }
+        Ok("tcg") => return AccelInfo { accel: Accel::Tcg, reason: "EMBER_ACCEL=tcg".into() },
+        Ok("kvm") => return AccelInfo { accel: Accel::Kvm, reason: "EMBER_ACCEL=kvm".into() },
         _ => {}
     }
     detect_in(Path::new("/"))
@@ -67,24 +57,15 @@ pub fn detect() -> AccelInfo {
 /// Detection against a root directory (tests pass a fake one).
 pub fn detect_in(root: &Path) -> AccelInfo {
     let has = |p: &str| root.join(p).exists();
-    let tcg = |reason: &str| AccelInfo {
-        accel: Accel::Tcg,
-        reason: reason.into(),
-    };
+    let tcg = |reason: &str| AccelInfo { accel: Accel::Tcg, reason: reason.into() };
     if !has("dev/kvm") {
         return tcg("/dev/kvm is absent");
     }
     if has("sys/module/kvm_intel") {
-        return AccelInfo {
-            accel: Accel::Kvm,
-            reason: "/dev/kvm backed by Intel VMX".into(),
-        };
+        return AccelInfo { accel: Accel::Kvm, reason: "/dev/kvm backed by Intel VMX".into() };
     }
     if has("sys/module/kvm_amd") {
-        return AccelInfo {
-            accel: Accel::Kvm,
-            reason: "/dev/kvm backed by AMD SVM".into(),
-        };
+        return AccelInfo { accel: Accel::Kvm, reason: "/dev/kvm backed by AMD SVM".into() };
     }
     if has("sys/module/kvm_pvm") {
         return tcg("/dev/kvm is backed by PVM, which runs only PVM-patched guest kernels");
@@ -106,14 +87,8 @@ mod tests {
 
     #[test]
     fn picks_kvm_only_with_hardware_virtualisation() {
-        assert_eq!(
-            detect_in(fake(&["dev/kvm", "sys/module/kvm_intel"]).path()).accel,
-            Accel::Kvm
-        );
-        assert_eq!(
-            detect_in(fake(&["dev/kvm", "sys/module/kvm_amd"]).path()).accel,
-            Accel::Kvm
-        );
+        assert_eq!(detect_in(fake(&["dev/kvm", "sys/module/kvm_intel"]).path()).accel, Accel::Kvm);
+        assert_eq!(detect_in(fake(&["dev/kvm", "sys/module/kvm_amd"]).path()).accel, Accel::Kvm);
         let pvm = detect_in(fake(&["dev/kvm", "sys/module/kvm_pvm"]).path());
         assert_eq!(pvm.accel, Accel::Tcg);
         assert!(pvm.reason.contains("PVM"));

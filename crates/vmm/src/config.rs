@@ -52,45 +52,14 @@ impl VmConfig {
         fn push(a: &mut Vec<OsString>, parts: &[&str]) {
             a.extend(parts.iter().map(OsString::from));
         }
-        push(
-            &mut a,
-            &[
-                "-M",
-                "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off",
-            ],
-        );
-        push(
-            &mut a,
-            &["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"],
-        );
+        push(&mut a, &["-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off"]);
+        push(&mut a, &["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
         match self.accel {
             Accel::Kvm => push(&mut a, &["-accel", "kvm", "-cpu", "host"]),
-            Accel::Tcg => push(
-                &mut a,
-                &[
-                    "-accel",
-                    &format!("tcg,tb-size={TCG_TB_SIZE_MIB}"),
-                    "-cpu",
-                    "max",
-                ],
-            ),
+            Accel::Tcg => push(&mut a, &["-accel", &format!("tcg,tb-size={TCG_TB_SIZE_MIB}"), "-cpu", "max"]),
         }
-        push(
-            &mut a,
-            &[
-                "-smp",
-                &self.vcpus.to_string(),
-                "-m",
-                &format!("{}M", self.memory_mib),
-            ],
-        );
-        push(
-            &mut a,
-            &[
-                "-sandbox",
-                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-            ],
-        );
+        push(&mut a, &["-smp", &self.vcpus.to_string(), "-m", &format!("{}M", self.memory_mib)]);
+        push(&mut a, &["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]);
         a.push("-kernel".into());
         a.push(self.kernel.clone().into());
         push(&mut a, &["-append", &self.cmdline]);
@@ -98,36 +67,13 @@ impl VmConfig {
         a.push(kv("file,id=serial0,path=", &self.serial_log));
         push(&mut a, &["-serial", "chardev:serial0"]);
         a.push("-drive".into());
-        a.push(kv(
-            "id=root,format=qcow2,if=none,discard=unmap,file=",
-            &self.disk,
-        ));
+        a.push(kv("id=root,format=qcow2,if=none,discard=unmap,file=", &self.disk));
         push(&mut a, &["-device", "virtio-blk-device,drive=root"]);
         if let Some(net) = &self.net {
-            push(
-                &mut a,
-                &[
-                    "-netdev",
-                    &format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap),
-                ],
-            );
-            push(
-                &mut a,
-                &[
-                    "-device",
-                    &format!("virtio-net-device,netdev=net0,mac={}", net.mac),
-                ],
-            );
+            push(&mut a, &["-netdev", &format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap)]);
+            push(&mut a, &["-device", &format!("virtio-net-device,netdev=net0,mac={}", net.mac)]);
         }
-        push(
-            &mut a,
-            &[
-                "-object",
-                "rng-random,id=rng0,filename=/dev/urandom",
-                "-device",
-                "virtio-rng-device,rng=rng0",
-            ],
-        );
+        push(&mut a, &["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng0"]);
         a.push("-qmp".into());
         let mut qmp = kv("unix:", &self.qmp_socket);
         qmp.push(",server=on,wait=off");
@@ -164,10 +110,7 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             cmdline: "console=ttyS0".into(),
             disk: "/d/overlay.qcow2".into(),
-            net: Some(NetConfig {
-                tap: "tap0".into(),
-                mac: "02:fc:00:00:00:05".into(),
-            }),
+            net: Some(NetConfig { tap: "tap0".into(), mac: "02:fc:00:00:00:05".into() }),
             netns: None,
             serial_log: "/d/serial.log".into(),
             qmp_socket: "/d/qmp.sock".into(),
@@ -189,27 +132,16 @@ mod tests {
 
     #[test]
     fn command_line_names_devices_and_accelerator() {
-        let args: Vec<String> = cfg()
-            .qemu_args()
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
+        let args: Vec<String> = cfg().qemu_args().into_iter().map(|a| a.into_string().unwrap()).collect();
         let joined = args.join(" ");
-        assert!(
-            joined.contains("-accel tcg,tb-size=256 -cpu max"),
-            "{joined}"
-        );
+        assert!(joined.contains("-accel tcg,tb-size=256 -cpu max"), "{joined}");
         assert!(joined.contains("-smp 2 -m 512M"));
         assert!(joined.contains("virtio-net-device,netdev=net0,mac=02:fc:00:00:00:05"));
         assert!(joined.contains("file=/d/overlay.qcow2"));
         assert!(joined.contains("-qmp unix:/d/qmp.sock,server=on,wait=off"));
         let mut kvm = cfg();
         kvm.accel = Accel::Kvm;
-        let kvm_args: Vec<String> = kvm
-            .qemu_args()
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
+        let kvm_args: Vec<String> = kvm.qemu_args().into_iter().map(|a| a.into_string().unwrap()).collect();
         assert!(kvm_args.join(" ").contains("-accel kvm -cpu host"));
     }
 }

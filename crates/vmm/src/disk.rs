@@ -15,10 +15,7 @@ pub fn create_overlay(backing: &Path, overlay: &Path) -> Result<(), VmmError> {
         .output()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => VmmError::QemuImgMissing,
-            _ => VmmError::Io {
-                context: "run qemu-img".into(),
-                source: e,
-            },
+            _ => VmmError::Io { context: "run qemu-img".into(), source: e },
         })?;
     if out.status.success() {
         Ok(())

@@ -29,17 +29,11 @@ pub enum VmmError {
     QemuImgMissing,
     /// Creating the disk overlay failed.
     #[error("create disk overlay {path}: {stderr}")]
-    Overlay {
-        path: std::path::PathBuf,
-        stderr: String,
-    },
+    Overlay { path: std::path::PathBuf, stderr: String },
     /// A QMP exchange failed.
     #[error("QMP: {0}")]
     Qmp(#[from] qmp::QmpError),
     /// An operating-system call failed.
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
 }

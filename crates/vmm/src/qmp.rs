@@ -16,10 +16,7 @@ const MAX_LINE: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
     #[error("connect to {path}: {source}")]
-    Connect {
-        path: String,
-        source: std::io::Error,
-    },
+    Connect { path: String, source: std::io::Error },
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("QEMU closed the QMP connection")]
@@ -46,35 +43,23 @@ impl Qmp {
             match UnixStream::connect(path).await {
                 Ok(s) => break s,
                 Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(QmpError::Connect {
-                        path: path.display().to_string(),
-                        source: e,
-                    })
+                    return Err(QmpError::Connect { path: path.display().to_string(), source: e })
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         };
         let (r, w) = stream.into_split();
-        let mut qmp = Self {
-            reader: BufReader::new(r),
-            writer: w,
-        };
+        let mut qmp = Self { reader: BufReader::new(r), writer: w };
         let greeting = qmp.read_message().await?;
         if greeting.get("QMP").is_none() {
-            return Err(QmpError::Malformed(format!(
-                "expected greeting, got {greeting}"
-            )));
+            return Err(QmpError::Malformed(format!("expected greeting, got {greeting}")));
         }
         qmp.execute("qmp_capabilities", None).await?;
         Ok(qmp)
     }
 
     /// Runs a command and returns its `return` value.
-    pub async fn execute(
-        &mut self,
-        command: &str,
-        arguments: Option<Value>,
-    ) -> Result<Value, QmpError> {
+    pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
         let mut msg = json!({ "execute": command });
         if let Some(args) = arguments {
             msg["arguments"] = args;
@@ -92,15 +77,8 @@ impl Qmp {
                 return Ok(ret.clone());
             }
             if let Some(err) = reply.get("error") {
-                let desc = err
-                    .get("desc")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown error")
-                    .to_string();
-                return Err(QmpError::Command {
-                    command: command.into(),
-                    desc,
-                });
+                let desc = err.get("desc").and_then(Value::as_str).unwrap_or("unknown error").to_string();
+                return Err(QmpError::Command { command: command.into(), desc });
             }
             return Err(QmpError::Malformed(reply.to_string()));
         }
@@ -134,13 +112,10 @@ impl Qmp {
             };
             self.reader.consume(used);
             if line.len() > MAX_LINE {
-                return Err(QmpError::Malformed(format!(
-                    "line longer than {MAX_LINE} bytes"
-                )));
+                return Err(QmpError::Malformed(format!("line longer than {MAX_LINE} bytes")));
             }
             if done {
-                return serde_json::from_slice(&line)
-                    .map_err(|e| QmpError::Malformed(e.to_string()));
+                return serde_json::from_slice(&line).map_err(|e| QmpError::Malformed(e.to_string()));
             }
         }
     }
@@ -158,18 +133,16 @@ mod tests {
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            s.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
-                .await
-                .unwrap();
+            s.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n").await.unwrap();
             let mut buf = [0u8; 256];
             let _ = s.read(&mut buf).await.unwrap();
             s.write_all(b"{\"return\": {}}\n").await.unwrap();
             let _ = s.read(&mut buf).await.unwrap();
-            s.write_all(b"{\"event\": \"RESUME\"}\n{\"return\": {\"status\": \"running\", \"running\": true}}\n").await.unwrap();
-            let _ = s.read(&mut buf).await.unwrap();
-            s.write_all(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"nope\"}}\n")
+            s.write_all(b"{\"event\": \"RESUME\"}\n{\"return\": {\"status\": \"running\", \"running\": true}}\n")
                 .await
                 .unwrap();
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"nope\"}}\n").await.unwrap();
         });
         let mut qmp = Qmp::connect(&path, Duration::from_secs(2)).await.unwrap();
         assert_eq!(qmp.status().await.unwrap(), "running");

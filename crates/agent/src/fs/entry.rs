@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ember_envd_proto::filesystem::{EntryInfo, FileType};
 
@@ -23,16 +22,10 @@ pub struct Names {
 
 impl Names {
     fn user(&self, uid: u32) -> String {
-        self.users
-            .get(&uid)
-            .cloned()
-            .unwrap_or_else(|| uid.to_string())
+        self.users.get(&uid).cloned().unwrap_or_else(|| uid.to_string())
     }
     fn group(&self, gid: u32) -> String {
-        self.groups
-            .get(&gid)
-            .cloned()
-            .unwrap_or_else(|| gid.to_string())
+        self.groups.get(&gid).cloned().unwrap_or_else(|| gid.to_string())
     }
 }
 
@@ -41,13 +34,8 @@ pub fn entry_info(path: &Path, names: &Names) -> std::io::Result<EntryInfo> {
     let lmeta = std::fs::symlink_metadata(path)?;
     let is_symlink = lmeta.file_type().is_symlink();
     let (meta, target) = if is_symlink {
-        let target = std::fs::read_link(path)
-            .ok()
-            .map(|t| t.to_string_lossy().into_owned());
-        (
-            std::fs::metadata(path).unwrap_or_else(|_| lmeta.clone()),
-            target,
-        )
+        let target = std::fs::read_link(path).ok().map(|t| t.to_string_lossy().into_owned());
+        (std::fs::metadata(path).unwrap_or_else(|_| lmeta.clone()), target)
     } else {
         (lmeta.clone(), None)
     };
@@ -58,12 +46,9 @@ pub fn entry_info(path: &Path, names: &Names) -> std::io::Result<EntryInfo> {
     } else {
         FileType::File
     };
-    let modified = lmeta.modified().ok().map(rfc3339);
+    let modified = lmeta.modified().ok().map(ember_envd_proto::time::rfc3339);
     Ok(EntryInfo {
-        name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "/".into()),
+        name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into()),
         kind,
         path: path.to_string_lossy().into_owned(),
         size: meta.len() as i64,
@@ -127,55 +112,16 @@ pub fn mode_string(mode: u32) -> String {
     s
 }
 
-/// RFC 3339 in UTC with nanoseconds, e.g. `2026-11-22T03:04:05.123456789Z`.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn modes_read_like_go() {
         assert_eq!(mode_string(libc::S_IFREG | 0o644), "-rw-r--r--");
         assert_eq!(mode_string(libc::S_IFDIR | 0o755), "drwxr-xr-x");
-        assert_eq!(
-            mode_string(libc::S_IFDIR | libc::S_ISVTX | 0o777),
-            "dtrwxrwxrwx"
-        );
+        assert_eq!(mode_string(libc::S_IFDIR | libc::S_ISVTX | 0o777), "dtrwxrwxrwx");
         assert_eq!(mode_string(libc::S_IFLNK | 0o777), "Lrwxrwxrwx");
-    }
-
-    #[test]
-    fn times_are_rfc3339() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
-        let t = UNIX_EPOCH + Duration::new(1_795_836_245, 5);
-        assert_eq!(rfc3339(t), "2026-11-28T03:24:05.000000005Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00.000000000Z"
-        );
     }
 
     #[test]
@@ -186,16 +132,10 @@ mod tests {
         std::os::unix::fs::symlink(&f, dir.path().join("link")).unwrap();
         let names = Names::default();
         let e = entry_info(&f, &names).unwrap();
-        assert_eq!(
-            (e.kind, e.size, e.name.as_str(), e.is_symlink),
-            (FileType::File, 5, "f.txt", false)
-        );
+        assert_eq!((e.kind, e.size, e.name.as_str(), e.is_symlink), (FileType::File, 5, "f.txt", false));
         let l = entry_info(&dir.path().join("link"), &names).unwrap();
         assert_eq!((l.kind, l.is_symlink), (FileType::File, true));
         assert_eq!(l.symlink_target.as_deref(), Some(f.to_str().unwrap()));
-        assert_eq!(
-            entry_info(dir.path(), &names).unwrap().kind,
-            FileType::Directory
-        );
+        assert_eq!(entry_info(dir.path(), &names).unwrap().kind, FileType::Directory);
     }
 }

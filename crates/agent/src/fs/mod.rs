@@ -12,8 +12,8 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use ember_envd_proto::filesystem::{
-    EntryInfo, EntryResponse, ListDirRequest, ListDirResponse, MoveRequest, PathRequest,
-    WatchRequest, WatcherEvents, WatcherRequest,
+    EntryInfo, EntryResponse, ListDirRequest, ListDirResponse, MoveRequest, PathRequest, WatchRequest, WatcherEvents,
+    WatcherRequest,
 };
 use ember_envd_proto::process::Empty;
 use ember_envd_proto::{Code, ConnectError};
@@ -60,9 +60,7 @@ pub fn resolve(path: &str, home: &Path) -> Result<PathBuf, ConnectError> {
 pub fn io_error(path: &Path, e: std::io::Error) -> ConnectError {
     let p = path.display();
     match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            ConnectError::new(Code::NotFound, format!("path '{p}' does not exist"))
-        }
+        std::io::ErrorKind::NotFound => ConnectError::new(Code::NotFound, format!("path '{p}' does not exist")),
         std::io::ErrorKind::PermissionDenied => {
             ConnectError::new(Code::PermissionDenied, format!("permission denied: {p}"))
         }
@@ -70,17 +68,13 @@ pub fn io_error(path: &Path, e: std::io::Error) -> ConnectError {
             ConnectError::new(Code::AlreadyExists, format!("path '{p}' already exists"))
         }
         _ => match e.raw_os_error() {
-            Some(libc::ENOTDIR) => ConnectError::new(
-                Code::InvalidArgument,
-                format!("a parent of '{p}' is not a directory"),
-            ),
-            Some(libc::EISDIR) => {
-                ConnectError::new(Code::InvalidArgument, format!("path '{p}' is a directory"))
+            Some(libc::ENOTDIR) => {
+                ConnectError::new(Code::InvalidArgument, format!("a parent of '{p}' is not a directory"))
             }
-            Some(libc::ENOSPC) => ConnectError::new(
-                Code::ResourceExhausted,
-                format!("not enough disk space for '{p}'"),
-            ),
+            Some(libc::EISDIR) => ConnectError::new(Code::InvalidArgument, format!("path '{p}' is a directory")),
+            Some(libc::ENOSPC) => {
+                ConnectError::new(Code::ResourceExhausted, format!("not enough disk space for '{p}'"))
+            }
             _ => ConnectError::new(Code::Internal, format!("{p}: {e}")),
         },
     }
@@ -116,10 +110,8 @@ pub async fn handle(
             "Stat" => {
                 let req: PathRequest = connect::decode_unary(&headers, &bytes)?;
                 let path = resolve(&req.path, &home)?;
-                let entry = run_as(user, move || {
-                    entry::entry_info(&path, &names).map_err(|e| io_error(&path, e))
-                })
-                .await?;
+                let entry =
+                    run_as(user, move || entry::entry_info(&path, &names).map_err(|e| io_error(&path, e))).await?;
                 Ok(unary(&EntryResponse { entry }))
             }
             "MakeDir" => {
@@ -130,10 +122,7 @@ pub async fn handle(
             }
             "Move" => {
                 let req: MoveRequest = connect::decode_unary(&headers, &bytes)?;
-                let (from, to) = (
-                    resolve(&req.source, &home)?,
-                    resolve(&req.destination, &home)?,
-                );
+                let (from, to) = (resolve(&req.source, &home)?, resolve(&req.destination, &home)?);
                 let entry = run_as(user, move || move_entry(&from, &to, &names)).await?;
                 Ok(unary(&EntryResponse { entry }))
             }
@@ -165,10 +154,9 @@ pub async fn handle(
                 agent.watchers.remove(&req.watcher_id)?;
                 Ok(unary(&Empty {}))
             }
-            other => Err(ConnectError::new(
-                Code::Unimplemented,
-                format!("filesystem.Filesystem/{other} is not implemented"),
-            )),
+            other => {
+                Err(ConnectError::new(Code::Unimplemented, format!("filesystem.Filesystem/{other} is not implemented")))
+            }
         }
     }
     .await;
@@ -177,10 +165,7 @@ pub async fn handle(
 
 fn make_dir(path: &Path, names: &entry::Names) -> Result<EntryInfo, ConnectError> {
     if path.exists() {
-        return Err(ConnectError::new(
-            Code::AlreadyExists,
-            format!("path '{}' already exists", path.display()),
-        ));
+        return Err(ConnectError::new(Code::AlreadyExists, format!("path '{}' already exists", path.display())));
     }
     std::fs::create_dir_all(path).map_err(|e| io_error(path, e))?;
     entry::entry_info(path, names).map_err(|e| io_error(path, e))
@@ -197,34 +182,21 @@ fn move_entry(from: &Path, to: &Path, names: &entry::Names) -> Result<EntryInfo,
 
 fn remove(path: &Path) -> Result<(), ConnectError> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| io_error(path, e))?;
-    if meta.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
-    }
-    .map_err(|e| io_error(path, e))
+    if meta.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }
+        .map_err(|e| io_error(path, e))
 }
 
 fn list_dir(path: &Path, depth: u32, names: &entry::Names) -> Result<Vec<EntryInfo>, ConnectError> {
     let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
     if !meta.is_dir() {
-        return Err(ConnectError::new(
-            Code::InvalidArgument,
-            format!("path '{}' is not a directory", path.display()),
-        ));
+        return Err(ConnectError::new(Code::InvalidArgument, format!("path '{}' is not a directory", path.display())));
     }
     let mut out = Vec::new();
     walk(path, depth, names, &mut out, true)?;
     Ok(out)
 }
 
-fn walk(
-    dir: &Path,
-    depth: u32,
-    names: &entry::Names,
-    out: &mut Vec<EntryInfo>,
-    top: bool,
-) -> Result<(), ConnectError> {
+fn walk(dir: &Path, depth: u32, names: &entry::Names, out: &mut Vec<EntryInfo>, top: bool) -> Result<(), ConnectError> {
     let read = match std::fs::read_dir(dir) {
         Ok(r) => r,
         Err(e) if top => return Err(io_error(dir, e)),
@@ -234,17 +206,12 @@ fn walk(
     children.sort();
     for child in children {
         if out.len() >= MAX_LIST {
-            return Err(ConnectError::new(
-                Code::ResourceExhausted,
-                format!("more than {MAX_LIST} entries"),
-            ));
+            return Err(ConnectError::new(Code::ResourceExhausted, format!("more than {MAX_LIST} entries")));
         }
         let Ok(info) = entry::entry_info(&child, names) else {
             continue;
         };
-        let recurse = depth > 1
-            && !info.is_symlink
-            && info.kind == ember_envd_proto::filesystem::FileType::Directory;
+        let recurse = depth > 1 && !info.is_symlink && info.kind == ember_envd_proto::filesystem::FileType::Directory;
         out.push(info);
         if recurse {
             walk(&child, depth - 1, names, out, false)?;
@@ -260,37 +227,19 @@ mod tests {
     #[test]
     fn paths_resolve_against_home_and_are_cleaned() {
         let home = Path::new("/home/user");
-        assert_eq!(
-            resolve("a.txt", home).unwrap(),
-            Path::new("/home/user/a.txt")
-        );
-        assert_eq!(
-            resolve("~/x/../y", home).unwrap(),
-            Path::new("/home/user/y")
-        );
+        assert_eq!(resolve("a.txt", home).unwrap(), Path::new("/home/user/a.txt"));
+        assert_eq!(resolve("~/x/../y", home).unwrap(), Path::new("/home/user/y"));
         assert_eq!(resolve("", home).unwrap(), Path::new("/home/user"));
         assert_eq!(resolve("/tmp/./a//b", home).unwrap(), Path::new("/tmp/a/b"));
         assert_eq!(resolve("/../../etc", home).unwrap(), Path::new("/etc"));
-        assert_eq!(
-            resolve("a\0b", home).unwrap_err().code,
-            Code::InvalidArgument
-        );
+        assert_eq!(resolve("a\0b", home).unwrap_err().code, Code::InvalidArgument);
     }
 
     #[test]
     fn io_errors_map_to_sdk_codes() {
         let p = Path::new("/x");
-        assert_eq!(
-            io_error(p, std::io::ErrorKind::NotFound.into()).code,
-            Code::NotFound
-        );
-        assert_eq!(
-            io_error(p, std::io::ErrorKind::PermissionDenied.into()).code,
-            Code::PermissionDenied
-        );
-        assert_eq!(
-            io_error(p, std::io::Error::from_raw_os_error(libc::ENOSPC)).code,
-            Code::ResourceExhausted
-        );
+        assert_eq!(io_error(p, std::io::ErrorKind::NotFound.into()).code, Code::NotFound);
+        assert_eq!(io_error(p, std::io::ErrorKind::PermissionDenied.into()).code, Code::PermissionDenied);
+        assert_eq!(io_error(p, std::io::Error::from_raw_os_error(libc::ENOSPC)).code, Code::ResourceExhausted);
     }
 }

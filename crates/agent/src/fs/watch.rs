@@ -55,10 +55,7 @@ impl Watchers {
     }
 
     pub fn remove(&self, id: &str) -> Result<(), ConnectError> {
-        self.lock()
-            .remove(id)
-            .map(|_| ())
-            .ok_or_else(|| not_found(id))
+        self.lock().remove(id).map(|_| ()).ok_or_else(|| not_found(id))
     }
 }
 
@@ -100,11 +97,7 @@ fn start_watcher(
             return;
         };
         for path in &event.paths {
-            let name = path
-                .strip_prefix(&base)
-                .unwrap_or(path)
-                .to_string_lossy()
-                .into_owned();
+            let name = path.strip_prefix(&base).unwrap_or(path).to_string_lossy().into_owned();
             let entry = (include_entry && kind != EventType::Remove && kind != EventType::Rename)
                 .then(|| entry_info(path, &names).ok())
                 .flatten();
@@ -112,14 +105,10 @@ fn start_watcher(
         }
     })
     .map_err(|e| ConnectError::new(Code::Internal, format!("create watcher: {e}")))?;
-    let mode = if req.recursive {
-        RecursiveMode::Recursive
-    } else {
-        RecursiveMode::NonRecursive
-    };
-    watcher.watch(&root, mode).map_err(|e| {
-        ConnectError::new(Code::Internal, format!("watch '{}': {e}", root.display()))
-    })?;
+    let mode = if req.recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+    watcher
+        .watch(&root, mode)
+        .map_err(|e| ConnectError::new(Code::Internal, format!("watch '{}': {e}", root.display())))?;
     Ok(watcher)
 }
 
@@ -137,16 +126,9 @@ fn map_kind(kind: &EventKind) -> Option<EventType> {
     }
 }
 
-pub async fn create_watcher(
-    agent: &Agent,
-    user: User,
-    req: WatchRequest,
-) -> Result<String, ConnectError> {
+pub async fn create_watcher(agent: &Agent, user: User, req: WatchRequest) -> Result<String, ConnectError> {
     if agent.watchers.lock().len() >= MAX_WATCHERS {
-        return Err(ConnectError::new(
-            Code::ResourceExhausted,
-            format!("at most {MAX_WATCHERS} watchers"),
-        ));
+        return Err(ConnectError::new(Code::ResourceExhausted, format!("at most {MAX_WATCHERS} watchers")));
     }
     let root = check_dir(&user, &req).await?;
     let events: Arc<Mutex<VecDeque<FilesystemEvent>>> = Arc::default();
@@ -159,22 +141,14 @@ pub async fn create_watcher(
         q.push_back(ev);
     })?;
     let id = random_id();
-    agent.watchers.lock().insert(
-        id.clone(),
-        PolledWatcher {
-            _watcher: watcher,
-            events,
-        },
-    );
+    agent.watchers.lock().insert(id.clone(), PolledWatcher { _watcher: watcher, events });
     Ok(id)
 }
 
 fn random_id() -> String {
     use rand::Rng;
     let mut rng = rand::thread_rng();
-    (0..16)
-        .map(|_| format!("{:x}", rng.gen::<u8>() & 0xf))
-        .collect()
+    (0..16).map(|_| format!("{:x}", rng.gen::<u8>() & 0xf)).collect()
 }
 
 /// The `WatchDir` server stream: a start frame, then events until the client goes away.
@@ -199,10 +173,7 @@ pub async fn watch_dir(agent: &Arc<Agent>, headers: &HeaderMap, body: Body) -> R
     }
     .await;
     match result {
-        Ok(rx) => connect::stream(
-            rx,
-            StreamOptions::from_headers(headers, &WatchDirResponse::Keepalive(Empty {})),
-        ),
+        Ok(rx) => connect::stream(rx, StreamOptions::from_headers(headers, &WatchDirResponse::Keepalive(Empty {}))),
         Err(e) => error_for(headers, e),
     }
 }

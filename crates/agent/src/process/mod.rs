@@ -11,8 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use ember_envd_proto::process::{
-    Empty, KeepAlive, ListResponse, ProcessEvent, ProcessInfo, SelectRequest, SendInputRequest,
-    SendSignalRequest, Signal, StartRequest, StartResponse, StreamInputRequest, UpdateRequest,
+    Empty, KeepAlive, ListResponse, ProcessEvent, ProcessInfo, SelectRequest, SendInputRequest, SendSignalRequest,
+    Signal, StartRequest, StartResponse, StreamInputRequest, UpdateRequest,
 };
 use ember_envd_proto::{Code, ConnectError};
 
@@ -36,26 +36,18 @@ pub async fn handle(
         "CloseStdin" => close_stdin(&agent, &headers, body).await,
         "SendSignal" => send_signal(&agent, &headers, body).await,
         "Update" => update(&agent, &headers, body).await,
-        other => Err(ConnectError::new(
-            Code::Unimplemented,
-            format!("process.Process/{other} is not implemented"),
-        )),
+        other => Err(ConnectError::new(Code::Unimplemented, format!("process.Process/{other} is not implemented"))),
     };
     result.unwrap_or_else(|e| error_for(&headers, e))
 }
 
-async fn unary_request<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<T, ConnectError> {
+async fn unary_request<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ConnectError> {
     let bytes = read_body(body, MAX_REQUEST).await?;
     connect::decode_unary(headers, &bytes)
 }
 
 fn keepalive() -> StartResponse {
-    StartResponse {
-        event: ProcessEvent::Keepalive(KeepAlive {}),
-    }
+    StartResponse { event: ProcessEvent::Keepalive(KeepAlive {}) }
 }
 
 async fn start(agent: &Arc<Agent>, headers: &HeaderMap, body: Body) -> Response {
@@ -81,13 +73,9 @@ async fn start(agent: &Arc<Agent>, headers: &HeaderMap, body: Body) -> Response 
     .await;
     match result {
         // The process's lifetime is the deadline, so the stream itself needs none.
-        Ok(rx) => connect::stream(
-            rx,
-            StreamOptions {
-                deadline: None,
-                ..StreamOptions::from_headers(headers, &keepalive())
-            },
-        ),
+        Ok(rx) => {
+            connect::stream(rx, StreamOptions { deadline: None, ..StreamOptions::from_headers(headers, &keepalive()) })
+        }
         Err(e) => error_for(headers, e),
     }
 }
@@ -111,20 +99,12 @@ async fn list(agent: &Agent, headers: &HeaderMap, body: Body) -> Result<Response
         .processes
         .running()
         .iter()
-        .map(|e| ProcessInfo {
-            config: e.config.clone(),
-            pid: e.pid,
-            tag: e.tag.clone(),
-        })
+        .map(|e| ProcessInfo { config: e.config.clone(), pid: e.pid, tag: e.tag.clone() })
         .collect();
     Ok(unary(&ListResponse { processes }))
 }
 
-async fn send_input(
-    agent: &Agent,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ConnectError> {
+async fn send_input(agent: &Agent, headers: &HeaderMap, body: Body) -> Result<Response, ConnectError> {
     let request: SendInputRequest = unary_request(headers, body).await?;
     let entry = agent.processes.find_running(&request.process)?;
     write_input(&entry, &request.input).await?;
@@ -145,22 +125,14 @@ async fn write_input(
     Ok(())
 }
 
-async fn stream_input(
-    agent: &Agent,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ConnectError> {
+async fn stream_input(agent: &Agent, headers: &HeaderMap, body: Body) -> Result<Response, ConnectError> {
     let mut stream = ClientStream::new(headers, body)?;
     let mut entry = None;
     while let Some(msg) = stream.next::<StreamInputRequest>().await? {
         match msg {
-            StreamInputRequest::Start(start) => {
-                entry = Some(agent.processes.find_running(&start.process)?)
-            }
+            StreamInputRequest::Start(start) => entry = Some(agent.processes.find_running(&start.process)?),
             StreamInputRequest::Data(data) => {
-                let target = entry
-                    .as_ref()
-                    .ok_or_else(|| connect::invalid("data before start in StreamInput"))?;
+                let target = entry.as_ref().ok_or_else(|| connect::invalid("data before start in StreamInput"))?;
                 write_input(target, &data.input).await?;
             }
             StreamInputRequest::Keepalive(_) => {}
@@ -171,20 +143,10 @@ async fn stream_input(
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let _ = tx.try_send(frames.into());
     drop(tx);
-    Ok(connect::stream(
-        rx,
-        StreamOptions {
-            keepalive: None,
-            deadline: None,
-        },
-    ))
+    Ok(connect::stream(rx, StreamOptions { keepalive: None, deadline: None }))
 }
 
-async fn close_stdin(
-    agent: &Agent,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ConnectError> {
+async fn close_stdin(agent: &Agent, headers: &HeaderMap, body: Body) -> Result<Response, ConnectError> {
     let request: SelectRequest = unary_request(headers, body).await?;
     let entry = agent.processes.find_running(&request.process)?;
     let mut input = entry.input.lock().await;
@@ -193,26 +155,16 @@ async fn close_stdin(
             stdin.take();
         }
         spawn::Input::Pty(_) => {
-            return Err(ConnectError::new(
-                Code::FailedPrecondition,
-                "process has a PTY, not stdin",
-            ))
+            return Err(ConnectError::new(Code::FailedPrecondition, "process has a PTY, not stdin"))
         }
         spawn::Input::None => {
-            return Err(ConnectError::new(
-                Code::FailedPrecondition,
-                "process was started without stdin",
-            ))
+            return Err(ConnectError::new(Code::FailedPrecondition, "process was started without stdin"))
         }
     }
     Ok(unary(&Empty {}))
 }
 
-async fn send_signal(
-    agent: &Agent,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ConnectError> {
+async fn send_signal(agent: &Agent, headers: &HeaderMap, body: Body) -> Result<Response, ConnectError> {
     let request: SendSignalRequest = unary_request(headers, body).await?;
     let entry = agent.processes.find_running(&request.process)?;
     let signal = match request.signal {
@@ -221,10 +173,7 @@ async fn send_signal(
         Signal::Unspecified => return Err(connect::invalid("signal is unspecified")),
     };
     if !spawn::signal_group(entry.pid, signal) {
-        return Err(ConnectError::new(
-            Code::NotFound,
-            format!("process {} is gone", entry.pid),
-        ));
+        return Err(ConnectError::new(Code::NotFound, format!("process {} is gone", entry.pid)));
     }
     Ok(unary(&Empty {}))
 }
@@ -235,12 +184,7 @@ async fn update(agent: &Agent, headers: &HeaderMap, body: Body) -> Result<Respon
     if let Some(pty) = request.pty {
         match &*entry.input.lock().await {
             spawn::Input::Pty(master) => master.resize(pty.size)?,
-            _ => {
-                return Err(ConnectError::new(
-                    Code::FailedPrecondition,
-                    "process has no PTY",
-                ))
-            }
+            _ => return Err(ConnectError::new(Code::FailedPrecondition, "process has no PTY")),
         }
     }
     Ok(unary(&Empty {}))

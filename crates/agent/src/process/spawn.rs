@@ -33,27 +33,18 @@ pub enum Input {
 impl Input {
     /// Writes client input; `pty` says which kind the client sent.
     pub async fn write(&mut self, data: &[u8], pty: bool) -> Result<(), ConnectError> {
-        let failed =
-            |e: std::io::Error| ConnectError::new(Code::Internal, format!("write input: {e}"));
+        let failed = |e: std::io::Error| ConnectError::new(Code::Internal, format!("write input: {e}"));
         match (self, pty) {
             (Input::Stdin(Some(stdin)), false) => stdin.write_all(data).await.map_err(failed),
             (Input::Pty(master), true) => master.write_all(data).await.map_err(failed),
-            (Input::Stdin(None), false) => Err(ConnectError::new(
-                Code::FailedPrecondition,
-                "stdin is closed",
-            )),
-            (Input::Pty(_), false) => Err(ConnectError::new(
-                Code::FailedPrecondition,
-                "process has a PTY: send pty input",
-            )),
-            (_, true) => Err(ConnectError::new(
-                Code::FailedPrecondition,
-                "process has no PTY",
-            )),
-            (Input::None, false) => Err(ConnectError::new(
-                Code::FailedPrecondition,
-                "process was started without stdin",
-            )),
+            (Input::Stdin(None), false) => Err(ConnectError::new(Code::FailedPrecondition, "stdin is closed")),
+            (Input::Pty(_), false) => {
+                Err(ConnectError::new(Code::FailedPrecondition, "process has a PTY: send pty input"))
+            }
+            (_, true) => Err(ConnectError::new(Code::FailedPrecondition, "process has no PTY")),
+            (Input::None, false) => {
+                Err(ConnectError::new(Code::FailedPrecondition, "process was started without stdin"))
+            }
         }
     }
 }
@@ -67,9 +58,7 @@ impl PtyMaster {
     async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
             let mut guard = self.fd.writable().await?;
-            match guard
-                .try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from))
-            {
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from)) {
                 Ok(Ok(n)) => data = &data[n..],
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
@@ -81,9 +70,7 @@ impl PtyMaster {
     async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| {
-                nix::unistd::read(fd.get_ref().as_raw_fd(), buf).map_err(std::io::Error::from)
-            }) {
+            match guard.try_io(|fd| nix::unistd::read(fd.get_ref().as_raw_fd(), buf).map_err(std::io::Error::from)) {
                 Ok(Ok(n)) => return Ok(n),
                 // EIO: every copy of the other end is closed (the process exited).
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
@@ -99,10 +86,7 @@ impl PtyMaster {
         // SAFETY: TIOCSWINSZ reads a `winsize` from the pointer, which is valid for the call.
         let rc = unsafe { libc::ioctl(self.fd.get_ref().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
         if rc != 0 {
-            return Err(ConnectError::new(
-                Code::Internal,
-                format!("resize PTY: {}", std::io::Error::last_os_error()),
-            ));
+            return Err(ConnectError::new(Code::Internal, format!("resize PTY: {}", std::io::Error::last_os_error())));
         }
         Ok(())
     }
@@ -129,25 +113,13 @@ pub struct Launch {
 
 /// Starts the process, registers it in `table` and starts its pumps.
 pub fn start(table: &Arc<ProcessTable>, launch: Launch) -> Result<Arc<Entry>, ConnectError> {
-    let Launch {
-        request,
-        user,
-        sandbox_envs,
-        default_workdir,
-        lifetime,
-    } = launch;
+    let Launch { request, user, sandbox_envs, default_workdir, lifetime } = launch;
     let cfg = &request.process;
     if cfg.cmd.is_empty() {
-        return Err(ConnectError::new(
-            Code::InvalidArgument,
-            "process.cmd is empty",
-        ));
+        return Err(ConnectError::new(Code::InvalidArgument, "process.cmd is empty"));
     }
     if cfg.cmd.contains('\0') || cfg.args.iter().any(|a| a.contains('\0')) {
-        return Err(ConnectError::new(
-            Code::InvalidArgument,
-            "command contains a NUL byte",
-        ));
+        return Err(ConnectError::new(Code::InvalidArgument, "command contains a NUL byte"));
     }
     let cwd = resolve_cwd(cfg.cwd.as_deref(), default_workdir.as_deref(), &user.home)?;
     let mut cmd = tokio::process::Command::new(&cfg.cmd);
@@ -168,24 +140,12 @@ pub fn start(table: &Arc<ProcessTable>, launch: Launch) -> Result<Arc<Entry>, Co
     };
     match &pty {
         Some((_, slave)) => {
-            let dup = |fd: &OwnedFd| {
-                fd.try_clone()
-                    .map(Stdio::from)
-                    .map_err(|e| internal("dup PTY", e))
-            };
-            cmd.stdin(dup(slave)?)
-                .stdout(dup(slave)?)
-                .stderr(dup(slave)?);
+            let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from).map_err(|e| internal("dup PTY", e));
+            cmd.stdin(dup(slave)?).stdout(dup(slave)?).stderr(dup(slave)?);
         }
         None => {
-            let stdin = if request.stdin == Some(true) {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            };
-            cmd.stdin(stdin)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            let stdin = if request.stdin == Some(true) { Stdio::piped() } else { Stdio::null() };
+            cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
         }
     }
     prepare_child(&mut cmd, &user, pty.is_some());
@@ -212,12 +172,7 @@ pub fn start(table: &Arc<ProcessTable>, launch: Launch) -> Result<Arc<Entry>, Co
             None => (Input::None, None),
         },
     };
-    let entry = Arc::new(Entry::new(
-        pid,
-        request.tag.clone(),
-        request.process.clone(),
-        input,
-    ));
+    let entry = Arc::new(Entry::new(pid, request.tag.clone(), request.process.clone(), input));
     table.insert(Arc::clone(&entry));
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let (table, pump_entry) = (Arc::clone(table), Arc::clone(&entry));
@@ -243,12 +198,7 @@ pub fn start(table: &Arc<ProcessTable>, launch: Launch) -> Result<Arc<Entry>, Co
         };
         let end = match status {
             Ok(status) => end_event(status),
-            Err(e) => EndEvent {
-                exit_code: -1,
-                exited: false,
-                status: "unknown".into(),
-                error: Some(e.to_string()),
-            },
+            Err(e) => EndEvent { exit_code: -1, exited: false, status: "unknown".into(), error: Some(e.to_string()) },
         };
         tracing::debug!(pid, status = %end.status, "process ended");
         entry.finish(end).await;
@@ -266,19 +216,12 @@ fn open_pty(size: PtySize) -> Result<(OwnedFd, OwnedFd), ConnectError> {
     let ws = winsize(size);
     let pty = nix::pty::openpty(Some(&ws), None).map_err(|e| internal("open PTY", e))?;
     let flags = nix::fcntl::OFlag::from_bits_truncate(
-        nix::fcntl::fcntl(pty.master.as_raw_fd(), nix::fcntl::F_GETFL)
-            .map_err(|e| internal("PTY flags", e))?,
+        nix::fcntl::fcntl(pty.master.as_raw_fd(), nix::fcntl::F_GETFL).map_err(|e| internal("PTY flags", e))?,
     );
-    nix::fcntl::fcntl(
-        pty.master.as_raw_fd(),
-        nix::fcntl::F_SETFL(flags | nix::fcntl::OFlag::O_NONBLOCK),
-    )
-    .map_err(|e| internal("PTY flags", e))?;
-    nix::fcntl::fcntl(
-        pty.master.as_raw_fd(),
-        nix::fcntl::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )
-    .map_err(|e| internal("PTY flags", e))?;
+    nix::fcntl::fcntl(pty.master.as_raw_fd(), nix::fcntl::F_SETFL(flags | nix::fcntl::OFlag::O_NONBLOCK))
+        .map_err(|e| internal("PTY flags", e))?;
+    nix::fcntl::fcntl(pty.master.as_raw_fd(), nix::fcntl::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+        .map_err(|e| internal("PTY flags", e))?;
     Ok((pty.master, pty.slave))
 }
 
@@ -317,11 +260,7 @@ pub fn signal_group(pid: u32, signal: i32) -> bool {
     unsafe { libc::kill(-(pid as i32), signal) == 0 || libc::kill(pid as i32, signal) == 0 }
 }
 
-fn resolve_cwd(
-    cwd: Option<&str>,
-    default: Option<&Path>,
-    home: &Path,
-) -> Result<PathBuf, ConnectError> {
+fn resolve_cwd(cwd: Option<&str>, default: Option<&Path>, home: &Path) -> Result<PathBuf, ConnectError> {
     let dir = match cwd {
         None | Some("") => match default {
             Some(d) if d.is_dir() => return Ok(d.to_path_buf()),
@@ -332,24 +271,15 @@ fn resolve_cwd(
     if dir.is_dir() {
         Ok(dir)
     } else {
-        Err(ConnectError::new(
-            Code::InvalidArgument,
-            format!("cwd '{}' does not exist", dir.display()),
-        ))
+        Err(ConnectError::new(Code::InvalidArgument, format!("cwd '{}' does not exist", dir.display())))
     }
 }
 
-async fn pump<R: AsyncRead + Unpin>(
-    reader: Option<R>,
-    entry: &Entry,
-    wrap: fn(Vec<u8>) -> DataEvent,
-) {
+async fn pump<R: AsyncRead + Unpin>(reader: Option<R>, entry: &Entry, wrap: fn(Vec<u8>) -> DataEvent) {
     let Some(mut reader) = reader else { return };
     let mut buf = vec![0u8; READ_CHUNK];
     while let Ok(n @ 1..) = reader.read(&mut buf).await {
-        entry
-            .broadcast(frame(ProcessEvent::Data(wrap(buf[..n].to_vec()))))
-            .await;
+        entry.broadcast(frame(ProcessEvent::Data(wrap(buf[..n].to_vec())))).await;
     }
 }
 
@@ -357,33 +287,20 @@ async fn pump_pty(master: Option<Arc<PtyMaster>>, entry: &Entry) {
     let Some(master) = master else { return };
     let mut buf = vec![0u8; READ_CHUNK];
     while let Ok(n @ 1..) = master.read(&mut buf).await {
-        entry
-            .broadcast(frame(ProcessEvent::Data(DataEvent::Pty(buf[..n].to_vec()))))
-            .await;
+        entry.broadcast(frame(ProcessEvent::Data(DataEvent::Pty(buf[..n].to_vec())))).await;
     }
 }
 
 /// The end event for an exit status, with envd's (Go's) status strings.
 pub fn end_event(status: ExitStatus) -> EndEvent {
     match (status.code(), status.signal()) {
-        (Some(code), _) => EndEvent {
-            exit_code: code,
-            exited: true,
-            status: format!("exit status {code}"),
-            error: None,
-        },
-        (None, Some(sig)) => EndEvent {
-            exit_code: -1,
-            exited: false,
-            status: format!("signal: {}", signal_name(sig)),
-            error: None,
-        },
-        (None, None) => EndEvent {
-            exit_code: -1,
-            exited: false,
-            status: "unknown".into(),
-            error: None,
-        },
+        (Some(code), _) => {
+            EndEvent { exit_code: code, exited: true, status: format!("exit status {code}"), error: None }
+        }
+        (None, Some(sig)) => {
+            EndEvent { exit_code: -1, exited: false, status: format!("signal: {}", signal_name(sig)), error: None }
+        }
+        (None, None) => EndEvent { exit_code: -1, exited: false, status: "unknown".into(), error: None },
     }
 }
 
@@ -416,29 +333,17 @@ mod tests {
     #[test]
     fn status_strings_match_envd() {
         let exited = end_event(ExitStatus::from_raw(7 << 8));
-        assert_eq!(
-            (exited.exit_code, exited.exited, exited.status.as_str()),
-            (7, true, "exit status 7")
-        );
+        assert_eq!((exited.exit_code, exited.exited, exited.status.as_str()), (7, true, "exit status 7"));
         let killed = end_event(ExitStatus::from_raw(libc::SIGKILL));
-        assert_eq!(
-            (killed.exit_code, killed.exited, killed.status.as_str()),
-            (-1, false, "signal: killed")
-        );
+        assert_eq!((killed.exit_code, killed.exited, killed.status.as_str()), (-1, false, "signal: killed"));
     }
 
     #[test]
     fn cwd_must_exist() {
         let home = Path::new("/");
         assert_eq!(resolve_cwd(None, None, home).unwrap(), Path::new("/"));
-        assert_eq!(
-            resolve_cwd(None, Some(Path::new("/tmp")), home).unwrap(),
-            Path::new("/tmp")
-        );
-        assert_eq!(
-            resolve_cwd(Some("tmp"), None, home).unwrap(),
-            Path::new("/tmp")
-        );
+        assert_eq!(resolve_cwd(None, Some(Path::new("/tmp")), home).unwrap(), Path::new("/tmp"));
+        assert_eq!(resolve_cwd(Some("tmp"), None, home).unwrap(), Path::new("/tmp"));
         let err = resolve_cwd(Some("/definitely/not/here"), None, home).unwrap_err();
         assert_eq!(err.code, Code::InvalidArgument);
         assert!(err.message.contains("does not exist"));

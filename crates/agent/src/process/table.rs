@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ember_envd_proto::envelope::{encode_end, encode_message};
-use ember_envd_proto::process::{
-    EndEvent, ProcessConfig, ProcessEvent, ProcessSelector, StartEvent, StartResponse,
-};
+use ember_envd_proto::process::{EndEvent, ProcessConfig, ProcessEvent, ProcessSelector, StartEvent, StartResponse};
 use ember_envd_proto::{Code, ConnectError};
 use tokio::sync::mpsc;
 
@@ -60,18 +58,12 @@ impl ProcessTable {
         let found = match (sel.pid, &sel.tag) {
             (Some(pid), _) => entries.get(&pid).cloned(),
             (None, Some(tag)) => {
-                let mut matching: Vec<&Arc<Entry>> = entries
-                    .values()
-                    .filter(|e| e.tag.as_ref() == Some(tag))
-                    .collect();
+                let mut matching: Vec<&Arc<Entry>> = entries.values().filter(|e| e.tag.as_ref() == Some(tag)).collect();
                 matching.sort_by_key(|e| e.is_finished());
                 matching.first().map(|e| Arc::clone(e))
             }
             (None, None) => {
-                return Err(ConnectError::new(
-                    Code::InvalidArgument,
-                    "process selector needs a pid or a tag",
-                ))
+                return Err(ConnectError::new(Code::InvalidArgument, "process selector needs a pid or a tag"))
             }
         };
         found.ok_or_else(|| {
@@ -87,22 +79,14 @@ impl ProcessTable {
     pub fn find_running(&self, sel: &ProcessSelector) -> Result<Arc<Entry>, ConnectError> {
         let entry = self.find(sel)?;
         if entry.is_finished() {
-            return Err(ConnectError::new(
-                Code::NotFound,
-                format!("process {} has already finished", entry.pid),
-            ));
+            return Err(ConnectError::new(Code::NotFound, format!("process {} has already finished", entry.pid)));
         }
         Ok(entry)
     }
 
     /// Running processes.
     pub fn running(&self) -> Vec<Arc<Entry>> {
-        let mut v: Vec<Arc<Entry>> = self
-            .lock()
-            .values()
-            .filter(|e| !e.is_finished())
-            .cloned()
-            .collect();
+        let mut v: Vec<Arc<Entry>> = self.lock().values().filter(|e| !e.is_finished()).cloned().collect();
         v.sort_by_key(|e| e.pid);
         v
     }
@@ -115,13 +99,7 @@ impl ProcessTable {
 
 impl Entry {
     pub fn new(pid: u32, tag: Option<String>, config: ProcessConfig, input: Input) -> Self {
-        Self {
-            pid,
-            tag,
-            config,
-            input: tokio::sync::Mutex::new(input),
-            subs: Mutex::default(),
-        }
+        Self { pid, tag, config, input: tokio::sync::Mutex::new(input), subs: Mutex::default() }
     }
 
     fn subs(&self) -> std::sync::MutexGuard<'_, Subscribers> {

@@ -39,16 +39,8 @@ pub struct Running {
 
 impl Ember {
     pub fn new() -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "guest tests need root (network namespaces, taps); run them as root"
-        );
-        Self {
-            data: tempfile::Builder::new()
-                .prefix("ember-test-")
-                .tempdir()
-                .unwrap(),
-        }
+        assert!(nix::unistd::geteuid().is_root(), "guest tests need root (network namespaces, taps); run them as root");
+        Self { data: tempfile::Builder::new().prefix("ember-test-").tempdir().unwrap() }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -57,8 +49,7 @@ impl Ember {
 
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember"));
-        cmd.env("EMBER_DATA_DIR", self.data.path())
-            .stdin(Stdio::null());
+        cmd.env("EMBER_DATA_DIR", self.data.path()).stdin(Stdio::null());
         if std::env::var_os("EMBER_AGENT_BIN").is_none() {
             cmd.env("EMBER_AGENT_BIN", agent_bin());
         }
@@ -71,11 +62,7 @@ impl Ember {
     }
 
     pub fn run_with(&self, cmd: &mut Command) -> Outcome {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let out = read_all(child.stdout.take().unwrap());
         let err = read_all(child.stderr.take().unwrap());
         let mut ids = BTreeSet::new();
@@ -88,72 +75,39 @@ impl Ember {
             assert!(Instant::now() < deadline, "ember did not finish");
             std::thread::sleep(Duration::from_millis(20));
         };
-        Outcome {
-            status,
-            stdout: out.join().unwrap(),
-            stderr: err.join().unwrap(),
-            ids,
-        }
+        Outcome { status, stdout: out.join().unwrap(), stderr: err.join().unwrap(), ids }
     }
 
     /// Starts `ember ARGS` and reads its output line by line as it comes.
     pub fn spawn(&self, args: &[&str]) -> Running {
-        let mut child = self
-            .command()
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = self.command().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let (tx, rx) = mpsc::channel();
         for (stream, is_err) in [
-            (
-                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-                false,
-            ),
+            (Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, false),
             (Box::new(child.stderr.take().unwrap()), true),
         ] {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = tx.send(Line {
-                        stderr: is_err,
-                        text: line,
-                        at: Instant::now(),
-                    });
+                    let _ = tx.send(Line { stderr: is_err, text: line, at: Instant::now() });
                 }
             });
         }
-        Running {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
+        Running { child, lines: rx, seen: Vec::new() }
     }
 
     /// Ids of the sandboxes whose directories exist now.
     pub fn sandbox_ids(&self) -> Vec<String> {
         std::fs::read_dir(self.data.path().join("sandboxes"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default()
     }
 
     /// Asserts that nothing of the given sandboxes, nor any QEMU of this data dir, is left.
     pub fn assert_clean(&self, ids: &BTreeSet<String>) {
-        assert!(
-            self.sandbox_ids().is_empty(),
-            "sandbox directories left: {:?}",
-            self.sandbox_ids()
-        );
+        assert!(self.sandbox_ids().is_empty(), "sandbox directories left: {:?}", self.sandbox_ids());
         for id in ids {
-            assert!(
-                !Path::new("/run/netns").join(format!("ember-{id}")).exists(),
-                "network namespace of {id} left"
-            );
+            assert!(!Path::new("/run/netns").join(format!("ember-{id}")).exists(), "network namespace of {id} left");
         }
         let procs = processes_mentioning(&self.data.path().to_string_lossy());
         assert!(procs.is_empty(), "processes left: {procs:?}");

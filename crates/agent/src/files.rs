@@ -19,11 +19,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::auth::{check_file_access, http_error, HttpError};
-use ember_envd_proto::signature::FileOp;
 use crate::fs::entry::XATTR_PREFIX;
 use crate::fs::{resolve, run_as};
 use crate::state::Agent;
 use crate::users::User;
+use ember_envd_proto::signature::FileOp;
 
 const METADATA_HEADER: &str = "x-metadata-";
 /// Most metadata entries per upload, and the largest value.

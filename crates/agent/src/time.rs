@@ -16,4 +16,3 @@ pub fn set_clock(t: SystemTime) {
         Err(e) => tracing::warn!(error = %e, "cannot set the clock"),
     }
 }
-

@@ -1,7 +1,9 @@
 //! `ember`: the command-line entry point. Subcommands live in their own modules; this file
 //! parses arguments, sets up logging and maps errors to messages and exit codes.
 
+mod apikey;
 mod run;
+mod serve;
 mod template;
 
 use std::path::PathBuf;
@@ -19,6 +21,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Serve the E2B-compatible API and sandbox traffic on one port.
+    Serve(serve::ServeArgs),
+    /// Manage API keys.
+    Apikey {
+        #[command(subcommand)]
+        command: apikey::ApiKeyCmd,
+    },
     /// Run a command in a fresh sandbox, stream its output, destroy the sandbox, exit with its code.
     Run(run::RunArgs),
     /// Manage templates.
@@ -44,6 +53,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Cmd::Run(args) => run::run(args).await,
+            Cmd::Serve(args) => serve::run(args).await,
+            Cmd::Apikey { command } => apikey::run(command),
             Cmd::Template { command } => template::run(command).await,
         }
     });

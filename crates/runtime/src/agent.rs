@@ -49,6 +49,46 @@ impl AgentClient {
         Self { netns, addr }
     }
 
+    /// A client for another port of the same guest.
+    pub fn with_port(&self, port: u16) -> Self {
+        Self { netns: self.netns.clone(), addr: SocketAddr::new(self.addr.ip(), port) }
+    }
+
+    /// `POST path` with a JSON body (and the access token, if given); fails unless 2xx.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value, token: Option<&str>) -> Result<(), AgentError> {
+        let mut req = Request::post(path)
+            .header(header::HOST, self.addr.to_string())
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            req = req.header("x-access-token", token);
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_string()))).map_err(|e| AgentError::Other(e.to_string()))?;
+        let resp = self.send(req, Duration::from_secs(5)).await?;
+        if !resp.status().is_success() {
+            return Err(AgentError::Status(resp.status()));
+        }
+        Ok(())
+    }
+
+    /// `GET path` returning JSON (at most 1 MiB), with the access token if given.
+    pub async fn get_json(&self, path: &str, token: Option<&str>) -> Result<serde_json::Value, AgentError> {
+        let mut req = Request::get(path).header(header::HOST, self.addr.to_string());
+        if let Some(token) = token {
+            req = req.header("x-access-token", token);
+        }
+        let req = req.body(Empty::<Bytes>::new()).map_err(|e| AgentError::Other(e.to_string()))?;
+        let resp = self.send(req, Duration::from_secs(5)).await?;
+        if !resp.status().is_success() {
+            return Err(AgentError::Status(resp.status()));
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+            .collect()
+            .await
+            .map_err(|e| AgentError::Other(format!("read answer: {e}")))?
+            .to_bytes();
+        Ok(serde_json::from_slice(&body)?)
+    }
+
     /// Sends one request on a fresh connection into the sandbox.
     pub async fn send<B>(
         &self,

@@ -49,6 +49,11 @@ pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) 
     move |source| RuntimeError::Io { context, source }
 }
 
+/// Size of every sandbox's root disk, in MiB.
+pub fn disk_size_mib() -> u64 {
+    ember_image::rootfs::IMAGE_SIZE_MIB
+}
+
 /// Plain settings of a runtime.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {

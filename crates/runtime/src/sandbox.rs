@@ -195,8 +195,10 @@ impl Sandbox {
         let path = runtime.config.data_dir.join("sandboxes").join(id);
         let gone = |what| RuntimeError::Adopt(id.to_string(), what);
         let recorded = reconcile::recorded_vm(&path).ok_or_else(|| gone("no QEMU recorded"))?;
-        let vm = Vm::adopt(&recorded, path.join("serial.log"), path.join("qmp.sock")).ok_or_else(|| gone("QEMU is gone"))?;
-        let netns = Netns::adopt(&format!("{}{id}", ember_net::NAME_PREFIX)).ok_or_else(|| gone("namespace is gone"))?;
+        let vm =
+            Vm::adopt(&recorded, path.join("serial.log"), path.join("qmp.sock")).ok_or_else(|| gone("QEMU is gone"))?;
+        let netns =
+            Netns::adopt(&format!("{}{id}", ember_net::NAME_PREFIX)).ok_or_else(|| gone("namespace is gone"))?;
         let dir = SandboxDir(Some(path.clone()));
         reconcile::record_owner(&path)?;
         let agent = AgentClient::new(netns.path(), SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)));

@@ -1,0 +1,172 @@
+//! The REST API's JSON shapes, as the E2B SDKs send and parse them (camelCase keys, except the
+//! create body's `allow_internet_access`; required fields always present; `null` where the SDK
+//! accepts null).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Create body of `POST /sandboxes` and `POST /v2/sandboxes`. Unknown fields are ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSandbox {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    /// Seconds; the server default applies when absent.
+    #[serde(default)]
+    pub timeout: Option<i64>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub secure: Option<bool>,
+    #[serde(default, rename = "allow_internet_access")]
+    pub allow_internet_access: Option<bool>,
+    #[serde(default)]
+    pub auto_pause: Option<bool>,
+}
+
+/// Answer of create and connect.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sandbox {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    pub envd_version: String,
+    pub envd_access_token: Option<String>,
+    pub traffic_access_token: Option<String>,
+    pub domain: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+}
+
+/// `GET /sandboxes/{id}` (with the token) and list entries (without).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxDetail {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    pub started_at: String,
+    pub end_at: String,
+    pub envd_version: String,
+    pub cpu_count: u32,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: u32,
+    #[serde(rename = "diskSizeMB")]
+    pub disk_size_mb: u64,
+    /// `running` or `paused`.
+    pub state: String,
+    pub metadata: BTreeMap<String, String>,
+    pub domain: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envd_access_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_internet_access: Option<bool>,
+}
+
+/// `POST /sandboxes/{id}/timeout`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TimeoutRequest {
+    pub timeout: i64,
+}
+
+/// `POST .../connect`, `.../resume`, `.../refreshes` (fields optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ConnectRequest {
+    #[serde(default)]
+    pub timeout: Option<i64>,
+    #[serde(default)]
+    pub duration: Option<i64>,
+}
+
+/// One entry of `GET /sandboxes/{id}/metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxMetric {
+    pub timestamp: String,
+    pub timestamp_unix: i64,
+    pub cpu_count: u64,
+    pub cpu_used_pct: f64,
+    pub mem_used: u64,
+    pub mem_total: u64,
+    pub mem_cache: u64,
+    pub disk_used: u64,
+    pub disk_total: u64,
+}
+
+/// `GET /sandboxes/{id}/logs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxLogs {
+    pub logs: Vec<LogLine>,
+    pub log_entries: Vec<LogEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogLine {
+    pub timestamp: String,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub timestamp: String,
+    pub message: String,
+    pub level: String,
+    pub fields: BTreeMap<String, String>,
+}
+
+/// Every error answer: `{code, message}`, `code` being the HTTP status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Error {
+    pub code: u16,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_body_accepts_both_sdk_generations() {
+        let v2: NewSandbox = serde_json::from_str(
+            r#"{"templateID":"base","metadata":{},"envVars":{"A":"1"},"allow_internet_access":false,"mcp":null}"#,
+        )
+        .unwrap();
+        assert_eq!((v2.template_id.as_str(), v2.timeout, v2.allow_internet_access), ("base", None, Some(false)));
+        assert_eq!(v2.env_vars.unwrap()["A"], "1");
+        let v1: NewSandbox = serde_json::from_str(r#"{"templateID":"base","timeout":300,"secure":true}"#).unwrap();
+        assert_eq!((v1.timeout, v1.secure), (Some(300), Some(true)));
+        assert!(serde_json::from_str::<NewSandbox>(r#"{"timeout":300}"#).is_err());
+    }
+
+    #[test]
+    fn sandbox_has_required_keys_and_nulls() {
+        let s = Sandbox {
+            template_id: "base".into(),
+            sandbox_id: "abc".into(),
+            client_id: "ember".into(),
+            envd_version: "0.6.13".into(),
+            envd_access_token: Some("t".into()),
+            traffic_access_token: None,
+            domain: None,
+            alias: None,
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        for key in ["templateID", "sandboxID", "clientID", "envdVersion", "envdAccessToken"] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
+        assert!(v["domain"].is_null());
+    }
+}

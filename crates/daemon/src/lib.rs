@@ -1,0 +1,91 @@
+//! `ember serve`: one HTTP/1.1 port serving E2B's REST API ([`sandboxes`], behind [`auth`]) and
+//! all sandbox traffic ([`proxy`]), with the sandboxes' lifecycle and state in [`manager`].
+
+pub mod auth;
+pub mod error;
+pub mod manager;
+pub mod proxy;
+pub mod sandboxes;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::manager::Manager;
+
+/// Largest REST request body (1 MiB); sandbox traffic is streamed and not bounded here.
+const MAX_REST_BODY: usize = 1 << 20;
+
+/// Plain settings of the daemon.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub default_timeout_secs: u64,
+    pub max_timeout_secs: u64,
+    pub max_sandboxes: usize,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// A key accepted besides the stored ones (`EMBER_API_KEY`), for team `default`.
+    pub env_api_key: Option<String>,
+    /// Destroy every sandbox when the daemon stops (otherwise the next daemon adopts them).
+    pub destroy_on_exit: bool,
+}
+
+/// The whole HTTP surface.
+pub fn router(manager: Arc<Manager>) -> Router {
+    let api = Router::new()
+        .route("/sandboxes", post(sandboxes::create).get(sandboxes::list_v1))
+        .route("/v2/sandboxes", post(sandboxes::create).get(sandboxes::list_v2))
+        .route("/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::kill))
+        .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
+        .route("/sandboxes/{id}/refreshes", post(sandboxes::refresh))
+        .route("/sandboxes/{id}/connect", post(sandboxes::connect))
+        .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect))
+        .route("/sandboxes/{id}/resume", post(sandboxes::resume))
+        .route("/sandboxes/{id}/pause", post(sandboxes::pause))
+        .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
+        .route("/sandboxes/{id}/logs", get(sandboxes::logs))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), auth::require_key));
+    Router::new()
+        .route("/health", get(|| async { StatusCode::NO_CONTENT }))
+        .merge(api)
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(MAX_REST_BODY))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), proxy::route))
+        .with_state(manager)
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn serve(config: ServeConfig, runtime: ember_runtime::RuntimeConfig) -> anyhow::Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
+    let destroy = config.destroy_on_exit;
+    let manager = Manager::start(config, runtime).await?;
+    eprintln!("ember: accelerator: {}", manager.runtime().accel());
+    if let Some(w) = manager.runtime().accel().warning() {
+        eprintln!("ember: warning: {w}");
+    }
+    eprintln!("ember: serving the E2B API on http://{}", listener.local_addr()?);
+    axum::serve(listener, router(Arc::clone(&manager))).with_graceful_shutdown(stop_signal()).await.context("serve")?;
+    manager.shutdown(destroy).await;
+    Ok(())
+}
+
+async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

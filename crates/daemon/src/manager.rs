@@ -1,0 +1,338 @@
+//! The sandboxes the daemon runs: creating them (template, limits, `/init` with their identity),
+//! finding them for a team, ending them on time-out or request, noticing when their VM dies,
+//! and, at start, adopting the ones an earlier daemon left running (or cleaning them up).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ember_api::NewSandbox;
+use ember_runtime::{AgentClient, Runtime, RuntimeConfig, Sandbox, SandboxSpec};
+use ember_store::{now_ms, SandboxRecord, Store};
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::ServeConfig;
+
+/// Template names clients may use, and the template each stands for.
+const TEMPLATES: &[(&str, &str)] = &[("base", "base"), ("code-interpreter-v1", "base")];
+/// Bounds on client-supplied maps.
+const MAX_ENTRIES: usize = 100;
+const MAX_KEY: usize = 256;
+const MAX_VALUE: usize = 8192;
+
+/// One running sandbox.
+pub struct Live {
+    pub record: Mutex<SandboxRecord>,
+    pub agent: AgentClient,
+    sandbox: tokio::sync::Mutex<Option<Sandbox>>,
+    pub dir: PathBuf,
+}
+
+impl Live {
+    pub fn record(&self) -> SandboxRecord {
+        self.record.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A client for guest port `port` of this sandbox.
+    pub fn port(&self, port: u16) -> AgentClient {
+        self.agent.with_port(port)
+    }
+}
+
+pub struct Manager {
+    config: ServeConfig,
+    runtime: Runtime,
+    store: Store,
+    live: RwLock<HashMap<String, Arc<Live>>>,
+    creating: Mutex<usize>,
+}
+
+impl Manager {
+    /// Opens the store, adopts or cleans up what an earlier daemon left, and starts the reaper.
+    pub async fn start(config: ServeConfig, runtime_config: RuntimeConfig) -> anyhow::Result<Arc<Self>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create {}", config.data_dir.display()))?;
+        let store = Store::open(&config.data_dir.join("ember.db")).context("open the state database")?;
+        let runtime = Runtime::new(runtime_config).context("start the sandbox runtime")?;
+        let manager = Arc::new(Self { config, runtime, store, live: RwLock::default(), creating: Mutex::new(0) });
+        manager.adopt_all().await;
+        tokio::spawn(Arc::clone(&manager).reap());
+        Ok(manager)
+    }
+
+    pub fn config(&self) -> &ServeConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    async fn adopt_all(&self) {
+        let records = match self.store.sandboxes() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "reading sandbox records; none adopted");
+                Vec::new()
+            }
+        };
+        let mut kept = HashSet::new();
+        for record in records {
+            let id = record.id.clone();
+            match Sandbox::adopt(&self.runtime, &id).await {
+                Ok(sandbox) => {
+                    tracing::info!(sandbox = %id, "adopted sandbox left running by an earlier daemon");
+                    kept.insert(id.clone());
+                    self.insert(record, sandbox);
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "sandbox from an earlier daemon is gone; removing it");
+                    let _ = self.store.delete_sandbox(&id);
+                }
+            }
+        }
+        self.runtime.clean_orphans(&kept);
+    }
+
+    fn insert(&self, record: SandboxRecord, sandbox: Sandbox) -> Arc<Live> {
+        let live = Arc::new(Live {
+            agent: sandbox.agent().clone(),
+            dir: sandbox.dir().to_path_buf(),
+            record: Mutex::new(record.clone()),
+            sandbox: tokio::sync::Mutex::new(Some(sandbox)),
+        });
+        self.live.write().unwrap_or_else(|e| e.into_inner()).insert(record.id, Arc::clone(&live));
+        live
+    }
+
+    /// The sandbox `id` if it exists and belongs to `team` (another team's is "not found").
+    pub fn get(&self, team: &str, id: &str) -> Result<Arc<Live>, ApiError> {
+        self.get_any(id).filter(|l| l.record().team == team).ok_or_else(|| ApiError::sandbox_not_found(id))
+    }
+
+    /// The sandbox `id`, whoever owns it (the proxy: envd traffic carries no API key).
+    pub fn get_any(&self, id: &str) -> Option<Arc<Live>> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// Every live sandbox.
+    pub fn all(&self) -> Vec<Arc<Live>> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Records of the team's sandboxes, oldest first.
+    pub fn list(&self, team: &str) -> Vec<SandboxRecord> {
+        let mut v: Vec<SandboxRecord> = self.all().iter().map(|l| l.record()).filter(|r| r.team == team).collect();
+        v.sort_by(|a, b| (a.started_ms, &a.id).cmp(&(b.started_ms, &b.id)));
+        v
+    }
+
+    /// Validates a create request and creates the sandbox; it is usable when this returns.
+    pub async fn create(&self, team: &str, req: NewSandbox) -> Result<Arc<Live>, ApiError> {
+        let template = TEMPLATES
+            .iter()
+            .find(|(name, _)| *name == req.template_id)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| ApiError::BadRequest(format!("unknown template '{}'", req.template_id)))?;
+        let timeout = self.check_timeout(req.timeout.unwrap_or(self.config.default_timeout_secs as i64))?;
+        let metadata = check_map("metadata", req.metadata.unwrap_or_default(), false)?;
+        let env_vars = check_map("envVars", req.env_vars.unwrap_or_default(), true)?;
+        let _slot = self.reserve_slot()?;
+        let spec = SandboxSpec {
+            template: template.into(),
+            vcpus: self.config.vcpus,
+            memory_mib: self.config.memory_mib,
+            die_with_parent: false,
+        };
+        let sandbox = self.runtime.create(&spec).await.map_err(|e| {
+            tracing::error!(error = %e, "creating a sandbox");
+            ApiError::Internal("failed to create the sandbox".into())
+        })?;
+        let id = sandbox.id().to_string();
+        let span = tracing::info_span!("sandbox", id = %id);
+        async {
+            let token = random_hex(16);
+            let started_ms = now_ms();
+            let init = serde_json::json!({
+                "envVars": env_vars,
+                "accessToken": token,
+                "defaultUser": "user",
+                "timestamp": ember_envd_proto::time::rfc3339(std::time::SystemTime::now()),
+            });
+            let record = SandboxRecord {
+                id: id.clone(),
+                team: team.into(),
+                template: req.template_id.clone(),
+                alias: Some(req.template_id.clone()),
+                metadata,
+                env_vars,
+                access_token: Some(token),
+                vcpus: spec.vcpus,
+                memory_mib: spec.memory_mib,
+                disk_mib: ember_runtime::disk_size_mib(),
+                started_ms,
+                end_ms: started_ms + timeout * 1000,
+                state: "running".into(),
+                allow_internet: req.allow_internet_access.unwrap_or(true),
+            };
+            let stored = async {
+                sandbox.agent().post_json("/init", &init, None).await.map_err(|e| format!("initialise agent: {e}"))?;
+                self.store.insert_sandbox(&record).map_err(|e| format!("store: {e}"))
+            }
+            .await;
+            match stored {
+                Ok(()) => {
+                    tracing::info!(team, template = %record.template, "sandbox created");
+                    Ok(self.insert(record, sandbox))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "setting up a new sandbox");
+                    let _ = sandbox.destroy().await;
+                    Err(ApiError::Internal("failed to set up the sandbox".into()))
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn reserve_slot(&self) -> Result<SlotGuard<'_>, ApiError> {
+        let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        let running = self.live.read().unwrap_or_else(|e| e.into_inner()).len();
+        if running + *creating >= self.config.max_sandboxes {
+            return Err(ApiError::TooMany(format!("at most {} sandboxes may run at once", self.config.max_sandboxes)));
+        }
+        *creating += 1;
+        Ok(SlotGuard(&self.creating))
+    }
+
+    /// Checks a time-out in seconds against the configured bounds.
+    pub fn check_timeout(&self, secs: i64) -> Result<i64, ApiError> {
+        let max = self.config.max_timeout_secs as i64;
+        if secs < 1 || secs > max {
+            return Err(ApiError::BadRequest(format!("timeout must be between 1 and {max} seconds, got {secs}")));
+        }
+        Ok(secs)
+    }
+
+    /// Sets when the sandbox ends; `extend_only` never brings the end closer.
+    pub fn set_end(&self, live: &Live, end_ms: i64, extend_only: bool) -> Result<(), ApiError> {
+        let mut record = live.record.lock().unwrap_or_else(|e| e.into_inner());
+        if extend_only && end_ms <= record.end_ms {
+            return Ok(());
+        }
+        record.end_ms = end_ms;
+        self.store.set_sandbox_end(&record.id, end_ms).map_err(|e| {
+            tracing::error!(sandbox = %record.id, error = %e, "storing a new end time");
+            ApiError::Internal("failed to store the time-out".into())
+        })
+    }
+
+    /// Ends a sandbox: VM, namespace and files, then its record.
+    pub async fn kill(&self, live: &Live, why: &str) {
+        let id = live.record().id;
+        let removed = self.live.write().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        if removed.is_none() {
+            return;
+        }
+        if let Some(sandbox) = live.sandbox.lock().await.take() {
+            if let Err(e) = sandbox.destroy().await {
+                tracing::warn!(sandbox = %id, error = %e, "tearing a sandbox down");
+            }
+        }
+        if let Err(e) = self.store.delete_sandbox(&id) {
+            tracing::error!(sandbox = %id, error = %e, "deleting a sandbox record");
+        }
+        tracing::info!(sandbox = %id, why, "sandbox ended");
+    }
+
+    /// Ends sandboxes whose time is up, and forgets those whose VM died.
+    async fn reap(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let now = now_ms();
+            for live in self.all() {
+                if live.record().end_ms <= now {
+                    self.kill(&live, "timed out").await;
+                    continue;
+                }
+                let dead = match live.sandbox.try_lock() {
+                    Ok(mut guard) => guard.as_mut().is_some_and(|s| !s.is_alive()),
+                    Err(_) => false,
+                };
+                if dead {
+                    self.kill(&live, "its VM exited").await;
+                }
+            }
+        }
+    }
+
+    /// At shutdown: destroys every sandbox, or leaves them running to be adopted by the next
+    /// daemon.
+    pub async fn shutdown(&self, destroy: bool) {
+        for live in self.all() {
+            if destroy {
+                self.kill(&live, "daemon stopped").await;
+            } else if let Some(sandbox) = live.sandbox.lock().await.take() {
+                sandbox.detach();
+            }
+        }
+    }
+}
+
+struct SlotGuard<'a>(&'a Mutex<usize>);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+    }
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    use rand::Rng;
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill(&mut buf[..]);
+    hex::encode(buf)
+}
+
+/// Bounds a client-supplied map; env var names must be usable as names.
+fn check_map(what: &str, map: BTreeMap<String, String>, env: bool) -> Result<BTreeMap<String, String>, ApiError> {
+    if map.len() > MAX_ENTRIES {
+        return Err(ApiError::BadRequest(format!("{what} has {} entries; at most {MAX_ENTRIES}", map.len())));
+    }
+    for (k, v) in &map {
+        if k.is_empty() || k.len() > MAX_KEY || v.len() > MAX_VALUE {
+            return Err(ApiError::BadRequest(format!(
+                "{what}: keys must be 1-{MAX_KEY} bytes and values at most {MAX_VALUE} bytes"
+            )));
+        }
+        if env && (k.contains('=') || k.contains('\0') || v.contains('\0')) {
+            return Err(ApiError::BadRequest(format!("{what}: '{k}' is not a valid environment variable")));
+        }
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_maps_are_bounded() {
+        let ok: BTreeMap<String, String> = [("A".to_string(), "1".to_string())].into();
+        assert!(check_map("envVars", ok, true).is_ok());
+        let bad_env: BTreeMap<String, String> = [("A=B".to_string(), "1".to_string())].into();
+        assert!(check_map("envVars", bad_env, true).is_err());
+        let big: BTreeMap<String, String> = (0..101).map(|i| (i.to_string(), String::new())).collect();
+        assert!(check_map("metadata", big, false).is_err());
+        let long: BTreeMap<String, String> = [("k".to_string(), "v".repeat(MAX_VALUE + 1))].into();
+        assert!(check_map("metadata", long, false).is_err());
+    }
+}

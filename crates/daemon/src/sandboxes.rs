@@ -1,0 +1,290 @@
+//! The `sandboxes` resource: create (v1 and v2), get, list (v1 and v2, with metadata and state
+//! filters and `X-Next-Token` pages), kill, time-out, refresh, connect (v1, v2, resume),
+//! pause, metrics and logs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use ember_api::{
+    ConnectRequest, LogEntry, LogLine, NewSandbox, SandboxDetail, SandboxLogs, SandboxMetric, TimeoutRequest,
+};
+use ember_store::{now_ms, SandboxRecord};
+use serde::Deserialize;
+
+use crate::auth::Team;
+use crate::error::{parse_json, ApiError};
+use crate::manager::{Live, Manager};
+
+type Mgr = State<Arc<Manager>>;
+/// Longest list page.
+const MAX_PAGE: usize = 100;
+/// Most serial-log bytes returned by `logs`.
+const MAX_LOG_BYTES: u64 = 1 << 20;
+
+/// The request body, or a JSON error when it is too large or unreadable.
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(e.body_text()),
+        _ => ApiError::BadRequest(e.body_text()),
+    })
+}
+
+fn rfc3339(ms: i64) -> String {
+    ember_envd_proto::time::rfc3339(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+fn sandbox_json(r: &SandboxRecord) -> ember_api::Sandbox {
+    ember_api::Sandbox {
+        template_id: r.template.clone(),
+        sandbox_id: r.id.clone(),
+        client_id: "ember".into(),
+        envd_version: ember_envd_proto::ENVD_VERSION.into(),
+        envd_access_token: r.access_token.clone(),
+        traffic_access_token: None,
+        domain: None,
+        alias: r.alias.clone(),
+    }
+}
+
+fn detail(r: &SandboxRecord, with_token: bool) -> SandboxDetail {
+    SandboxDetail {
+        template_id: r.template.clone(),
+        sandbox_id: r.id.clone(),
+        client_id: "ember".into(),
+        alias: r.alias.clone(),
+        started_at: rfc3339(r.started_ms),
+        end_at: rfc3339(r.end_ms),
+        envd_version: ember_envd_proto::ENVD_VERSION.into(),
+        cpu_count: r.vcpus,
+        memory_mb: r.memory_mib,
+        disk_size_mb: r.disk_mib,
+        state: r.state.clone(),
+        metadata: r.metadata.clone(),
+        domain: None,
+        envd_access_token: if with_token { r.access_token.clone() } else { None },
+        allow_internet_access: Some(r.allow_internet),
+    }
+}
+
+pub async fn create(
+    State(m): Mgr,
+    Extension(team): Extension<Team>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
+    let req: NewSandbox =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let live = m.create(&team.0, req).await?;
+    Ok((StatusCode::CREATED, Json(sandbox_json(&live.record()))).into_response())
+}
+
+pub async fn get(
+    State(m): Mgr,
+    Extension(team): Extension<Team>,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxDetail>, ApiError> {
+    Ok(Json(detail(&m.get(&team.0, &id)?.record(), true)))
+}
+
+pub async fn kill(
+    State(m): Mgr,
+    Extension(team): Extension<Team>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let live = m.get(&team.0, &id)?;
+    m.kill(&live, "killed through the API").await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn set_timeout(
+    State(m): Mgr,
+    Extension(team): Extension<Team>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let body = body_bytes(body)?;
+    let live = m.get(&team.0, &id)?;
+    let req: TimeoutRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let secs = m.check_timeout(req.timeout)?;
+    m.set_end(&live, now_ms() + secs * 1000, false)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn refresh(
+    State(m): Mgr,
+    Extension(team): Extension<Team>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let body = body_bytes(body)?;
+    let live = m.get(&team.0, &id)?;
+    let req: ConnectRequest = parse_json(&body, false)?;
+    let secs = m.check_timeout(req.duration.unwrap_or(m.config().default_timeout_secs as i64))?;
+    m.set_end(&live, now_ms() + secs * 1000, true)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Connect (v1 and v2): a running sandbox answers 200 and its end is extended, never shortened.
+pub async fn connect(
+    State(m): Mgr,
+    Extension(team): Extension<Team>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
+    let live = m.get(&team.0, &id)?;
+    let req: ConnectRequest = parse_json(&body, false)?;
+    let secs = m.check_timeout(req.timeout.unwrap_or(m.config().default_timeout_secs as i64))?;
+    m.set_end(&live, now_ms() + secs * 1000, true)?;
+    Ok((StatusCode::OK, Json(sandbox_json(&live.record()))).into_response())
+}
+
+/// The deprecated resume: only paused sandboxes can be resumed.
+pub async fn resume(
+    State(m): Mgr,
+    Extension(team): Extension<Team>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let live = m.get(&team.0, &id)?;
+    match live.record().state.as_str() {
+        "running" => Err(ApiError::Conflict(format!("sandbox {id} is already running"))),
+        _ => Err(ApiError::NotImplemented("resuming paused sandboxes is not implemented yet".into())),
+    }
+}
+
+pub async fn pause(
+    State(m): Mgr,
+    Extension(team): Extension<Team>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    m.get(&team.0, &id)?;
+    Err(ApiError::NotImplemented("pausing sandboxes is not implemented yet".into()))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    metadata: Option<String>,
+    state: Option<String>,
+    limit: Option<usize>,
+    next_token: Option<String>,
+}
+
+fn filter(records: Vec<SandboxRecord>, q: &ListQuery) -> Result<Vec<SandboxRecord>, ApiError> {
+    let wanted: Vec<(String, String)> = match &q.metadata {
+        Some(m) => {
+            serde_urlencoded::from_str(m).map_err(|e| ApiError::BadRequest(format!("invalid metadata filter: {e}")))?
+        }
+        None => Vec::new(),
+    };
+    let states: Option<Vec<&str>> = q.state.as_deref().map(|s| s.split(',').map(str::trim).collect());
+    if let Some(bad) = states.iter().flatten().find(|s| !matches!(**s, "running" | "paused")) {
+        return Err(ApiError::BadRequest(format!("unknown state '{bad}'")));
+    }
+    Ok(records
+        .into_iter()
+        .filter(|r| wanted.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
+        .filter(|r| states.as_ref().is_none_or(|s| s.contains(&r.state.as_str())))
+        .collect())
+}
+
+pub async fn list_v1(
+    State(m): Mgr,
+    Extension(team): Extension<Team>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let records = filter(m.list(&team.0), &q)?;
+    Ok(Json(records.iter().map(|r| detail(r, false)).collect::<Vec<_>>()).into_response())
+}
+
+pub async fn list_v2(
+    State(m): Mgr,
+    Extension(team): Extension<Team>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let records = filter(m.list(&team.0), &q)?;
+    let limit = q.limit.unwrap_or(MAX_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    let start: usize = match &q.next_token {
+        Some(t) => t.parse().map_err(|_| ApiError::BadRequest("invalid nextToken".into()))?,
+        None => 0,
+    };
+    let page: Vec<SandboxDetail> = records.iter().skip(start).take(limit).map(|r| detail(r, false)).collect();
+    let mut resp = Json(page).into_response();
+    if start + limit < records.len() {
+        if let Ok(v) = HeaderValue::from_str(&(start + limit).to_string()) {
+            resp.headers_mut().insert("x-next-token", v);
+        }
+    }
+    Ok(resp)
+}
+
+pub async fn metrics(
+    State(m): Mgr,
+    Extension(team): Extension<Team>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<SandboxMetric>>, ApiError> {
+    let live = m.get(&team.0, &id)?;
+    let token = live.record().access_token;
+    let raw = live.agent.get_json("/metrics", token.as_deref()).await.map_err(|e| {
+        tracing::warn!(sandbox = %id, error = %e, "reading metrics");
+        ApiError::Internal("the sandbox did not report metrics".into())
+    })?;
+    let n = |k: &str| raw.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let ts = raw.get("ts").and_then(|v| v.as_i64()).unwrap_or_else(|| now_ms() / 1000);
+    Ok(Json(vec![SandboxMetric {
+        timestamp: rfc3339(ts * 1000),
+        timestamp_unix: ts,
+        cpu_count: n("cpu_count"),
+        cpu_used_pct: raw.get("cpu_used_pct").and_then(|v| v.as_f64()).unwrap_or(0.0),
+        mem_used: n("mem_used"),
+        mem_total: n("mem_total"),
+        mem_cache: n("mem_cache"),
+        disk_used: n("disk_used"),
+        disk_total: n("disk_total"),
+    }]))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct LogQuery {
+    start: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// The guest's serial console (kernel, init and agent messages), newest last.
+pub async fn logs(
+    State(m): Mgr,
+    Extension(team): Extension<Team>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Json<SandboxLogs>, ApiError> {
+    let live: Arc<Live> = m.get(&team.0, &id)?;
+    let started = live.record().started_ms;
+    let text = ember_image::step::tail(&live.dir.join("serial.log"), MAX_LOG_BYTES);
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let ts = rfc3339(q.start.unwrap_or(started).max(started));
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines = &lines[lines.len().saturating_sub(limit)..];
+    Ok(Json(SandboxLogs {
+        logs: lines.iter().map(|l| LogLine { timestamp: ts.clone(), line: l.to_string() }).collect(),
+        log_entries: lines
+            .iter()
+            .map(|l| LogEntry {
+                timestamp: ts.clone(),
+                message: l.to_string(),
+                level: "info".into(),
+                fields: BTreeMap::new(),
+            })
+            .collect(),
+    }))
+}

@@ -1,0 +1,176 @@
+//! Sandbox records: what the daemon needs to answer the API and to adopt a sandbox after a
+//! restart. Live resources (VM, namespace) are found from the id by the runtime.
+
+use std::collections::BTreeMap;
+
+use rusqlite::params;
+
+use crate::{Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub team: String,
+    pub template: String,
+    pub alias: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub access_token: Option<String>,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub disk_mib: u64,
+    pub started_ms: i64,
+    pub end_ms: i64,
+    /// `running` or `paused`.
+    pub state: String,
+    pub allow_internet: bool,
+}
+
+const COLUMNS: &str = "id, team, template, alias, metadata, env_vars, access_token, vcpus, memory_mib, disk_mib, \
+                       started_ms, end_ms, state, allow_internet";
+
+fn json_map(id: &str, text: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(id.to_string(), e.to_string()))
+}
+
+impl Store {
+    pub fn insert_sandbox(&self, r: &SandboxRecord) -> Result<(), StoreError> {
+        let to_json = |m: &BTreeMap<String, String>| serde_json::to_string(m).unwrap_or_else(|_| "{}".into());
+        self.conn().execute(
+            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+            params![
+                r.id,
+                r.team,
+                r.template,
+                r.alias,
+                to_json(&r.metadata),
+                to_json(&r.env_vars),
+                r.access_token,
+                r.vcpus,
+                r.memory_mib,
+                r.disk_mib as i64,
+                r.started_ms,
+                r.end_ms,
+                r.state,
+                r.allow_internet
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_sandbox_end(&self, id: &str, end_ms: i64) -> Result<(), StoreError> {
+        self.conn().execute("UPDATE sandboxes SET end_ms = ?2 WHERE id = ?1", params![id, end_ms])?;
+        Ok(())
+    }
+
+    pub fn set_sandbox_state(&self, id: &str, state: &str) -> Result<(), StoreError> {
+        self.conn().execute("UPDATE sandboxes SET state = ?2 WHERE id = ?1", params![id, state])?;
+        Ok(())
+    }
+
+    pub fn delete_sandbox(&self, id: &str) -> Result<(), StoreError> {
+        self.conn().execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// Every sandbox record.
+    pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM sandboxes ORDER BY started_ms, id"))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, u32>(7)?,
+                r.get::<_, u32>(8)?,
+                r.get::<_, i64>(9)?,
+                r.get::<_, i64>(10)?,
+                r.get::<_, i64>(11)?,
+                r.get::<_, String>(12)?,
+                r.get::<_, bool>(13)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (
+                id,
+                team,
+                template,
+                alias,
+                metadata,
+                env_vars,
+                access_token,
+                vcpus,
+                memory_mib,
+                disk,
+                started,
+                end,
+                state,
+                net,
+            ) = row?;
+            out.push(SandboxRecord {
+                metadata: json_map(&id, &metadata)?,
+                env_vars: json_map(&id, &env_vars)?,
+                id,
+                team,
+                template,
+                alias,
+                access_token,
+                vcpus,
+                memory_mib,
+                disk_mib: disk as u64,
+                started_ms: started,
+                end_ms: end,
+                state,
+                allow_internet: net,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> SandboxRecord {
+        SandboxRecord {
+            id: id.into(),
+            team: "t".into(),
+            template: "base".into(),
+            alias: None,
+            metadata: [("k".to_string(), "v".to_string())].into(),
+            env_vars: BTreeMap::new(),
+            access_token: Some("tok".into()),
+            vcpus: 2,
+            memory_mib: 512,
+            disk_mib: 4096,
+            started_ms: 1,
+            end_ms: 2,
+            state: "running".into(),
+            allow_internet: true,
+        }
+    }
+
+    #[test]
+    fn sandboxes_round_trip_and_update() {
+        let store = Store::open_in_memory().unwrap();
+        store.insert_sandbox(&record("a")).unwrap();
+        store.insert_sandbox(&record("b")).unwrap();
+        assert!(store.insert_sandbox(&record("a")).is_err(), "ids are unique");
+        store.set_sandbox_end("a", 99).unwrap();
+        store.set_sandbox_state("b", "paused").unwrap();
+        store.delete_sandbox("c").unwrap();
+        let all = store.sandboxes().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0], SandboxRecord { end_ms: 99, ..record("a") });
+        assert_eq!(all[1].state, "paused");
+        store.delete_sandbox("a").unwrap();
+        assert_eq!(store.sandboxes().unwrap().len(), 1);
+    }
+}

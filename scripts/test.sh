@@ -17,4 +17,7 @@ if [ ! -x target/sdk-venv/bin/python ] || ! cmp -s tests/sdk/requirements.txt ta
     target/sdk-venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
     cp tests/sdk/requirements.txt target/sdk-venv/requirements.txt
 fi
+# The official SDKs against a real `ember serve`.
+target/sdk-venv/bin/python -m pytest tests/serve -q -p no:cacheprovider
+(cd tests/js && npm ci --silent --no-audit --no-fund && node --test)
 cargo test --workspace --locked

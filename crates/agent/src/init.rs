@@ -84,7 +84,7 @@ pub fn run() -> ! {
 }
 
 fn spawn_agent(exe: &Path) -> Option<u32> {
-    match Command::new(exe).args(["serve", "--set-clock"]).stdin(Stdio::null()).spawn() {
+    match Command::new(exe).args(["serve", "--guest"]).stdin(Stdio::null()).spawn() {
         Ok(child) => Some(child.id()),
         Err(e) => {
             log(&format!("ember-init: cannot start agent: {e}"));

@@ -26,9 +26,9 @@ enum Cmd {
         /// Root of the account database (`/etc/passwd`, `/etc/group`).
         #[arg(long, default_value = "/")]
         users_root: PathBuf,
-        /// Let `/init` set the system clock (for the agent inside a guest).
+        /// Guest duties on `/init`: set the clock and reseed the kernel's RNG (inside a guest only).
         #[arg(long)]
-        set_clock: bool,
+        guest: bool,
     },
 }
 
@@ -45,14 +45,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = match cli.command {
-        Some(Cmd::Serve { listen, default_user, users_root, set_clock }) => {
-            AgentConfig { listen, default_user, users_root, set_clock }
+        Some(Cmd::Serve { listen, default_user, users_root, guest }) => {
+            AgentConfig { listen, default_user, users_root, guest }
         }
         None => AgentConfig {
             listen: ([0, 0, 0, 0], ember_envd_proto::ENVD_PORT).into(),
             default_user: "user".into(),
             users_root: "/".into(),
-            set_clock: false,
+            guest: false,
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

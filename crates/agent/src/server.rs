@@ -21,8 +21,8 @@ pub struct AgentConfig {
     pub default_user: String,
     /// Root of the account database (`/` in a guest).
     pub users_root: std::path::PathBuf,
-    /// Whether `/init` may set the system clock (in a guest, not on a host).
-    pub set_clock: bool,
+    /// Whether `/init` sets the clock and reseeds the RNG (in a guest, never on a host).
+    pub guest: bool,
 }
 
 /// Builds the router; separate from [`serve`] so tests can drive it without a socket.

@@ -42,6 +42,9 @@ pub struct InitRequest {
     pub default_user: Option<String>,
     #[serde(default)]
     pub default_workdir: Option<String>,
+    /// Hex-encoded random bytes from the host, to reseed a restored guest's RNG.
+    #[serde(default)]
+    pub entropy: Option<String>,
 }
 
 pub async fn init(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Body) -> Response {
@@ -63,10 +66,20 @@ pub async fn init(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bod
             return http_error(StatusCode::BAD_REQUEST, format!("default user '{user}' does not exist"));
         }
     }
-    if let (Some(ts), true) = (&req.timestamp, agent.config.set_clock) {
+    if let (Some(ts), true) = (&req.timestamp, agent.config.guest) {
         match ember_envd_proto::time::parse_rfc3339(ts) {
             Some(t) => crate::time::set_clock(t),
             None => return http_error(StatusCode::BAD_REQUEST, format!("invalid timestamp '{ts}'")),
+        }
+    }
+    if let Some(hex) = &req.entropy {
+        match decode_hex(hex) {
+            Some(bytes) if bytes.len() <= 512 => {
+                if agent.config.guest {
+                    crate::time::reseed(&bytes);
+                }
+            }
+            _ => return http_error(StatusCode::BAD_REQUEST, "entropy must be at most 512 hex-encoded bytes"),
         }
     }
     let mut id = agent.identity.write().unwrap_or_else(|e| e.into_inner());
@@ -83,6 +96,13 @@ pub async fn init(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bod
         id.default_workdir = Some(PathBuf::from(dir)).filter(|d| d.is_absolute());
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// `/metrics`, envd's field names.

@@ -1,4 +1,4 @@
-//! Setting the guest clock from `/init`'s host time.
+//! Guest duties of `/init`: the clock from the host's time, and the RNG reseeded from host entropy.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,5 +14,36 @@ pub fn set_clock(t: SystemTime) {
     match nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts) {
         Ok(()) => tracing::info!(off_ms = off.as_millis() as u64, "guest clock set from host time"),
         Err(e) => tracing::warn!(error = %e, "cannot set the clock"),
+    }
+}
+
+/// Mixes host-supplied bytes into the kernel's entropy pool, credited, and forces the CRNG to
+/// reseed: a guest restored from a snapshot would otherwise share the template's random state.
+pub fn reseed(bytes: &[u8]) {
+    #[repr(C)]
+    struct RandPoolInfo {
+        entropy_count: libc::c_int,
+        buf_size: libc::c_int,
+        buf: [u8; 512],
+    }
+    // RNDADDENTROPY = _IOW('R', 0x03, int[2]); RNDRESEEDCRNG = _IO('R', 0x07).
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    let n = bytes.len().min(512);
+    let mut info = RandPoolInfo { entropy_count: (n * 8) as libc::c_int, buf_size: n as libc::c_int, buf: [0; 512] };
+    info.buf[..n].copy_from_slice(&bytes[..n]);
+    let Ok(random) = std::fs::OpenOptions::new().write(true).open("/dev/random") else {
+        tracing::warn!("cannot open /dev/random to reseed");
+        return;
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: both ioctls take the descriptor of /dev/random we just opened; RNDADDENTROPY reads
+    // a `rand_pool_info` header followed by `buf_size` bytes, which `info` holds in full.
+    let ok = unsafe {
+        libc::ioctl(random.as_raw_fd(), RNDADDENTROPY as _, &info) == 0
+            && libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG as _) == 0
+    };
+    if !ok {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "reseeding the RNG");
     }
 }

@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub env_api_key: Option<String>,
     /// Destroy every sandbox when the daemon stops (otherwise the next daemon adopts them).
     pub destroy_on_exit: bool,
+    /// Create by restoring the template's snapshot (otherwise boot each sandbox cold).
+    pub snapshots: bool,
 }
 
 /// The whole HTTP surface.

@@ -85,11 +85,17 @@ impl Manager {
         let mut kept = HashSet::new();
         for record in records {
             let id = record.id.clone();
+            if record.state == PAUSED && self.runtime.is_paused(&id) {
+                tracing::info!(sandbox = %id, "kept paused sandbox");
+                kept.insert(id.clone());
+                self.insert(record, None);
+                continue;
+            }
             match Sandbox::adopt(&self.runtime, &id).await {
                 Ok(sandbox) => {
                     tracing::info!(sandbox = %id, "adopted sandbox left running by an earlier daemon");
                     kept.insert(id.clone());
-                    self.insert(record, sandbox);
+                    self.insert(record, Some(sandbox));
                 }
                 Err(e) => {
                     tracing::warn!(sandbox = %id, error = %e, "sandbox from an earlier daemon is gone; removing it");
@@ -100,12 +106,12 @@ impl Manager {
         self.runtime.clean_orphans(&kept);
     }
 
-    fn insert(&self, record: SandboxRecord, sandbox: Sandbox) -> Arc<Live> {
+    fn insert(&self, record: SandboxRecord, sandbox: Option<Sandbox>) -> Arc<Live> {
         let live = Arc::new(Live {
-            agent: sandbox.agent().clone(),
-            dir: sandbox.dir().to_path_buf(),
+            agent: self.runtime.agent_for(&record.id),
+            dir: self.runtime.config().data_dir.join("sandboxes").join(&record.id),
             record: Mutex::new(record.clone()),
-            sandbox: tokio::sync::Mutex::new(Some(sandbox)),
+            sandbox: tokio::sync::Mutex::new(sandbox),
         });
         self.live.write().unwrap_or_else(|e| e.into_inner()).insert(record.id, Arc::clone(&live));
         live
@@ -146,6 +152,7 @@ impl Manager {
         let _slot = self.reserve_slot()?;
         let spec = SandboxSpec {
             template: template.into(),
+            from_snapshot: self.config.snapshots,
             vcpus: self.config.vcpus,
             memory_mib: self.config.memory_mib,
             die_with_parent: false,
@@ -159,12 +166,6 @@ impl Manager {
         async {
             let token = random_hex(16);
             let started_ms = now_ms();
-            let init = serde_json::json!({
-                "envVars": env_vars,
-                "accessToken": token,
-                "defaultUser": "user",
-                "timestamp": ember_envd_proto::time::rfc3339(std::time::SystemTime::now()),
-            });
             let record = SandboxRecord {
                 id: id.clone(),
                 team: team.into(),
@@ -182,14 +183,14 @@ impl Manager {
                 allow_internet: req.allow_internet_access.unwrap_or(true),
             };
             let stored = async {
-                sandbox.agent().post_json("/init", &init, None).await.map_err(|e| format!("initialise agent: {e}"))?;
+                init_agent(&sandbox.agent().clone(), &record, None).await?;
                 self.store.insert_sandbox(&record).map_err(|e| format!("store: {e}"))
             }
             .await;
             match stored {
                 Ok(()) => {
                     tracing::info!(team, template = %record.template, "sandbox created");
-                    Ok(self.insert(record, sandbox))
+                    Ok(self.insert(record, Some(sandbox)))
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "setting up a new sandbox");
@@ -241,9 +242,16 @@ impl Manager {
         if removed.is_none() {
             return;
         }
-        if let Some(sandbox) = live.sandbox.lock().await.take() {
-            if let Err(e) = sandbox.destroy().await {
-                tracing::warn!(sandbox = %id, error = %e, "tearing a sandbox down");
+        match live.sandbox.lock().await.take() {
+            Some(sandbox) => {
+                if let Err(e) = sandbox.destroy().await {
+                    tracing::warn!(sandbox = %id, error = %e, "tearing a sandbox down");
+                }
+            }
+            None => {
+                if let Err(e) = self.runtime.remove_paused(&id) {
+                    tracing::warn!(sandbox = %id, error = %e, "removing a paused sandbox");
+                }
             }
         }
         if let Err(e) = self.store.delete_sandbox(&id) {
@@ -259,6 +267,9 @@ impl Manager {
             tick.tick().await;
             let now = now_ms();
             for live in self.all() {
+                if live.record().state == PAUSED {
+                    continue;
+                }
                 if live.record().end_ms <= now {
                     self.kill(&live, "timed out").await;
                     continue;
@@ -272,6 +283,55 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// Pauses a running sandbox (409 if it is paused already).
+    pub async fn pause(&self, live: &Live) -> Result<(), ApiError> {
+        let mut slot = live.sandbox.lock().await;
+        let id = live.record().id;
+        let Some(sandbox) = slot.take() else {
+            return Err(ApiError::Conflict(format!("sandbox {id} is already paused")));
+        };
+        let started = std::time::Instant::now();
+        if let Err((sandbox, e)) = sandbox.pause().await {
+            tracing::error!(sandbox = %id, error = %e, "pausing");
+            *slot = Some(sandbox);
+            return Err(ApiError::Internal("failed to pause the sandbox".into()));
+        }
+        self.set_state(live, PAUSED)?;
+        tracing::info!(sandbox = %id, ms = started.elapsed().as_millis() as u64, "sandbox paused");
+        Ok(())
+    }
+
+    /// Resumes a paused sandbox with a new time-out; false if it was running already.
+    pub async fn resume(&self, live: &Live, timeout_secs: i64) -> Result<bool, ApiError> {
+        let mut slot = live.sandbox.lock().await;
+        if slot.is_some() {
+            return Ok(false);
+        }
+        let record = live.record();
+        let started = std::time::Instant::now();
+        let sandbox = self.runtime.resume(&record.id, false).await.map_err(|e| {
+            tracing::error!(sandbox = %record.id, error = %e, "resuming");
+            ApiError::Internal("failed to resume the sandbox".into())
+        })?;
+        if let Err(e) = init_agent(sandbox.agent(), &record, record.access_token.as_deref()).await {
+            tracing::error!(sandbox = %record.id, error = %e, "re-initialising a resumed sandbox");
+        }
+        *slot = Some(sandbox);
+        self.set_state(live, RUNNING)?;
+        self.set_end(live, now_ms() + timeout_secs * 1000, false)?;
+        tracing::info!(sandbox = %record.id, ms = started.elapsed().as_millis() as u64, "sandbox resumed");
+        Ok(true)
+    }
+
+    fn set_state(&self, live: &Live, state: &str) -> Result<(), ApiError> {
+        let mut record = live.record.lock().unwrap_or_else(|e| e.into_inner());
+        record.state = state.into();
+        self.store.set_sandbox_state(&record.id, state).map_err(|e| {
+            tracing::error!(sandbox = %record.id, error = %e, "storing a sandbox state");
+            ApiError::Internal("failed to store the sandbox state".into())
+        })
     }
 
     /// At shutdown: destroys every sandbox, or leaves them running to be adopted by the next
@@ -293,6 +353,23 @@ impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
     }
+}
+
+pub const RUNNING: &str = "running";
+pub const PAUSED: &str = "paused";
+
+/// Gives the agent the sandbox's identity: env vars, access token, default user, the host's
+/// time (a restored guest's clock is the template's) and fresh entropy (a restored guest's
+/// random state is the template's). `token` is the one the agent holds now, if any.
+async fn init_agent(agent: &AgentClient, record: &SandboxRecord, token: Option<&str>) -> Result<(), String> {
+    let body = serde_json::json!({
+        "envVars": record.env_vars,
+        "accessToken": record.access_token,
+        "defaultUser": "user",
+        "timestamp": ember_envd_proto::time::rfc3339(std::time::SystemTime::now()),
+        "entropy": random_hex(32),
+    });
+    agent.post_json("/init", &body, token).await.map_err(|e| format!("initialise the agent: {e}"))
 }
 
 pub fn random_hex(bytes: usize) -> String {

@@ -66,6 +66,9 @@ async fn forward(manager: &Manager, id: &str, req: Request) -> Response {
     let Some(live) = manager.get_any(id) else {
         return bad_gateway(id, "The sandbox was not found");
     };
+    if live.record().state == crate::manager::PAUSED {
+        return bad_gateway(id, "The sandbox was not found: it is paused (connect to resume it)");
+    }
     let port = match req.headers().get(SANDBOX_PORT).map(|v| v.to_str().unwrap_or_default().parse::<u16>()) {
         None => ENVD_PORT,
         Some(Ok(p)) if p > 0 => p,

@@ -132,7 +132,8 @@ pub async fn refresh(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Connect (v1 and v2): a running sandbox answers 200 and its end is extended, never shortened.
+/// Connect (v1 and v2): a running sandbox answers 200 and its end is extended, never
+/// shortened; a paused one is resumed and answers 201.
 pub async fn connect(
     State(m): Mgr,
     Extension(team): Extension<Team>,
@@ -143,30 +144,39 @@ pub async fn connect(
     let live = m.get(&team.0, &id)?;
     let req: ConnectRequest = parse_json(&body, false)?;
     let secs = m.check_timeout(req.timeout.unwrap_or(m.config().default_timeout_secs as i64))?;
+    if m.resume(&live, secs).await? {
+        return Ok((StatusCode::CREATED, Json(sandbox_json(&live.record()))).into_response());
+    }
     m.set_end(&live, now_ms() + secs * 1000, true)?;
     Ok((StatusCode::OK, Json(sandbox_json(&live.record()))).into_response())
 }
 
-/// The deprecated resume: only paused sandboxes can be resumed.
+/// The deprecated resume: 201 for a paused sandbox, 409 for a running one.
 pub async fn resume(
     State(m): Mgr,
     Extension(team): Extension<Team>,
     Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
     let live = m.get(&team.0, &id)?;
-    match live.record().state.as_str() {
-        "running" => Err(ApiError::Conflict(format!("sandbox {id} is already running"))),
-        _ => Err(ApiError::NotImplemented("resuming paused sandboxes is not implemented yet".into())),
+    let req: ConnectRequest = parse_json(&body, false)?;
+    let secs = m.check_timeout(req.timeout.unwrap_or(m.config().default_timeout_secs as i64))?;
+    match m.resume(&live, secs).await? {
+        true => Ok((StatusCode::CREATED, Json(sandbox_json(&live.record()))).into_response()),
+        false => Err(ApiError::Conflict(format!("sandbox {id} is already running"))),
     }
 }
 
+/// Pause: 204, or 409 when it is paused already.
 pub async fn pause(
     State(m): Mgr,
     Extension(team): Extension<Team>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    m.get(&team.0, &id)?;
-    Err(ApiError::NotImplemented("pausing sandboxes is not implemented yet".into()))
+) -> Result<StatusCode, ApiError> {
+    let live = m.get(&team.0, &id)?;
+    m.pause(&live).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Default, Deserialize)]

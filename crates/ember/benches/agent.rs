@@ -22,7 +22,7 @@ async fn main() {
     let mut config = RuntimeConfig::from_env(agent_bin);
     config.data_dir = data.path().to_path_buf();
     let runtime = Runtime::new(config).expect("runtime (run as root)");
-    let spec = SandboxSpec { memory_mib: 1024, ..SandboxSpec::default() };
+    let spec = SandboxSpec { memory_mib: 1024, from_snapshot: true, ..SandboxSpec::default() };
     let sandbox = runtime.create(&spec).await.expect("create sandbox");
     let agent = sandbox.agent().clone();
     println!("agent in a guest: accelerator {}, {} vCPUs, {} MiB", runtime.accel(), spec.vcpus, spec.memory_mib);

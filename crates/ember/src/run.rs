@@ -45,6 +45,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let spec = SandboxSpec {
         template: args.template.clone(),
+        from_snapshot: false,
         vcpus: args.cpus,
         memory_mib: args.memory_mb,
         die_with_parent: true,

@@ -31,6 +31,9 @@ pub struct ServeArgs {
     /// Destroy all sandboxes when the daemon stops, instead of leaving them for the next one.
     #[arg(long)]
     destroy_on_exit: bool,
+    /// Boot every sandbox cold instead of restoring the template's snapshot.
+    #[arg(long)]
+    cold_boot: bool,
 }
 
 /// The data directory: the flag, else `EMBER_DATA_DIR`, else `/var/lib/ember`.
@@ -56,6 +59,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         memory_mib: args.memory_mb,
         env_api_key: std::env::var("EMBER_API_KEY").ok().filter(|k| !k.is_empty()),
         destroy_on_exit: args.destroy_on_exit,
+        snapshots: !args.cold_boot,
     };
     // Build the template before taking requests, with progress shown, rather than in the first create.
     let (cache, agent) = (runtime.cache.clone(), runtime.agent_bin.clone());

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod reconcile;
 pub mod sandbox;
+pub mod snapshot;
 
 use std::path::PathBuf;
 use std::time::Duration;

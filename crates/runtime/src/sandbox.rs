@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use ember_image::template;
 use ember_net::{Netns, GUEST_IP, GUEST_MAC, PREFIX_LEN, TAP_IP, TAP_NAME};
 use ember_vmm::config::{check_sizes, NetConfig};
-use ember_vmm::{Vm, VmConfig};
+use ember_vmm::{Memory, Vm, VmConfig};
 use rand::Rng;
 use tracing::Instrument;
 
+use crate::snapshot::Shape;
 use crate::{io_err, reconcile, AgentClient, Runtime, RuntimeError};
 
 /// How much of the serial log goes into errors.
@@ -23,6 +24,8 @@ const SERIAL_TAIL: u64 = 2000;
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
     pub template: String,
+    /// Restore from the template's snapshot instead of booting.
+    pub from_snapshot: bool,
     pub vcpus: u32,
     pub memory_mib: u32,
     /// Kill the VM if this process dies (`ember run`); a daemon leaves it to be adopted.
@@ -31,7 +34,7 @@ pub struct SandboxSpec {
 
 impl Default for SandboxSpec {
     fn default() -> Self {
-        Self { template: "base".into(), vcpus: 2, memory_mib: 512, die_with_parent: true }
+        Self { template: "base".into(), from_snapshot: false, vcpus: 2, memory_mib: 512, die_with_parent: true }
     }
 }
 
@@ -41,6 +44,7 @@ pub struct Sandbox {
     agent: AgentClient,
     /// How long from QEMU start to the agent's first answer.
     boot_time: Duration,
+    shape: Shape,
     // Teardown order is the field order below.
     vm: Vm,
     netns: Netns,
@@ -55,8 +59,8 @@ pub fn new_id() -> String {
 }
 
 impl Runtime {
-    /// Creates a sandbox: builds the template on first use, then boots a VM and waits for its
-    /// agent. Sizes and the template name are checked before anything is created.
+    /// Creates a sandbox: builds the template (and its snapshot) on first use, then restores
+    /// or boots a VM and waits for its agent. Sizes and the template name are checked first.
     pub async fn create(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
         check_sizes(spec.vcpus, spec.memory_mib)?;
         template::check_name(&spec.template)?;
@@ -66,42 +70,110 @@ impl Runtime {
             tokio::task::spawn_blocking(move || template::ensure(&cache, &name, &agent_bin)).await.map_err(|e| {
                 RuntimeError::Io { context: "template build task".into(), source: std::io::Error::other(e) }
             })??;
+        let snapshot = match spec.from_snapshot {
+            true => Some(self.ensure_template_snapshot(&tpl, spec.vcpus, spec.memory_mib).await?),
+            false => None,
+        };
         let id = new_id();
         let span = tracing::info_span!("sandbox", id = %id);
-        self.boot(id, spec, &tpl).instrument(span).await
+        async {
+            let dir = SandboxDir::create(&self.config.data_dir.join("sandboxes").join(&id))?;
+            let overlay = dir.path().join(DISK);
+            let (shape, start) = match &snapshot {
+                Some(meta) => {
+                    ember_vmm::disk::create_overlay(&meta.disk, &overlay)?;
+                    (Shape::of_snapshot(meta), Start::Restore(meta.state.clone()))
+                }
+                None => {
+                    ember_vmm::disk::create_overlay(&tpl.rootfs, &overlay)?;
+                    let shape = Shape {
+                        vcpus: spec.vcpus,
+                        memory_mib: spec.memory_mib,
+                        kernel: tpl.kernel.clone(),
+                        cmdline: kernel_cmdline(),
+                        ram: None,
+                    };
+                    (shape, Start::Boot)
+                }
+            };
+            self.launch(id, dir, shape, spec.die_with_parent, start).await
+        }
+        .instrument(span)
+        .await
     }
 
-    async fn boot(&self, id: String, spec: &SandboxSpec, tpl: &template::Template) -> Result<Sandbox, RuntimeError> {
-        let dir = SandboxDir::create(&self.config.data_dir.join("sandboxes").join(&id))?;
-        let overlay = dir.path().join("rootfs.qcow2");
-        ember_vmm::disk::create_overlay(&tpl.rootfs, &overlay)?;
+    /// Starts the VM of sandbox directory `dir` (which holds its disk) as `start` says, then
+    /// waits for the agent.
+    pub(crate) async fn launch(
+        &self,
+        id: String,
+        dir: SandboxDir,
+        shape: Shape,
+        die_with_parent: bool,
+        start: Start,
+    ) -> Result<Sandbox, RuntimeError> {
         let netns = Netns::create(&format!("{}{id}", ember_net::NAME_PREFIX))?;
+        shape.store(dir.path())?;
         let config = VmConfig {
-            vcpus: spec.vcpus,
-            memory_mib: spec.memory_mib,
-            kernel: tpl.kernel.clone(),
-            cmdline: kernel_cmdline(),
-            disk: overlay,
+            vcpus: shape.vcpus,
+            memory_mib: shape.memory_mib,
+            kernel: shape.kernel.clone(),
+            cmdline: shape.cmdline.clone(),
+            disk: dir.path().join(DISK),
             net: Some(NetConfig { tap: TAP_NAME.into(), mac: GUEST_MAC.into() }),
             netns: Some(netns.path()),
             serial_log: dir.path().join("serial.log"),
             qmp_socket: dir.path().join("qmp.sock"),
             qemu: self.config.qemu.clone(),
             accel: self.accel.accel,
-            die_with_parent: spec.die_with_parent,
+            die_with_parent,
+            memory: match (&start, &shape.ram) {
+                (Start::Restore(_), Some(path)) => Memory::File { path: path.clone(), shared: false },
+                _ => Memory::Anonymous,
+            },
+            incoming: !matches!(start, Start::Boot),
         };
         let started = Instant::now();
         let mut vm = Vm::spawn(config)?;
         reconcile::record_vm(dir.path(), vm.pid())?;
+        if let Start::Restore(state) | Start::Resume(state) = &start {
+            let mut qmp = vm.qmp(Duration::from_secs(10)).await?;
+            ember_vmm::snapshot::load(&mut qmp, &dir.path().join("migrate.sock"), state).await?;
+        }
         let agent = AgentClient::new(netns.path(), SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)));
         wait_ready(&mut vm, &agent, self.config.boot_timeout, dir.path()).await?;
         let boot_time = started.elapsed();
-        tracing::info!(ms = boot_time.as_millis() as u64, pid = vm.pid(), "sandbox ready");
-        Ok(Sandbox { id, agent, boot_time, vm, netns, dir })
+        tracing::info!(ms = boot_time.as_millis() as u64, pid = vm.pid(), start = start.name(), "sandbox ready");
+        Ok(Sandbox { id, agent, boot_time, shape, vm, netns, dir })
     }
 }
 
-fn kernel_cmdline() -> String {
+/// Name of each sandbox's disk (a qcow2 overlay) in its directory.
+pub(crate) const DISK: &str = "rootfs.qcow2";
+/// Name of a paused sandbox's saved state in its directory.
+pub(crate) const PAUSE_STATE: &str = "pause.state";
+
+/// How a VM comes to life.
+pub(crate) enum Start {
+    /// A cold boot of the kernel.
+    Boot,
+    /// A template's device state, with its RAM file mapped private.
+    Restore(PathBuf),
+    /// A paused sandbox's state, which carries all its RAM.
+    Resume(PathBuf),
+}
+
+impl Start {
+    fn name(&self) -> &'static str {
+        match self {
+            Start::Boot => "boot",
+            Start::Restore(_) => "restore",
+            Start::Resume(_) => "resume",
+        }
+    }
+}
+
+pub(crate) fn kernel_cmdline() -> String {
     let mut cmdline = format!(
         "console=ttyS0 root=/dev/vda rw rootfstype=ext4 init={} panic=-1 reboot=t quiet \
          ember.ip={GUEST_IP}/{PREFIX_LEN} ember.gw={TAP_IP}",
@@ -116,7 +188,12 @@ fn kernel_cmdline() -> String {
     cmdline
 }
 
-async fn wait_ready(vm: &mut Vm, agent: &AgentClient, timeout: Duration, dir: &Path) -> Result<(), RuntimeError> {
+pub(crate) async fn wait_ready(
+    vm: &mut Vm,
+    agent: &AgentClient,
+    timeout: Duration,
+    dir: &Path,
+) -> Result<(), RuntimeError> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = vm.try_exit() {
@@ -181,6 +258,23 @@ impl Sandbox {
         self.vm.wait().await
     }
 
+    pub(crate) async fn vm_qmp(&self) -> Result<ember_vmm::qmp::Qmp, RuntimeError> {
+        Ok(self.vm.qmp(Duration::from_secs(5)).await?)
+    }
+
+    /// Kills the VM and frees the namespace but keeps the directory (a paused sandbox).
+    pub(crate) async fn stop_keeping_files(self) -> Result<(), RuntimeError> {
+        let Sandbox { vm, netns, mut dir, .. } = self;
+        vm.kill().await;
+        netns.delete()?;
+        dir.0.take();
+        Ok(())
+    }
+
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
     /// Leaves the sandbox running and forgets it, for a later [`Sandbox::adopt`].
     pub fn detach(self) {
         let Sandbox { vm, netns, mut dir, .. } = self;
@@ -205,7 +299,8 @@ impl Sandbox {
         if !matches!(agent.health(Duration::from_secs(5)).await, Ok(true)) {
             return Err(gone("agent does not answer"));
         }
-        Ok(Sandbox { id: id.to_string(), agent, boot_time: Duration::ZERO, vm, netns, dir })
+        let shape = Shape::load(&path).ok_or_else(|| gone("no shape.json"))?;
+        Ok(Sandbox { id: id.to_string(), agent, boot_time: Duration::ZERO, shape, vm, netns, dir })
     }
 
     /// Tears the sandbox down: VM, namespace and tap, then its files.
@@ -220,21 +315,21 @@ impl Sandbox {
 }
 
 /// The sandbox's directory (overlay, QMP socket, logs), removed when dropped.
-struct SandboxDir(Option<PathBuf>);
+pub(crate) struct SandboxDir(pub(crate) Option<PathBuf>);
 
 impl SandboxDir {
-    fn create(path: &Path) -> Result<Self, RuntimeError> {
+    pub(crate) fn create(path: &Path) -> Result<Self, RuntimeError> {
         std::fs::create_dir_all(path).map_err(io_err(format!("create {}", path.display())))?;
         let dir = Self(Some(path.to_path_buf()));
         reconcile::record_owner(path)?;
         Ok(dir)
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.0.as_deref().unwrap_or(Path::new(""))
     }
 
-    fn remove(mut self) -> Result<(), RuntimeError> {
+    pub(crate) fn remove(mut self) -> Result<(), RuntimeError> {
         match self.0.take() {
             Some(p) => std::fs::remove_dir_all(&p).map_err(io_err(format!("remove {}", p.display()))),
             None => Ok(()),

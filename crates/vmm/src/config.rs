@@ -20,6 +20,18 @@ pub struct NetConfig {
     pub mac: String,
 }
 
+/// Where guest RAM lives.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Memory {
+    /// Anonymous memory (a cold boot).
+    #[default]
+    Anonymous,
+    /// A file: `shared` writes guest RAM into it (building a template); otherwise it is mapped
+    /// private, copy-on-write, so sandboxes share the template's untouched pages and the file is
+    /// never written.
+    File { path: PathBuf, shared: bool },
+}
+
 /// Everything QEMU needs for one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -38,6 +50,9 @@ pub struct VmConfig {
     pub accel: Accel,
     /// Kill QEMU when the process that started it dies.
     pub die_with_parent: bool,
+    pub memory: Memory,
+    /// Start paused, waiting for a device state over QMP (`migrate-incoming`).
+    pub incoming: bool,
 }
 
 impl VmConfig {
@@ -52,7 +67,25 @@ impl VmConfig {
         fn push(a: &mut Vec<OsString>, parts: &[&str]) {
             a.extend(parts.iter().map(OsString::from));
         }
-        push(&mut a, &["-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off"]);
+        let machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off";
+        // Guest RAM is always the backend named `mem`, so that migration streams (which name
+        // RAM blocks) load into any VM whatever backend it has.
+        push(&mut a, &["-M", &format!("{machine},memory-backend=mem")]);
+        match &self.memory {
+            Memory::Anonymous => {
+                push(&mut a, &["-object", &format!("memory-backend-ram,id=mem,size={}M", self.memory_mib)])
+            }
+            Memory::File { path, shared } => {
+                a.push("-object".into());
+                let mut backend = OsString::from(format!(
+                    "memory-backend-file,id=mem,size={}M,share={},mem-path=",
+                    self.memory_mib,
+                    if *shared { "on" } else { "off" }
+                ));
+                backend.push(path.as_os_str());
+                a.push(backend);
+            }
+        }
         push(&mut a, &["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
         match self.accel {
             Accel::Kvm => push(&mut a, &["-accel", "kvm", "-cpu", "host"]),
@@ -78,6 +111,9 @@ impl VmConfig {
         let mut qmp = kv("unix:", &self.qmp_socket);
         qmp.push(",server=on,wait=off");
         a.push(qmp);
+        if self.incoming {
+            push(&mut a, &["-incoming", "defer"]);
+        }
         a
     }
 }
@@ -117,6 +153,8 @@ mod tests {
             qemu: "qemu-system-x86_64".into(),
             accel: Accel::Tcg,
             die_with_parent: true,
+            memory: Memory::Anonymous,
+            incoming: false,
         }
     }
 
@@ -143,5 +181,13 @@ mod tests {
         kvm.accel = Accel::Kvm;
         let kvm_args: Vec<String> = kvm.qemu_args().into_iter().map(|a| a.into_string().unwrap()).collect();
         assert!(kvm_args.join(" ").contains("-accel kvm -cpu host"));
+        let mut restore = cfg();
+        restore.memory = Memory::File { path: "/t/ram".into(), shared: false };
+        restore.incoming = true;
+        let r: Vec<String> = restore.qemu_args().into_iter().map(|a| a.into_string().unwrap()).collect();
+        let r = r.join(" ");
+        assert!(r.contains("acpi=off,memory-backend=mem"), "{r}");
+        assert!(r.contains("memory-backend-file,id=mem,size=512M,share=off,mem-path=/t/ram"), "{r}");
+        assert!(r.ends_with("-incoming defer"), "{r}");
     }
 }

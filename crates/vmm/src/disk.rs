@@ -6,10 +6,12 @@ use std::process::Command;
 
 use crate::VmmError;
 
-/// Creates `overlay` as a qcow2 image backed by the raw image `backing`.
+/// Creates `overlay` as a qcow2 image backed by `backing` (a raw image, or a qcow2 one: the
+/// format is read from the name's extension).
 pub fn create_overlay(backing: &Path, overlay: &Path) -> Result<(), VmmError> {
+    let format = if backing.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
     let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
         .arg(backing)
         .arg(overlay)
         .output()

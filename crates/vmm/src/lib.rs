@@ -6,10 +6,11 @@ pub mod accel;
 pub mod config;
 pub mod disk;
 pub mod qmp;
+pub mod snapshot;
 pub mod vm;
 
 pub use accel::{Accel, AccelInfo};
-pub use config::{NetConfig, VmConfig, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, MIN_VCPUS};
+pub use config::{Memory, NetConfig, VmConfig, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, MIN_VCPUS};
 pub use vm::Vm;
 
 /// Errors of the VM layer.

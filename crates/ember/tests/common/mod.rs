@@ -50,9 +50,7 @@ impl Ember {
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember"));
         cmd.env("EMBER_DATA_DIR", self.data.path()).stdin(Stdio::null());
-        if std::env::var_os("EMBER_AGENT_BIN").is_none() {
-            cmd.env("EMBER_AGENT_BIN", agent_bin());
-        }
+        cmd.env("EMBER_AGENT_BIN", agent_bin());
         cmd
     }
 
@@ -164,9 +162,14 @@ fn read_all<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Strin
     })
 }
 
-/// The agent binary the tests install in guests: `ember-agent` beside the `ember` under test.
+/// The agent binary under test: `EMBER_AGENT_BIN` (the test command sets it to the static
+/// release build), else `ember-agent` beside the `ember` under test.
 pub fn agent_bin() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_ember")).with_file_name("ember-agent")
+    let path = std::env::var_os("EMBER_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_BIN_EXE_ember")).with_file_name("ember-agent"));
+    assert!(path.is_file(), "agent binary {} missing: run scripts/build.sh or set EMBER_AGENT_BIN", path.display());
+    path
 }
 
 /// Pids and command lines of processes whose command line mentions `needle`.

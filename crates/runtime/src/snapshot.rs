@@ -1,0 +1,239 @@
+//! Snapshots. A template snapshot is a booted guest with its agent ready, saved once: its RAM in
+//! a file, its device state, its disk as it was; sandboxes restore from it instead of booting,
+//! mapping the RAM file private so they share its untouched pages. Pausing saves a sandbox's
+//! device state and RAM into its directory and keeps its disk; resuming restores them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ember_envd_proto::process::{ProcessConfig, ProcessEvent, StartRequest};
+use ember_image::template::Template;
+use ember_net::{Netns, GUEST_IP, GUEST_MAC, TAP_NAME};
+use ember_vmm::config::NetConfig;
+use ember_vmm::snapshot::{SnapshotMeta, FORMAT_VERSION, MAGIC};
+use ember_vmm::{Memory, Vm, VmConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::{new_id, SandboxDir, Start, PAUSE_STATE};
+use crate::{io_err, AgentClient, Runtime, RuntimeError, Sandbox};
+
+const SNAPSHOT_KIND: &str = "snapshots";
+const SHAPE_FILE: &str = "shape.json";
+
+/// A sandbox's VM shape, kept in its directory so that it can be paused, resumed or adopted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub cmdline: String,
+    /// The template RAM file it was restored from, if any.
+    pub ram: Option<PathBuf>,
+}
+
+impl Shape {
+    pub fn of_snapshot(meta: &SnapshotMeta) -> Self {
+        Self {
+            vcpus: meta.vcpus,
+            memory_mib: meta.memory_mib,
+            kernel: meta.kernel.clone(),
+            cmdline: meta.cmdline.clone(),
+            ram: Some(meta.ram.clone()),
+        }
+    }
+
+    pub fn load(dir: &Path) -> Option<Self> {
+        serde_json::from_slice(&std::fs::read(dir.join(SHAPE_FILE)).ok()?).ok()
+    }
+
+    pub fn store(&self, dir: &Path) -> Result<(), RuntimeError> {
+        std::fs::write(dir.join(SHAPE_FILE), serde_json::to_vec(self).unwrap_or_default())
+            .map_err(io_err("write shape.json"))
+    }
+}
+
+impl Runtime {
+    /// Returns the snapshot of `tpl` at this size, booting and saving it first if it is missing.
+    pub async fn ensure_template_snapshot(
+        &self,
+        tpl: &Template,
+        vcpus: u32,
+        memory_mib: u32,
+    ) -> Result<SnapshotMeta, RuntimeError> {
+        let cmdline = crate::sandbox::kernel_cmdline();
+        let key = ember_image::cache::key(&[
+            b"ember-template-snapshot-v1\n",
+            tpl.key.as_bytes(),
+            &vcpus.to_le_bytes(),
+            &memory_mib.to_le_bytes(),
+            cmdline.as_bytes(),
+            self.accel.accel.to_string().as_bytes(),
+        ]);
+        let cache = &self.config.cache;
+        let entry = cache.entry(SNAPSHOT_KIND, &key);
+        if let Some(meta) = SnapshotMeta::load(&entry) {
+            return Ok(meta);
+        }
+        let (lock_cache, lock_key) = (cache.clone(), key.clone());
+        let _lock = tokio::task::spawn_blocking(move || lock_cache.lock(SNAPSHOT_KIND, &lock_key))
+            .await
+            .map_err(|e| RuntimeError::Io { context: "lock task".into(), source: std::io::Error::other(e) })??;
+        if let Some(meta) = SnapshotMeta::load(&entry) {
+            return Ok(meta);
+        }
+        eprintln!("==> snapshotting template {} ({vcpus} vCPUs, {memory_mib} MiB): boot once, save", tpl.name);
+        let scratch = cache.scratch(SNAPSHOT_KIND, &key)?;
+        self.build_snapshot(tpl, vcpus, memory_mib, &cmdline, &scratch).await?;
+        // Paths inside the metadata name the published entry, not the scratch directory.
+        let meta = SnapshotMeta {
+            magic: MAGIC.into(),
+            version: FORMAT_VERSION,
+            vcpus,
+            memory_mib,
+            kernel: tpl.kernel.clone(),
+            cmdline,
+            ram: entry.join("ram"),
+            state: entry.join("state"),
+            disk: entry.join("disk.qcow2"),
+        };
+        meta.store(&scratch)?;
+        cache.publish(SNAPSHOT_KIND, &key, &scratch)?;
+        eprintln!("==> template snapshot ready");
+        Ok(meta)
+    }
+
+    async fn build_snapshot(
+        &self,
+        tpl: &Template,
+        vcpus: u32,
+        memory_mib: u32,
+        cmdline: &str,
+        dir: &Path,
+    ) -> Result<(), RuntimeError> {
+        let ram = dir.join("ram");
+        let file = std::fs::File::create(&ram).map_err(io_err("create the RAM file"))?;
+        file.set_len(u64::from(memory_mib) << 20).map_err(io_err("size the RAM file"))?;
+        // The disk is an overlay that stays with the snapshot; sandboxes put theirs over it.
+        ember_vmm::disk::create_overlay(&tpl.rootfs, &dir.join("disk.qcow2"))?;
+        let netns = Netns::create(&format!("{}snap-{}", ember_net::NAME_PREFIX, &new_id()[..8]))?;
+        let mut vm = Vm::spawn(VmConfig {
+            vcpus,
+            memory_mib,
+            kernel: tpl.kernel.clone(),
+            cmdline: cmdline.to_string(),
+            disk: dir.join("disk.qcow2"),
+            net: Some(NetConfig { tap: TAP_NAME.into(), mac: GUEST_MAC.into() }),
+            netns: Some(netns.path()),
+            serial_log: dir.join("serial.log"),
+            qmp_socket: dir.join("qmp.sock"),
+            qemu: self.config.qemu.clone(),
+            accel: self.accel.accel,
+            die_with_parent: true,
+            memory: Memory::File { path: ram.clone(), shared: true },
+            incoming: false,
+        })?;
+        let agent = AgentClient::new(netns.path(), (GUEST_IP, ember_envd_proto::ENVD_PORT).into());
+        crate::sandbox::wait_ready(&mut vm, &agent, self.config.boot_timeout, dir).await?;
+        // Run a login shell once, so that what every command needs is in the guest's page cache.
+        warm_up(&agent).await?;
+        let mut qmp = vm.qmp(Duration::from_secs(5)).await?;
+        ember_vmm::snapshot::save(&mut qmp, &dir.join("migrate.sock"), &dir.join("state")).await?;
+        vm.kill().await;
+        netns.delete()?;
+        for f in ["ram", "state", "disk.qcow2"] {
+            set_read_only(&dir.join(f))?;
+        }
+        Ok(())
+    }
+
+    /// Resumes the paused sandbox `id`: a new namespace, its saved state and RAM, its own disk.
+    pub async fn resume(&self, id: &str, die_with_parent: bool) -> Result<Sandbox, RuntimeError> {
+        let path = self.config.data_dir.join("sandboxes").join(id);
+        let shape = Shape::load(&path).ok_or(RuntimeError::Adopt(id.to_string(), "no shape.json"))?;
+        let state = path.join(PAUSE_STATE);
+        if !state.is_file() {
+            return Err(RuntimeError::Adopt(id.to_string(), "not paused"));
+        }
+        let dir = SandboxDir(Some(path.clone()));
+        crate::reconcile::record_owner(&path)?;
+        let sandbox = self.launch(id.to_string(), dir, shape, die_with_parent, Start::Resume(state.clone())).await?;
+        let _ = std::fs::remove_file(&state);
+        Ok(sandbox)
+    }
+
+    /// The agent client of sandbox `id` (its namespace has the same name whenever it runs).
+    pub fn agent_for(&self, id: &str) -> AgentClient {
+        AgentClient::new(
+            PathBuf::from("/run/netns").join(format!("{}{id}", ember_net::NAME_PREFIX)),
+            (GUEST_IP, ember_envd_proto::ENVD_PORT).into(),
+        )
+    }
+
+    /// Whether sandbox `id` is paused on disk.
+    pub fn is_paused(&self, id: &str) -> bool {
+        self.config.data_dir.join("sandboxes").join(id).join(PAUSE_STATE).is_file()
+    }
+
+    /// Removes a paused sandbox's files.
+    pub fn remove_paused(&self, id: &str) -> Result<(), RuntimeError> {
+        let path = self.config.data_dir.join("sandboxes").join(id);
+        std::fs::remove_dir_all(&path).map_err(io_err(format!("remove {}", path.display())))
+    }
+}
+
+impl Sandbox {
+    /// Pauses the sandbox: saves its device state and RAM next to its disk, then stops its VM
+    /// and frees its namespace. [`Runtime::resume`] brings it back. If the state cannot be
+    /// saved, the sandbox runs on and is handed back with the error.
+    pub async fn pause(self) -> Result<(), (Sandbox, RuntimeError)> {
+        let dir = self.dir().to_path_buf();
+        let result = async {
+            let mut qmp = self.vm_qmp().await?;
+            ember_vmm::snapshot::save(&mut qmp, &dir.join("migrate.sock"), &dir.join(PAUSE_STATE)).await?;
+            Ok::<_, RuntimeError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            // Leave a running sandbox running if it could not be saved.
+            if let Ok(mut qmp) = self.vm_qmp().await {
+                let _ = qmp.execute("cont", None).await;
+            }
+            let _ = std::fs::remove_file(dir.join(PAUSE_STATE));
+            return Err((self, e));
+        }
+        let id = self.id().to_string();
+        self.stop_keeping_files()
+            .await
+            .map_err(|e| {
+                tracing::warn!(sandbox = %id, error = %e, "freeing a paused sandbox's namespace");
+            })
+            .ok();
+        Ok(())
+    }
+}
+
+async fn warm_up(agent: &AgentClient) -> Result<(), RuntimeError> {
+    let request = StartRequest {
+        process: ProcessConfig {
+            cmd: "/bin/bash".into(),
+            args: vec!["-l".into(), "-c".into(), "true".into()],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut events = agent.start(&request, None).await?;
+    let mut ended = false;
+    while let Some(event) = events.next().await? {
+        ended |= matches!(event, ProcessEvent::End(_));
+    }
+    match ended {
+        true => Ok(()),
+        false => Err(crate::AgentError::Truncated.into()),
+    }
+}
+
+fn set_read_only(path: &Path) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+        .map_err(io_err(format!("chmod {}", path.display())))
+}

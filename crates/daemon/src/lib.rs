@@ -39,6 +39,8 @@ pub struct ServeConfig {
     pub destroy_on_exit: bool,
     /// Create by restoring the template's snapshot (otherwise boot each sandbox cold).
     pub snapshots: bool,
+    /// Sandboxes kept restored ahead of time for creates (memory for latency).
+    pub pool_size: usize,
 }
 
 /// The whole HTTP surface.

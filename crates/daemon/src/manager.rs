@@ -15,6 +15,8 @@ use tracing::Instrument;
 use crate::error::ApiError;
 use crate::ServeConfig;
 
+/// The template whose sandboxes the pool holds.
+const POOL_TEMPLATE: &str = "base";
 /// Template names clients may use, and the template each stands for.
 const TEMPLATES: &[(&str, &str)] = &[("base", "base"), ("code-interpreter-v1", "base")];
 /// Bounds on client-supplied maps.
@@ -47,6 +49,9 @@ pub struct Manager {
     store: Store,
     live: RwLock<HashMap<String, Arc<Live>>>,
     creating: Mutex<usize>,
+    /// Sandboxes already restored from the default template, waiting unassigned for a create.
+    pool: tokio::sync::Mutex<std::collections::VecDeque<Sandbox>>,
+    refill: tokio::sync::Notify,
 }
 
 impl Manager {
@@ -56,9 +61,18 @@ impl Manager {
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create {}", config.data_dir.display()))?;
         let store = Store::open(&config.data_dir.join("ember.db")).context("open the state database")?;
         let runtime = Runtime::new(runtime_config).context("start the sandbox runtime")?;
-        let manager = Arc::new(Self { config, runtime, store, live: RwLock::default(), creating: Mutex::new(0) });
+        let manager = Arc::new(Self {
+            config,
+            runtime,
+            store,
+            live: RwLock::default(),
+            creating: Mutex::new(0),
+            pool: Default::default(),
+            refill: Default::default(),
+        });
         manager.adopt_all().await;
         tokio::spawn(Arc::clone(&manager).reap());
+        tokio::spawn(Arc::clone(&manager).keep_pool_filled());
         Ok(manager)
     }
 
@@ -150,17 +164,14 @@ impl Manager {
         let metadata = check_map("metadata", req.metadata.unwrap_or_default(), false)?;
         let env_vars = check_map("envVars", req.env_vars.unwrap_or_default(), true)?;
         let _slot = self.reserve_slot()?;
-        let spec = SandboxSpec {
-            template: template.into(),
-            from_snapshot: self.config.snapshots,
-            vcpus: self.config.vcpus,
-            memory_mib: self.config.memory_mib,
-            die_with_parent: false,
+        let spec = self.spec(template);
+        let sandbox = match self.take_pooled(template).await {
+            Some(sandbox) => sandbox,
+            None => self.runtime.create(&spec).await.map_err(|e| {
+                tracing::error!(error = %e, "creating a sandbox");
+                ApiError::Internal("failed to create the sandbox".into())
+            })?,
         };
-        let sandbox = self.runtime.create(&spec).await.map_err(|e| {
-            tracing::error!(error = %e, "creating a sandbox");
-            ApiError::Internal("failed to create the sandbox".into())
-        })?;
         let id = sandbox.id().to_string();
         let span = tracing::info_span!("sandbox", id = %id);
         async {
@@ -201,6 +212,52 @@ impl Manager {
         }
         .instrument(span)
         .await
+    }
+
+    fn spec(&self, template: &str) -> SandboxSpec {
+        SandboxSpec {
+            template: template.into(),
+            from_snapshot: self.config.snapshots,
+            vcpus: self.config.vcpus,
+            memory_mib: self.config.memory_mib,
+            die_with_parent: false,
+        }
+    }
+
+    /// A live sandbox from the pool, if the pool holds one for `template`.
+    async fn take_pooled(&self, template: &str) -> Option<Sandbox> {
+        if template != POOL_TEMPLATE {
+            return None;
+        }
+        let mut pool = self.pool.lock().await;
+        while let Some(mut sandbox) = pool.pop_front() {
+            self.refill.notify_one();
+            if sandbox.is_alive() {
+                return Some(sandbox);
+            }
+            let _ = sandbox.destroy().await;
+        }
+        None
+    }
+
+    /// Keeps `--pool` sandboxes restored ahead of time, within `--max-sandboxes`.
+    async fn keep_pool_filled(self: Arc<Self>) {
+        loop {
+            let pooled = self.pool.lock().await.len();
+            let busy = self.live.read().unwrap_or_else(|e| e.into_inner()).len()
+                + *self.creating.lock().unwrap_or_else(|e| e.into_inner());
+            if pooled < self.config.pool_size && pooled + busy < self.config.max_sandboxes {
+                match self.runtime.create(&self.spec(POOL_TEMPLATE)).await {
+                    Ok(sandbox) => self.pool.lock().await.push_back(sandbox),
+                    Err(e) => {
+                        tracing::error!(error = %e, "filling the sandbox pool");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+                continue;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.refill.notified()).await;
+        }
     }
 
     fn reserve_slot(&self) -> Result<SlotGuard<'_>, ApiError> {
@@ -337,6 +394,9 @@ impl Manager {
     /// At shutdown: destroys every sandbox, or leaves them running to be adopted by the next
     /// daemon.
     pub async fn shutdown(&self, destroy: bool) {
+        for sandbox in self.pool.lock().await.drain(..) {
+            let _ = sandbox.destroy().await;
+        }
         for live in self.all() {
             if destroy {
                 self.kill(&live, "daemon stopped").await;

@@ -34,6 +34,9 @@ pub struct ServeArgs {
     /// Boot every sandbox cold instead of restoring the template's snapshot.
     #[arg(long)]
     cold_boot: bool,
+    /// Sandboxes kept restored and ready ahead of creates (0 turns the pool off).
+    #[arg(long, default_value_t = 2)]
+    pool: usize,
 }
 
 /// The data directory: the flag, else `EMBER_DATA_DIR`, else `/var/lib/ember`.
@@ -60,6 +63,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         env_api_key: std::env::var("EMBER_API_KEY").ok().filter(|k| !k.is_empty()),
         destroy_on_exit: args.destroy_on_exit,
         snapshots: !args.cold_boot,
+        pool_size: args.pool,
     };
     // Build the template before taking requests, with progress shown, rather than in the first create.
     let (cache, agent) = (runtime.cache.clone(), runtime.agent_bin.clone());

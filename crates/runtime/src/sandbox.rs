@@ -209,7 +209,7 @@ pub(crate) async fn wait_ready(
         if let Ok(true) = agent.health(Duration::from_millis(500)).await {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

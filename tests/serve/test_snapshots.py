@@ -27,9 +27,11 @@ def test_restored_sandboxes_get_their_own_clock_randomness_and_identity(daemon):
     a = Sandbox.create(envs={"WHO": "a"})
     b = Sandbox.create(envs={"WHO": "b"})
     try:
-        ra = a.commands.run("echo $WHO; cat /proc/sys/kernel/random/uuid; date +%s").stdout.split()
-        rb = b.commands.run("echo $WHO; cat /proc/sys/kernel/random/uuid; date +%s").stdout.split()
+        ra = a.commands.run("echo $WHO; cat /proc/sys/kernel/random/uuid; date +%s; hostname").stdout.split()
+        rb = b.commands.run("echo $WHO; cat /proc/sys/kernel/random/uuid; date +%s; hostname").stdout.split()
         assert (ra[0], rb[0]) == ("a", "b")
+        assert (ra[3], rb[3]) == (a.sandbox_id, b.sandbox_id), "each sandbox has its own hostname"
+        assert a.commands.run("sudo -n true && echo sudo-ok").stdout == "sudo-ok\n"
         assert ra[1] != rb[1], "each restored guest has its own randomness"
         assert abs(int(ra[2]) - time.time()) < 10 and abs(int(rb[2]) - time.time()) < 10, "guest clocks are right"
         assert a.get_info().envd_version == "0.6.13"
@@ -103,3 +105,36 @@ def test_killing_a_paused_sandbox_removes_it(daemon):
     assert Sandbox.kill(sbx.sandbox_id) is True
     assert not os.path.exists(os.path.join(daemon.data_dir, "sandboxes", sbx.sandbox_id))
     assert Sandbox.kill(sbx.sandbox_id) is False
+
+
+def test_snapshot_of_a_running_sandbox_is_a_template(daemon):
+    src = Sandbox.create()
+    try:
+        src.files.write("/home/user/from-snapshot.txt", "snapshot content")
+        start_counter(src)
+        snap = src.create_snapshot(name="with-file")
+        assert snap.snapshot_id and snap.names == ["with-file"]
+        assert src.commands.run("echo still running").stdout == "still running\n"
+        child = Sandbox.create(snap.snapshot_id)
+        by_name = Sandbox.create("with-file")
+        try:
+            assert child.sandbox_id not in (src.sandbox_id, by_name.sandbox_id)
+            assert child.files.read("/home/user/from-snapshot.txt") == "snapshot content"
+            assert by_name.files.read("/home/user/from-snapshot.txt") == "snapshot content"
+            before = counter_value(child)
+            time.sleep(1)
+            assert counter_value(child) > before, "the snapshot's running process runs on in the child"
+            child.files.write("/home/user/child-only.txt", "c")
+            assert not src.files.exists("/home/user/child-only.txt")
+            assert child.commands.run("hostname").stdout.strip() == child.sandbox_id
+        finally:
+            child.kill()
+            by_name.kill()
+        listed = Sandbox.list_snapshots(sandbox_id=src.sandbox_id).next_items()
+        assert [s.snapshot_id for s in listed] == [snap.snapshot_id]
+        assert Sandbox.delete_snapshot(snap.snapshot_id) is True
+        assert Sandbox.delete_snapshot(snap.snapshot_id) is False
+        r = httpx.post(f"{daemon.url}/v2/sandboxes", json={"templateID": snap.snapshot_id}, headers={"X-API-Key": KEY})
+        assert r.status_code == 400
+    finally:
+        src.kill()

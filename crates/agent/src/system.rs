@@ -45,6 +45,9 @@ pub struct InitRequest {
     /// Hex-encoded random bytes from the host, to reseed a restored guest's RNG.
     #[serde(default)]
     pub entropy: Option<String>,
+    /// Ember's own field: the sandbox's hostname (a restored guest has the template's).
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 pub async fn init(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Body) -> Response {
@@ -80,6 +83,16 @@ pub async fn init(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bod
                 }
             }
             _ => return http_error(StatusCode::BAD_REQUEST, "entropy must be at most 512 hex-encoded bytes"),
+        }
+    }
+    if let Some(name) = &req.hostname {
+        let valid =
+            !name.is_empty() && name.len() <= 63 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid {
+            return http_error(StatusCode::BAD_REQUEST, "hostname must be 1-63 letters, digits or '-'");
+        }
+        if agent.config.guest {
+            crate::time::set_hostname(name);
         }
     }
     let mut id = agent.identity.write().unwrap_or_else(|e| e.into_inner());

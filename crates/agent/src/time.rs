@@ -1,4 +1,5 @@
-//! Guest duties of `/init`: the clock from the host's time, and the RNG reseeded from host entropy.
+//! Guest duties of `/init`: the clock from the host's time, the RNG reseeded from host
+//! entropy, and the sandbox's hostname.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,5 +46,19 @@ pub fn reseed(bytes: &[u8]) {
     };
     if !ok {
         tracing::warn!(error = %std::io::Error::last_os_error(), "reseeding the RNG");
+    }
+}
+
+/// Sets the hostname and points `127.0.1.1` at it in `/etc/hosts` (so `sudo` resolves it).
+pub fn set_hostname(name: &str) {
+    if let Err(e) = nix::unistd::sethostname(name) {
+        tracing::warn!(error = %e, "setting the hostname");
+        return;
+    }
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let mut lines: Vec<String> = hosts.lines().filter(|l| !l.starts_with("127.0.1.1")).map(str::to_string).collect();
+    lines.push(format!("127.0.1.1\t{name}"));
+    if let Err(e) = std::fs::write("/etc/hosts", lines.join("\n") + "\n") {
+        tracing::warn!(error = %e, "updating /etc/hosts");
     }
 }

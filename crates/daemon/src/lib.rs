@@ -6,6 +6,7 @@ pub mod error;
 pub mod manager;
 pub mod proxy;
 pub mod sandboxes;
+pub mod snapshots;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +58,9 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
         .route("/sandboxes/{id}/logs", get(sandboxes::logs))
+        .route("/sandboxes/{id}/snapshots", post(snapshots::create))
+        .route("/snapshots", get(snapshots::list))
+        .route("/templates/{id}", axum::routing::delete(snapshots::delete))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), auth::require_key));
     Router::new()
         .route("/health", get(|| async { StatusCode::NO_CONTENT }))

@@ -155,23 +155,24 @@ impl Manager {
 
     /// Validates a create request and creates the sandbox; it is usable when this returns.
     pub async fn create(&self, team: &str, req: NewSandbox) -> Result<Arc<Live>, ApiError> {
-        let template = TEMPLATES
-            .iter()
-            .find(|(name, _)| *name == req.template_id)
-            .map(|(_, t)| *t)
-            .ok_or_else(|| ApiError::BadRequest(format!("unknown template '{}'", req.template_id)))?;
+        let source = self.resolve_template(team, &req.template_id)?;
         let timeout = self.check_timeout(req.timeout.unwrap_or(self.config.default_timeout_secs as i64))?;
         let metadata = check_map("metadata", req.metadata.unwrap_or_default(), false)?;
         let env_vars = check_map("envVars", req.env_vars.unwrap_or_default(), true)?;
         let _slot = self.reserve_slot()?;
-        let spec = self.spec(template);
-        let sandbox = match self.take_pooled(template).await {
-            Some(sandbox) => sandbox,
-            None => self.runtime.create(&spec).await.map_err(|e| {
-                tracing::error!(error = %e, "creating a sandbox");
-                ApiError::Internal("failed to create the sandbox".into())
-            })?,
+        let (spec, pooled) = match &source {
+            Source::Template(t) => (self.spec(t), self.take_pooled(t).await),
+            Source::Snapshot(..) => (self.spec(POOL_TEMPLATE), None),
         };
+        let created = match (pooled, &source) {
+            (Some(sandbox), _) => Ok(sandbox),
+            (None, Source::Template(_)) => self.runtime.create(&spec).await,
+            (None, Source::Snapshot(id, _)) => self.runtime.create_from_saved(&self.snapshot_dir(id)).await,
+        };
+        let sandbox = created.map_err(|e| {
+            tracing::error!(error = %e, "creating a sandbox");
+            ApiError::Internal("failed to create the sandbox".into())
+        })?;
         let id = sandbox.id().to_string();
         let span = tracing::info_span!("sandbox", id = %id);
         async {
@@ -194,7 +195,11 @@ impl Manager {
                 allow_internet: req.allow_internet_access.unwrap_or(true),
             };
             let stored = async {
-                init_agent(&sandbox.agent().clone(), &record, None).await?;
+                let held = match &source {
+                    Source::Snapshot(_, token) => token.as_deref(),
+                    Source::Template(_) => None,
+                };
+                init_agent(&sandbox.agent().clone(), &record, held).await?;
                 self.store.insert_sandbox(&record).map_err(|e| format!("store: {e}"))
             }
             .await;
@@ -212,6 +217,66 @@ impl Manager {
         }
         .instrument(span)
         .await
+    }
+
+    /// A built-in template, or one of the team's snapshots by id or name.
+    fn resolve_template(&self, team: &str, name: &str) -> Result<Source, ApiError> {
+        if let Some((_, t)) = TEMPLATES.iter().find(|(n, _)| *n == name) {
+            return Ok(Source::Template(t));
+        }
+        match self.store.find_snapshot(team, name) {
+            Ok(Some(snapshot)) => Ok(Source::Snapshot(snapshot.id, snapshot.agent_token)),
+            Ok(None) => Err(ApiError::BadRequest(format!("unknown template '{name}'"))),
+            Err(e) => {
+                tracing::error!(error = %e, "looking up a snapshot");
+                Err(ApiError::Internal("failed to look the template up".into()))
+            }
+        }
+    }
+
+    /// Where snapshot `id`'s files live.
+    pub fn snapshot_dir(&self, id: &str) -> PathBuf {
+        self.config.data_dir.join("snapshots").join(id)
+    }
+
+    /// Saves a running sandbox as a snapshot that creates can start from; it runs on.
+    pub async fn snapshot(&self, live: &Live, name: Option<String>) -> Result<ember_store::SnapshotRecord, ApiError> {
+        let slot = live.sandbox.lock().await;
+        let record = live.record();
+        let Some(sandbox) = slot.as_ref() else {
+            return Err(ApiError::Conflict(format!("sandbox {} is paused; resume it first", record.id)));
+        };
+        let id = random_hex(10);
+        let dir = self.snapshot_dir(&id);
+        if let Err(e) = sandbox.save_to(&dir).await {
+            tracing::error!(sandbox = %record.id, error = %e, "taking a snapshot");
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ApiError::Internal("failed to take the snapshot".into()));
+        }
+        let snapshot = ember_store::SnapshotRecord {
+            name: name.unwrap_or_else(|| id.clone()),
+            id,
+            team: record.team.clone(),
+            sandbox_id: record.id.clone(),
+            created_ms: now_ms(),
+            agent_token: record.access_token.clone(),
+        };
+        self.store.insert_snapshot(&snapshot).map_err(|e| {
+            tracing::error!(error = %e, "storing a snapshot");
+            let _ = std::fs::remove_dir_all(&dir);
+            ApiError::Internal("failed to store the snapshot".into())
+        })?;
+        tracing::info!(sandbox = %record.id, snapshot = %snapshot.id, "snapshot taken");
+        Ok(snapshot)
+    }
+
+    /// Deletes one of the team's snapshots; false if there is none by that id.
+    pub fn delete_snapshot(&self, team: &str, id: &str) -> Result<bool, ApiError> {
+        let found = self.store.find_snapshot(team, id).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let Some(snapshot) = found.filter(|s| s.id == id) else { return Ok(false) };
+        self.store.delete_snapshot(&snapshot.id).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let _ = std::fs::remove_dir_all(self.snapshot_dir(&snapshot.id));
+        Ok(true)
     }
 
     fn spec(&self, template: &str) -> SandboxSpec {
@@ -415,6 +480,13 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
+/// What a create starts from.
+enum Source {
+    Template(&'static str),
+    /// A snapshot's id, and the access token its saved agent holds.
+    Snapshot(String, Option<String>),
+}
+
 pub const RUNNING: &str = "running";
 pub const PAUSED: &str = "paused";
 
@@ -428,6 +500,7 @@ async fn init_agent(agent: &AgentClient, record: &SandboxRecord, token: Option<&
         "defaultUser": "user",
         "timestamp": ember_envd_proto::time::rfc3339(std::time::SystemTime::now()),
         "entropy": random_hex(32),
+        "hostname": record.id,
     });
     agent.post_json("/init", &body, token).await.map_err(|e| format!("initialise the agent: {e}"))
 }

@@ -161,6 +161,18 @@ impl Runtime {
         Ok(sandbox)
     }
 
+    /// Creates a sandbox from a state saved by [`Sandbox::save_to`] in `saved`.
+    pub async fn create_from_saved(&self, saved: &Path) -> Result<Sandbox, RuntimeError> {
+        let shape =
+            Shape::load(saved).ok_or_else(|| RuntimeError::Adopt(saved.display().to_string(), "no shape.json"))?;
+        let id = new_id();
+        let dir = SandboxDir::create(&self.config.data_dir.join("sandboxes").join(&id))?;
+        ember_vmm::disk::create_overlay(&saved.join("disk.qcow2"), &dir.path().join(crate::sandbox::DISK))?;
+        // The saved state carries all RAM, as a paused sandbox's does.
+        let shape = Shape { ram: None, ..shape };
+        self.launch(id, dir, shape, false, Start::Resume(saved.join("state"))).await
+    }
+
     /// The agent client of sandbox `id` (its namespace has the same name whenever it runs).
     pub fn agent_for(&self, id: &str) -> AgentClient {
         AgentClient::new(
@@ -182,6 +194,31 @@ impl Runtime {
 }
 
 impl Sandbox {
+    /// Saves the running sandbox into `dir` (device state with all RAM, a copy of its disk as
+    /// it is at that instant, and its shape), then lets it run on. New sandboxes can start from
+    /// the saved state with [`Runtime::create_from_saved`].
+    pub async fn save_to(&self, dir: &Path) -> Result<(), RuntimeError> {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let mut qmp = self.vm_qmp().await?;
+        let saved = async {
+            // `save` stops the VM (which flushes its disk) before streaming the state.
+            ember_vmm::snapshot::save(&mut qmp, &self.dir().join("migrate.sock"), &dir.join("state")).await?;
+            tokio::fs::copy(self.dir().join(crate::sandbox::DISK), dir.join("disk.qcow2"))
+                .await
+                .map_err(io_err("copy the disk"))?;
+            self.shape().store(dir)
+        }
+        .await;
+        // Whatever happened, the source sandbox runs on.
+        let resumed = qmp.execute("cont", None).await;
+        saved?;
+        resumed.map_err(ember_vmm::VmmError::from)?;
+        for f in ["state", "disk.qcow2"] {
+            set_read_only(&dir.join(f))?;
+        }
+        Ok(())
+    }
+
     /// Pauses the sandbox: saves its device state and RAM next to its disk, then stops its VM
     /// and frees its namespace. [`Runtime::resume`] brings it back. If the state cannot be
     /// saved, the sandbox runs on and is handed back with the error.

@@ -4,6 +4,7 @@
 
 mod keys;
 mod sandboxes;
+mod snapshots;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -12,6 +13,7 @@ use rusqlite::Connection;
 
 pub use keys::{KeyInfo, NewKey};
 pub use sandboxes::SandboxRecord;
+pub use snapshots::SnapshotRecord;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +27,8 @@ pub enum StoreError {
 }
 
 /// Schema migrations, applied in order; index + 1 is the version they bring.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE api_keys (
         id TEXT PRIMARY KEY,
         hash TEXT NOT NULL UNIQUE,
@@ -52,7 +55,19 @@ const MIGRATIONS: &[&str] = &["
         allow_internet INTEGER NOT NULL
     );
     CREATE INDEX sandboxes_team ON sandboxes(team);
-"];
+",
+    "
+    CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        team TEXT NOT NULL,
+        name TEXT NOT NULL,
+        sandbox_id TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        agent_token TEXT
+    );
+    CREATE INDEX snapshots_team ON snapshots(team);
+",
+];
 
 /// The open database.
 pub struct Store {

@@ -1,0 +1,106 @@
+//! The `snapshots` resource: take one of a running sandbox, list them, delete one. A snapshot's
+//! id (or name) is a template for creates.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Team;
+use crate::error::{parse_json, ApiError};
+use crate::manager::Manager;
+
+const MAX_PAGE: usize = 100;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SnapshotRequest {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SnapshotInfo {
+    #[serde(rename = "snapshotID")]
+    snapshot_id: String,
+    names: Vec<String>,
+}
+
+fn info(r: &ember_store::SnapshotRecord) -> SnapshotInfo {
+    SnapshotInfo { snapshot_id: r.id.clone(), names: vec![r.name.clone()] }
+}
+
+pub async fn create(
+    State(m): State<Arc<Manager>>,
+    Extension(team): Extension<Team>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let req: SnapshotRequest = parse_json(&body, false)?;
+    if let Some(name) = &req.name {
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c));
+        if !valid {
+            return Err(ApiError::BadRequest("snapshot names are 1-128 letters, digits and -_.:/".into()));
+        }
+    }
+    let live = m.get(&team.0, &id)?;
+    let snapshot = m.snapshot(&live, req.name).await?;
+    Ok((StatusCode::CREATED, Json(info(&snapshot))).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    #[serde(rename = "sandboxID")]
+    sandbox_id: Option<String>,
+    name: Option<String>,
+    limit: Option<usize>,
+    next_token: Option<String>,
+}
+
+pub async fn list(
+    State(m): State<Arc<Manager>>,
+    Extension(team): Extension<Team>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let all = m.store().snapshots(&team.0).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let matching: Vec<_> = all
+        .iter()
+        .filter(|s| q.sandbox_id.as_ref().is_none_or(|id| &s.sandbox_id == id))
+        .filter(|s| q.name.as_ref().is_none_or(|n| &s.name == n))
+        .collect();
+    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let start: usize = q
+        .next_token
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|_| ApiError::BadRequest("invalid nextToken".into()))?
+        .unwrap_or(0);
+    let page: Vec<SnapshotInfo> = matching.iter().skip(start).take(limit).map(|s| info(s)).collect();
+    let mut resp = Json(page).into_response();
+    if start + limit < matching.len() {
+        if let Ok(v) = HeaderValue::from_str(&(start + limit).to_string()) {
+            resp.headers_mut().insert("x-next-token", v);
+        }
+    }
+    Ok(resp)
+}
+
+pub async fn delete(
+    State(m): State<Arc<Manager>>,
+    Extension(team): Extension<Team>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    match m.delete_snapshot(&team.0, &id)? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(ApiError::NotFound(format!("snapshot \"{id}\" not found"))),
+    }
+}

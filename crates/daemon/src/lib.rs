@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod manager;
+pub mod page;
 pub mod proxy;
 pub mod sandboxes;
 pub mod snapshots;

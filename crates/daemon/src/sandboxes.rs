@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use ember_api::{
@@ -23,8 +23,6 @@ use crate::error::{parse_json, ApiError};
 use crate::manager::{Live, Manager};
 
 type Mgr = State<Arc<Manager>>;
-/// Longest list page.
-const MAX_PAGE: usize = 100;
 /// Most serial-log bytes returned by `logs`.
 const MAX_LOG_BYTES: u64 = 1 << 20;
 
@@ -118,16 +116,29 @@ pub async fn set_timeout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The team's sandbox `id` and the time-out (seconds, checked) that an optional
+/// `ConnectRequest` body asks for through `pick`, else the default.
+fn sandbox_and_timeout(
+    m: &Manager,
+    team: &Team,
+    id: &str,
+    body: Result<Bytes, BytesRejection>,
+    pick: fn(&ConnectRequest) -> Option<i64>,
+) -> Result<(Arc<Live>, i64), ApiError> {
+    let body = body_bytes(body)?;
+    let live = m.get(&team.0, id)?;
+    let req: ConnectRequest = parse_json(&body, false)?;
+    let secs = m.check_timeout(pick(&req).unwrap_or(m.config().default_timeout_secs as i64))?;
+    Ok((live, secs))
+}
+
 pub async fn refresh(
     State(m): Mgr,
     Extension(team): Extension<Team>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let body = body_bytes(body)?;
-    let live = m.get(&team.0, &id)?;
-    let req: ConnectRequest = parse_json(&body, false)?;
-    let secs = m.check_timeout(req.duration.unwrap_or(m.config().default_timeout_secs as i64))?;
+    let (live, secs) = sandbox_and_timeout(&m, &team, &id, body, |r| r.duration)?;
     m.set_end(&live, now_ms() + secs * 1000, true)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -140,10 +151,7 @@ pub async fn connect(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body_bytes(body)?;
-    let live = m.get(&team.0, &id)?;
-    let req: ConnectRequest = parse_json(&body, false)?;
-    let secs = m.check_timeout(req.timeout.unwrap_or(m.config().default_timeout_secs as i64))?;
+    let (live, secs) = sandbox_and_timeout(&m, &team, &id, body, |r| r.timeout)?;
     if m.resume(&live, secs).await? {
         return Ok((StatusCode::CREATED, Json(sandbox_json(&live.record()))).into_response());
     }
@@ -158,10 +166,7 @@ pub async fn resume(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body_bytes(body)?;
-    let live = m.get(&team.0, &id)?;
-    let req: ConnectRequest = parse_json(&body, false)?;
-    let secs = m.check_timeout(req.timeout.unwrap_or(m.config().default_timeout_secs as i64))?;
+    let (live, secs) = sandbox_and_timeout(&m, &team, &id, body, |r| r.timeout)?;
     match m.resume(&live, secs).await? {
         true => Ok((StatusCode::CREATED, Json(sandbox_json(&live.record()))).into_response()),
         false => Err(ApiError::Conflict(format!("sandbox {id} is already running"))),
@@ -221,22 +226,7 @@ pub async fn list_v2(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let records = filter(m.list(&team.0), &q)?;
-    let limit = q.limit.unwrap_or(MAX_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_PAGE}")));
-    }
-    let start: usize = match &q.next_token {
-        Some(t) => t.parse().map_err(|_| ApiError::BadRequest("invalid nextToken".into()))?,
-        None => 0,
-    };
-    let page: Vec<SandboxDetail> = records.iter().skip(start).take(limit).map(|r| detail(r, false)).collect();
-    let mut resp = Json(page).into_response();
-    if start + limit < records.len() {
-        if let Ok(v) = HeaderValue::from_str(&(start + limit).to_string()) {
-            resp.headers_mut().insert("x-next-token", v);
-        }
-    }
-    Ok(resp)
+    crate::page::page(records.iter().map(|r| detail(r, false)).collect(), q.limit, q.next_token.as_deref())
 }
 
 pub async fn metrics(

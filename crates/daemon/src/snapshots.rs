@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
@@ -14,8 +14,6 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Team;
 use crate::error::{parse_json, ApiError};
 use crate::manager::Manager;
-
-const MAX_PAGE: usize = 100;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct SnapshotRequest {
@@ -76,22 +74,7 @@ pub async fn list(
         .filter(|s| q.sandbox_id.as_ref().is_none_or(|id| &s.sandbox_id == id))
         .filter(|s| q.name.as_ref().is_none_or(|n| &s.name == n))
         .collect();
-    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
-    let start: usize = q
-        .next_token
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(|_| ApiError::BadRequest("invalid nextToken".into()))?
-        .unwrap_or(0);
-    let page: Vec<SnapshotInfo> = matching.iter().skip(start).take(limit).map(|s| info(s)).collect();
-    let mut resp = Json(page).into_response();
-    if start + limit < matching.len() {
-        if let Ok(v) = HeaderValue::from_str(&(start + limit).to_string()) {
-            resp.headers_mut().insert("x-next-token", v);
-        }
-    }
-    Ok(resp)
+    crate::page::page(matching.into_iter().map(info).collect(), q.limit, q.next_token.as_deref())
 }
 
 pub async fn delete(

@@ -77,10 +77,12 @@ impl Cache {
         };
         let mut entries: Vec<(std::time::SystemTime, String)> = dir
             .flatten()
-            .filter(|e| e.path().is_dir())
+            .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().contains('.'))
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                let used = e.path().join(USED_FILE).metadata().and_then(|m| m.modified()).ok()?;
+                // An entry never marked (made before marking existed) counts as the oldest.
+                let used =
+                    e.path().join(USED_FILE).metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
                 Some((used, name))
             })
             .collect();
@@ -152,13 +154,16 @@ mod tests {
     fn prune_keeps_the_most_recently_used_and_the_current() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
+        std::fs::create_dir_all(cache.entry("k", "unmarked")).unwrap();
+        std::fs::create_dir_all(cache.entry("k", "building.tmp")).unwrap();
         for key in ["a", "b", "c", "d"] {
             std::fs::create_dir_all(cache.entry("k", key)).unwrap();
             cache.touch("k", key);
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         cache.prune("k", 2, "a");
-        let left: Vec<bool> = ["a", "b", "c", "d"].iter().map(|k| cache.entry("k", k).exists()).collect();
-        assert_eq!(left, [true, false, true, true]);
+        let left: Vec<bool> =
+            ["a", "b", "c", "d", "unmarked", "building.tmp"].iter().map(|k| cache.entry("k", k).exists()).collect();
+        assert_eq!(left, [true, false, true, true, false, true]);
     }
 }

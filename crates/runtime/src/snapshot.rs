@@ -18,6 +18,8 @@ use crate::sandbox::{new_id, SandboxDir, Start, PAUSE_STATE};
 use crate::{io_err, AgentClient, Runtime, RuntimeError, Sandbox};
 
 const SNAPSHOT_KIND: &str = "snapshots";
+/// Template snapshots kept in the cache (the most recently used).
+const KEEP_SNAPSHOTS: usize = 3;
 const SHAPE_FILE: &str = "shape.json";
 
 /// A sandbox's VM shape, kept in its directory so that it can be paused, resumed or adopted.
@@ -72,6 +74,7 @@ impl Runtime {
         let cache = &self.config.cache;
         let entry = cache.entry(SNAPSHOT_KIND, &key);
         if let Some(meta) = SnapshotMeta::load(&entry) {
+            cache.touch(SNAPSHOT_KIND, &key);
             return Ok(meta);
         }
         let (lock_cache, lock_key) = (cache.clone(), key.clone());
@@ -98,6 +101,9 @@ impl Runtime {
         };
         meta.store(&scratch)?;
         cache.publish(SNAPSHOT_KIND, &key, &scratch)?;
+        cache.touch(SNAPSHOT_KIND, &key);
+        // Each new template (agent) makes a new snapshot; keep a few.
+        cache.prune(SNAPSHOT_KIND, KEEP_SNAPSHOTS, &key);
         eprintln!("==> template snapshot ready");
         Ok(meta)
     }

@@ -17,7 +17,19 @@ if [ ! -x target/sdk-venv/bin/python ] || ! cmp -s tests/sdk/requirements.txt ta
     target/sdk-venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
     cp tests/sdk/requirements.txt target/sdk-venv/requirements.txt
 fi
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 # The official SDKs against a real `ember serve`.
-target/sdk-venv/bin/python -m pytest tests/serve -q -p no:cacheprovider
-(cd tests/js && npm ci --silent --no-audit --no-fund && node --test)
-cargo test --workspace --locked
+target/sdk-venv/bin/python -m pytest tests/serve -q -p no:cacheprovider | tee "$logs/pytest"
+(cd tests/js && npm ci --silent --no-audit --no-fund && node --test) | tee "$logs/node"
+cargo test --workspace --locked 2>&1 | tee "$logs/cargo"
+
+# One closing line for all suites.
+passed=$(( $(grep -E '^test result:' "$logs/cargo" | awk '{s+=$4} END {print s+0}') \
+    + $(grep -oE '[0-9]+ passed' "$logs/pytest" | awk '{s+=$1} END {print s+0}') \
+    + $(grep -E '^# pass ' "$logs/node" | awk '{s+=$3} END {print s+0}') ))
+failed=$(( $(grep -E '^test result:' "$logs/cargo" | awk '{s+=$6} END {print s+0}') \
+    + $(grep -oE '[0-9]+ failed' "$logs/pytest" | awk '{s+=$1} END {print s+0}') \
+    + $(grep -E '^# fail ' "$logs/node" | awk '{s+=$3} END {print s+0}') ))
+echo "total: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

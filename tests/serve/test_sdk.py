@@ -5,6 +5,7 @@ import hashlib
 import io
 import os
 import signal
+import subprocess
 import threading
 import time
 
@@ -13,7 +14,7 @@ import pytest
 from e2b import AuthenticationException, CommandExitException, NotFoundException, Sandbox, SandboxQuery, SandboxState
 from e2b.sandbox.commands.command_handle import PtySize
 
-from conftest import KEY, qemu_processes
+from conftest import EMBER, KEY, qemu_processes
 
 
 def test_create_with_metadata_and_env_vars(sbx):
@@ -226,6 +227,10 @@ def test_daemon_restart_with_sandboxes_running(daemon):
     victims = [pid for pid, cmd in qemu_processes(doomed.sandbox_id)]
     assert len(victims) == 1
     os.kill(victims[0], signal.SIGKILL)
+    # An `ember run` on the same data directory meanwhile must leave the daemon's sandboxes alone.
+    run = subprocess.run([EMBER, "run", "--", "true"], env={**os.environ, "EMBER_DATA_DIR": daemon.data_dir},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
     daemon.start("--destroy-on-exit")
     assert survivor.commands.run("cat /home/user/before.txt").stdout == "kept"
     assert Sandbox.get_info(survivor.sandbox_id).metadata == {"restart": "survivor"}

@@ -37,6 +37,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     ember_image::template::check_name(&args.template)?;
     let mut config = RuntimeConfig::from_env(crate::agent_binary()?);
     config.boot_timeout = Duration::from_secs(args.boot_timeout);
+    // A directory of its own: cleaning up after crashed runs must never touch the sandboxes a
+    // stopped `ember serve` left running for its next start to adopt.
+    config.data_dir = config.data_dir.join("run");
     let runtime = Runtime::new(config)?;
     runtime.clean_orphans(&Default::default());
     eprintln!("ember: accelerator: {}", runtime.accel());

@@ -94,9 +94,9 @@ impl Ember {
         Running { child, lines: rx, seen: Vec::new() }
     }
 
-    /// Ids of the sandboxes whose directories exist now.
+    /// Ids of the sandboxes (of `ember run`) whose directories exist now.
     pub fn sandbox_ids(&self) -> Vec<String> {
-        std::fs::read_dir(self.data.path().join("sandboxes"))
+        std::fs::read_dir(self.data.path().join("run/sandboxes"))
             .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default()
     }

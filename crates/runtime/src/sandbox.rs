@@ -138,7 +138,7 @@ impl Runtime {
         reconcile::record_vm(dir.path(), vm.pid())?;
         if let Start::Restore(state) | Start::Resume(state) = &start {
             let mut qmp = vm.qmp(Duration::from_secs(10)).await?;
-            ember_vmm::snapshot::load(&mut qmp, &dir.path().join("migrate.sock"), state).await?;
+            ember_vmm::snapshot::load(&mut qmp, state).await?;
         }
         let agent = AgentClient::new(netns.path(), SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)));
         wait_ready(&mut vm, &agent, self.config.boot_timeout, dir.path()).await?;

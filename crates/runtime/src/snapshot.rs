@@ -143,7 +143,7 @@ impl Runtime {
         // Run a login shell once, so that what every command needs is in the guest's page cache.
         warm_up(&agent).await?;
         let mut qmp = vm.qmp(Duration::from_secs(5)).await?;
-        ember_vmm::snapshot::save(&mut qmp, &dir.join("migrate.sock"), &dir.join("state")).await?;
+        ember_vmm::snapshot::save(&mut qmp, &dir.join("state")).await?;
         vm.kill().await;
         netns.delete()?;
         for f in ["ram", "state", "disk.qcow2"] {
@@ -208,7 +208,7 @@ impl Sandbox {
         let mut qmp = self.vm_qmp().await?;
         let saved = async {
             // `save` stops the VM (which flushes its disk) before streaming the state.
-            ember_vmm::snapshot::save(&mut qmp, &self.dir().join("migrate.sock"), &dir.join("state")).await?;
+            ember_vmm::snapshot::save(&mut qmp, &dir.join("state")).await?;
             tokio::fs::copy(self.dir().join(crate::sandbox::DISK), dir.join("disk.qcow2"))
                 .await
                 .map_err(io_err("copy the disk"))?;
@@ -232,7 +232,7 @@ impl Sandbox {
         let dir = self.dir().to_path_buf();
         let result = async {
             let mut qmp = self.vm_qmp().await?;
-            ember_vmm::snapshot::save(&mut qmp, &dir.join("migrate.sock"), &dir.join(PAUSE_STATE)).await?;
+            ember_vmm::snapshot::save(&mut qmp, &dir.join(PAUSE_STATE)).await?;
             Ok::<_, RuntimeError>(())
         }
         .await;

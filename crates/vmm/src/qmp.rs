@@ -1,6 +1,8 @@
 //! A small QMP client: line-delimited JSON over the VM's Unix socket; asynchronous events are
 //! skipped while waiting for a command's reply.
 
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -8,6 +10,16 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
+
+fn command_line(command: &str, arguments: Option<Value>) -> Result<Vec<u8>, QmpError> {
+    let mut msg = json!({ "execute": command });
+    if let Some(args) = arguments {
+        msg["arguments"] = args;
+    }
+    let mut line = serde_json::to_vec(&msg).map_err(|e| QmpError::Malformed(e.to_string()))?;
+    line.push(b'\n');
+    Ok(line)
+}
 
 /// Longest QMP line accepted from QEMU (1 MiB).
 const MAX_LINE: usize = 1 << 20;
@@ -60,13 +72,42 @@ impl Qmp {
 
     /// Runs a command and returns its `return` value.
     pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
-        let mut msg = json!({ "execute": command });
-        if let Some(args) = arguments {
-            msg["arguments"] = args;
-        }
-        let mut line = serde_json::to_vec(&msg).map_err(|e| QmpError::Malformed(e.to_string()))?;
-        line.push(b'\n');
+        let line = command_line(command, arguments)?;
         self.writer.write_all(&line).await?;
+        self.reply(command).await
+    }
+
+    /// Hands QEMU an open file descriptor under `name` (`getfd`, the descriptor riding on the
+    /// command as SCM_RIGHTS), for commands such as `migrate` with `fd:NAME`.
+    pub async fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), QmpError> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let line = command_line("getfd", Some(json!({ "fdname": name })))?;
+        let stream = self.writer.as_ref();
+        let fds = [fd.as_raw_fd()];
+        let sent = loop {
+            stream.writable().await?;
+            let attempt = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                sendmsg::<()>(
+                    stream.as_raw_fd(),
+                    &[IoSlice::new(&line)],
+                    &[ControlMessage::ScmRights(&fds)],
+                    MsgFlags::empty(),
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            });
+            match attempt {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // The descriptor went with the first byte; the rest of the line, if any, follows plainly.
+        self.writer.write_all(&line[sent..]).await?;
+        self.reply("getfd").await.map(|_| ())
+    }
+
+    async fn reply(&mut self, command: &str) -> Result<Value, QmpError> {
         loop {
             let reply = self.read_message().await?;
             if reply.get("event").is_some() {

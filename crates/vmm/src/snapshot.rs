@@ -1,14 +1,16 @@
 //! Saving and loading a VM's device state over QMP, and the on-disk description of a snapshot.
 //! RAM that lives in a shared file is skipped (`x-ignore-shared`): a template's state file holds
-//! only devices and CPUs (tens of KB); a paused sandbox's holds its private RAM too. QEMU's
-//! seccomp sandbox forbids `exec:` migration, so the stream goes over a Unix socket that we serve.
+//! only devices and CPUs (tens of KB); a paused sandbox's holds its private RAM too. The
+//! daemon opens the state file and hands QEMU the descriptor over QMP (`fd:` migration): no
+//! `exec:` (which QEMU's seccomp sandbox forbids), no socket another process could race for, and
+//! no file QEMU itself must be allowed to open (it may run as an unprivileged user).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
+use std::os::fd::AsFd;
 
 use crate::qmp::{Qmp, QmpError};
 use crate::VmmError;
@@ -77,44 +79,27 @@ async fn wait_migration(qmp: &mut Qmp) -> Result<(), VmmError> {
 }
 
 /// Stops the VM and writes its device state (and any RAM not in a shared file) to `out`.
-/// `sock` is a scratch path for the Unix socket QEMU streams into.
-pub async fn save(qmp: &mut Qmp, sock: &Path, out: &Path) -> Result<(), VmmError> {
-    let io = |context: &str| {
-        let context = context.to_string();
-        move |source| VmmError::Io { context, source }
-    };
-    let _ = std::fs::remove_file(sock);
-    let listener = tokio::net::UnixListener::bind(sock).map_err(io("listen for the migration stream"))?;
+pub async fn save(qmp: &mut Qmp, out: &Path) -> Result<(), VmmError> {
+    let file = std::fs::File::create(out).map_err(io("create the state file"))?;
+    qmp.send_fd("ember-migrate-out", file.as_fd()).await?;
     qmp.execute("stop", None).await?;
     set_capabilities(qmp).await?;
-    qmp.execute("migrate", Some(json!({"uri": format!("unix:{}", sock.display())}))).await?;
-    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
-        .await
-        .map_err(|_| QmpError::Timeout(Duration::from_secs(10)))?
-        .map_err(io("accept the migration stream"))?;
-    let mut file = tokio::fs::File::create(out).await.map_err(io("create the state file"))?;
-    tokio::io::copy(&mut stream, &mut file).await.map_err(io("write the state file"))?;
-    file.flush().await.map_err(io("write the state file"))?;
-    file.sync_all().await.map_err(io("sync the state file"))?;
-    let _ = std::fs::remove_file(sock);
-    wait_migration(qmp).await
+    qmp.execute("migrate", Some(json!({"uri": "fd:ember-migrate-out"}))).await?;
+    wait_migration(qmp).await?;
+    file.sync_all().map_err(io("sync the state file"))
 }
 
 /// Loads device state from `state` into a VM started with `-incoming defer`, then resumes it.
-pub async fn load(qmp: &mut Qmp, sock: &Path, state: &Path) -> Result<(), VmmError> {
-    let io = |context: &str| {
-        let context = context.to_string();
-        move |source| VmmError::Io { context, source }
-    };
-    let _ = std::fs::remove_file(sock);
+pub async fn load(qmp: &mut Qmp, state: &Path) -> Result<(), VmmError> {
+    let file = std::fs::File::open(state).map_err(io("open the state file"))?;
+    qmp.send_fd("ember-migrate-in", file.as_fd()).await?;
     set_capabilities(qmp).await?;
-    qmp.execute("migrate-incoming", Some(json!({"uri": format!("unix:{}", sock.display())}))).await?;
-    let mut stream = tokio::net::UnixStream::connect(sock).await.map_err(io("connect to QEMU's incoming socket"))?;
-    let mut file = tokio::fs::File::open(state).await.map_err(io("open the state file"))?;
-    tokio::io::copy(&mut file, &mut stream).await.map_err(io("send the state file"))?;
-    drop(stream);
+    qmp.execute("migrate-incoming", Some(json!({"uri": "fd:ember-migrate-in"}))).await?;
     wait_migration(qmp).await?;
-    let _ = std::fs::remove_file(sock);
     qmp.execute("cont", None).await?;
     Ok(())
+}
+
+fn io(context: &'static str) -> impl Fn(std::io::Error) -> VmmError {
+    move |source| VmmError::Io { context: context.into(), source }
 }

@@ -30,6 +30,11 @@ if [ ${#missing[@]} -gt 0 ]; then
         "${missing[@]}" qemu-system-x86 qemu-utils >/dev/null
 fi
 
+# QEMU drops to this unprivileged account once it has opened its devices.
+if ! id ember-qemu >/dev/null 2>&1; then
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ember-qemu
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "setup-host: cargo not found: install a Rust toolchain (1.80 or newer) with rustup" >&2
     exit 1

@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, execFileSync } from 'node:child_process'
-import { mkdtempSync, rmSync, readdirSync, existsSync } from 'node:fs'
+import { mkdtempSync, rmSync, readdirSync, existsSync, chmodSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
@@ -26,6 +26,7 @@ let Sandbox, CommandExitError
 
 before(async () => {
   dataDir = mkdtempSync(join(tmpdir(), 'ember-js-test-'))
+  chmodSync(dataDir, 0o755) // the unprivileged QEMU user must reach the sandboxes' disks
   const port = await freePort()
   const url = `http://127.0.0.1:${port}`
   daemon = spawn(ember, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--destroy-on-exit'], {

@@ -81,6 +81,7 @@ def qemu_processes(needle):
 @pytest.fixture(scope="session")
 def daemon():
     data_dir = tempfile.mkdtemp(prefix="ember-serve-test-")
+    os.chmod(data_dir, 0o755)  # the unprivileged QEMU user must reach the sandboxes' disks
     d = Daemon(data_dir, free_port())
     d.start("--destroy-on-exit")
     os.environ.update(E2B_API_URL=d.url, E2B_SANDBOX_URL=d.url, E2B_API_KEY=KEY)

@@ -82,6 +82,9 @@ pub async fn serve(config: ServeConfig, runtime: ember_runtime::RuntimeConfig) -
     if let Some(w) = manager.runtime().accel().warning() {
         eprintln!("ember: warning: {w}");
     }
+    if let Some(w) = manager.runtime().qemu_user_warning() {
+        eprintln!("ember: warning: {w}");
+    }
     eprintln!("ember: serving the E2B API on http://{}", listener.local_addr()?);
     axum::serve(listener, router(Arc::clone(&manager))).with_graceful_shutdown(stop_signal()).await.context("serve")?;
     manager.shutdown(destroy).await;

@@ -16,6 +16,7 @@ const CHUNK: usize = 1 << 20;
 #[tokio::main]
 async fn main() {
     let data = tempfile::Builder::new().prefix("ember-bench-").tempdir().expect("temp dir");
+    std::fs::set_permissions(data.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     let ember = std::path::Path::new(env!("CARGO_BIN_EXE_ember"));
     let agent_bin =
         std::env::var_os("EMBER_AGENT_BIN").map(Into::into).unwrap_or_else(|| ember.with_file_name("ember-agent"));

@@ -24,6 +24,7 @@ struct Daemon {
 impl Daemon {
     fn start(port: u16, extra: &[&str]) -> Self {
         let data = tempfile::Builder::new().prefix("ember-bench-").tempdir().expect("temp dir");
+        std::fs::set_permissions(data.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
         let ember = env!("CARGO_BIN_EXE_ember");
         let agent = std::env::var_os("EMBER_AGENT_BIN")
             .unwrap_or_else(|| std::path::Path::new(ember).with_file_name("ember-agent").into_os_string());

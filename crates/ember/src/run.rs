@@ -46,6 +46,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(warning) = runtime.accel().warning() {
         eprintln!("ember: warning: {warning}");
     }
+    if let Some(warning) = runtime.qemu_user_warning() {
+        eprintln!("ember: warning: {warning}");
+    }
     let spec = SandboxSpec {
         template: args.template.clone(),
         from_snapshot: false,

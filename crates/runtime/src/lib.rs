@@ -66,6 +66,8 @@ pub struct RuntimeConfig {
     pub qemu: PathBuf,
     /// How long a guest may take from QEMU start to the agent's first answer.
     pub boot_timeout: Duration,
+    /// Unprivileged user QEMU runs as (after opening its devices); `None` leaves it root.
+    pub qemu_user: Option<String>,
 }
 
 impl RuntimeConfig {
@@ -78,14 +80,48 @@ impl RuntimeConfig {
             agent_bin,
             qemu: std::env::var_os("EMBER_QEMU").map(PathBuf::from).unwrap_or_else(|| "qemu-system-x86_64".into()),
             boot_timeout: Duration::from_secs(60),
+            qemu_user: default_qemu_user(),
         }
     }
 }
+
+/// User QEMU drops to: `EMBER_QEMU_USER` (empty for none), else `ember-qemu` if it exists.
+fn default_qemu_user() -> Option<String> {
+    match std::env::var("EMBER_QEMU_USER") {
+        Ok(u) if u.is_empty() => None,
+        Ok(u) => Some(u),
+        Err(_) => nix::unistd::User::from_name(QEMU_USER).ok().flatten().map(|_| QEMU_USER.to_string()),
+    }
+}
+
+/// The unprivileged account `scripts/setup-host.sh` creates for QEMU.
+pub const QEMU_USER: &str = "ember-qemu";
 
 /// The live runtime: configuration plus the accelerator detected at start.
 pub struct Runtime {
     config: RuntimeConfig,
     accel: AccelInfo,
+    /// uid and gid of the QEMU user, who owns each sandbox's disk overlay.
+    qemu_ids: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+}
+
+/// QEMU, once unprivileged, reopens disk images by path: every directory down to the sandbox
+/// directories must be searchable by others.
+fn check_searchable(dir: &std::path::Path) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::PermissionsExt;
+    for d in dir.ancestors().filter(|d| !d.as_os_str().is_empty()) {
+        let mode = std::fs::metadata(d).map_err(io_err(format!("stat {}", d.display())))?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Err(RuntimeError::Io {
+                context: format!("data directory {}", dir.display()),
+                source: std::io::Error::other(format!(
+                    "{} is not searchable by the unprivileged QEMU user (chmod o+x it, choose another data directory, or set EMBER_QEMU_USER= to run QEMU as root)",
+                    d.display()
+                )),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Runtime {
@@ -96,13 +132,47 @@ impl Runtime {
             return Err(RuntimeError::NotRoot);
         }
         ember_vmm::vm::find_qemu(&config.qemu)?;
+        let qemu_ids = match &config.qemu_user {
+            Some(user) => match nix::unistd::User::from_name(user).ok().flatten() {
+                Some(u) => Some((u.uid, u.gid)),
+                None => {
+                    return Err(RuntimeError::Io {
+                        context: format!("QEMU user '{user}'"),
+                        source: std::io::Error::other(
+                            "no such user; create it (scripts/setup-host.sh does) or set EMBER_QEMU_USER=",
+                        ),
+                    })
+                }
+            },
+            None => None,
+        };
         let sandboxes = config.data_dir.join("sandboxes");
         std::fs::create_dir_all(&sandboxes).map_err(io_err(format!("create {}", sandboxes.display())))?;
-        Ok(Self { accel: ember_vmm::accel::detect(), config })
+        if qemu_ids.is_some() {
+            check_searchable(&sandboxes)?;
+        }
+        Ok(Self { accel: ember_vmm::accel::detect(), config, qemu_ids })
     }
 
     pub fn accel(&self) -> &AccelInfo {
         &self.accel
+    }
+
+    /// Hands a sandbox's disk overlay to the QEMU user (QEMU reopens it after a restore).
+    pub(crate) fn give_to_qemu(&self, overlay: &std::path::Path) -> Result<(), RuntimeError> {
+        if let Some((uid, gid)) = self.qemu_ids {
+            nix::unistd::chown(overlay, Some(uid), Some(gid))
+                .map_err(|e| RuntimeError::Io { context: format!("chown {}", overlay.display()), source: e.into() })?;
+        }
+        Ok(())
+    }
+
+    /// A warning about how QEMU runs, if it deserves one.
+    pub fn qemu_user_warning(&self) -> Option<&'static str> {
+        self.config
+            .qemu_user
+            .is_none()
+            .then_some("QEMU runs as root (no ember-qemu user; scripts/setup-host.sh creates it)")
     }
 
     pub fn config(&self) -> &RuntimeConfig {

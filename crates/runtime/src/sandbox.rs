@@ -112,6 +112,7 @@ impl Runtime {
         die_with_parent: bool,
         start: Start,
     ) -> Result<Sandbox, RuntimeError> {
+        self.give_to_qemu(&dir.path().join(DISK))?;
         let netns = Netns::create(&format!("{}{id}", ember_net::NAME_PREFIX))?;
         shape.store(dir.path())?;
         let config = VmConfig {
@@ -132,6 +133,7 @@ impl Runtime {
                 _ => Memory::Anonymous,
             },
             incoming: !matches!(start, Start::Boot),
+            run_as: self.config.qemu_user.clone(),
         };
         let started = Instant::now();
         let mut vm = Vm::spawn(config)?;

@@ -121,6 +121,7 @@ impl Runtime {
         file.set_len(u64::from(memory_mib) << 20).map_err(io_err("size the RAM file"))?;
         // The disk is an overlay that stays with the snapshot; sandboxes put theirs over it.
         ember_vmm::disk::create_overlay(&tpl.rootfs, &dir.join("disk.qcow2"))?;
+        self.give_to_qemu(&dir.join("disk.qcow2"))?;
         let netns = Netns::create(&format!("{}snap-{}", ember_net::NAME_PREFIX, &new_id()[..8]))?;
         let mut vm = Vm::spawn(VmConfig {
             vcpus,
@@ -137,6 +138,7 @@ impl Runtime {
             die_with_parent: true,
             memory: Memory::File { path: ram.clone(), shared: true },
             incoming: false,
+            run_as: self.config.qemu_user.clone(),
         })?;
         let agent = AgentClient::new(netns.path(), (GUEST_IP, ember_envd_proto::ENVD_PORT).into());
         crate::sandbox::wait_ready(&mut vm, &agent, self.config.boot_timeout, dir).await?;

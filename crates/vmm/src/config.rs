@@ -53,6 +53,8 @@ pub struct VmConfig {
     pub memory: Memory,
     /// Start paused, waiting for a device state over QMP (`migrate-incoming`).
     pub incoming: bool,
+    /// Unprivileged user QEMU switches to once it has opened its devices and files.
+    pub run_as: Option<String>,
 }
 
 impl VmConfig {
@@ -92,7 +94,17 @@ impl VmConfig {
             Accel::Tcg => push(&mut a, &["-accel", &format!("tcg,tb-size={TCG_TB_SIZE_MIB}"), "-cpu", "max"]),
         }
         push(&mut a, &["-smp", &self.vcpus.to_string(), "-m", &format!("{}M", self.memory_mib)]);
-        push(&mut a, &["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]);
+        // The switch to `run_as` itself needs set*id; after it QEMU holds no privilege to regain,
+        // and `spawn=deny` keeps it from executing anything that could.
+        match &self.run_as {
+            Some(user) => {
+                push(&mut a, &["-sandbox", "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"]);
+                push(&mut a, &["-runas", user]);
+            }
+            None => {
+                push(&mut a, &["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"])
+            }
+        }
         a.push("-kernel".into());
         a.push(self.kernel.clone().into());
         push(&mut a, &["-append", &self.cmdline]);
@@ -155,6 +167,7 @@ mod tests {
             die_with_parent: true,
             memory: Memory::Anonymous,
             incoming: false,
+            run_as: None,
         }
     }
 
@@ -189,5 +202,10 @@ mod tests {
         assert!(r.contains("acpi=off,memory-backend=mem"), "{r}");
         assert!(r.contains("memory-backend-file,id=mem,size=512M,share=off,mem-path=/t/ram"), "{r}");
         assert!(r.ends_with("-incoming defer"), "{r}");
+        assert!(r.contains("elevateprivileges=deny") && !r.contains("-runas"), "{r}");
+        let mut unprivileged = cfg();
+        unprivileged.run_as = Some("ember-qemu".into());
+        let u: Vec<String> = unprivileged.qemu_args().into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert!(u.join(" ").contains("elevateprivileges=allow,spawn=deny,resourcecontrol=deny -runas ember-qemu"));
     }
 }

@@ -40,7 +40,10 @@ pub struct Running {
 impl Ember {
     pub fn new() -> Self {
         assert!(nix::unistd::geteuid().is_root(), "guest tests need root (network namespaces, taps); run them as root");
-        Self { data: tempfile::Builder::new().prefix("ember-test-").tempdir().unwrap() }
+        let data = tempfile::Builder::new().prefix("ember-test-").tempdir().unwrap();
+        // The unprivileged QEMU user must be able to reach the sandboxes' disks.
+        std::fs::set_permissions(data.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        Self { data }
     }
 
     pub fn data_dir(&self) -> &Path {

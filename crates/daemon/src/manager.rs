@@ -462,6 +462,7 @@ impl Manager {
         for sandbox in self.pool.lock().await.drain(..) {
             let _ = sandbox.destroy().await;
         }
+        self.runtime.release_slots();
         for live in self.all() {
             if destroy {
                 self.kill(&live, "daemon stopped").await;

@@ -39,6 +39,9 @@ pub struct ServeArgs {
     pool: usize,
 }
 
+/// Network slots the daemon keeps made ahead of creates.
+const SLOT_POOL: usize = 4;
+
 /// The data directory: the flag, else `EMBER_DATA_DIR`, else `/var/lib/ember`.
 pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| std::env::var_os("EMBER_DATA_DIR").map(PathBuf::from)).unwrap_or_else(|| "/var/lib/ember".into())
@@ -52,6 +55,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let data_dir = data_dir(args.data_dir);
     let mut runtime = RuntimeConfig::from_env(crate::agent_binary()?);
     runtime.data_dir = data_dir.clone();
+    runtime.slot_pool = SLOT_POOL;
     let config = ServeConfig {
         listen: args.listen,
         data_dir,

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod reconcile;
 pub mod sandbox;
+mod slots;
 pub mod snapshot;
 
 use std::path::PathBuf;
@@ -68,6 +69,8 @@ pub struct RuntimeConfig {
     pub boot_timeout: Duration,
     /// Unprivileged user QEMU runs as (after opening its devices); `None` leaves it root.
     pub qemu_user: Option<String>,
+    /// Network slots kept made ahead of creates.
+    pub slot_pool: usize,
 }
 
 impl RuntimeConfig {
@@ -81,6 +84,7 @@ impl RuntimeConfig {
             qemu: std::env::var_os("EMBER_QEMU").map(PathBuf::from).unwrap_or_else(|| "qemu-system-x86_64".into()),
             boot_timeout: Duration::from_secs(60),
             qemu_user: default_qemu_user(),
+            slot_pool: 0,
         }
     }
 }
@@ -103,6 +107,7 @@ pub struct Runtime {
     accel: AccelInfo,
     /// uid and gid of the QEMU user, who owns each sandbox's disk overlay.
     qemu_ids: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+    pub(crate) slots: slots::Slots,
 }
 
 /// QEMU, once unprivileged, reopens disk images by path: every directory down to the sandbox
@@ -151,7 +156,8 @@ impl Runtime {
         if qemu_ids.is_some() {
             check_searchable(&sandboxes)?;
         }
-        Ok(Self { accel: ember_vmm::accel::detect(), config, qemu_ids })
+        let slots = slots::Slots::new(&config.data_dir, config.slot_pool)?;
+        Ok(Self { accel: ember_vmm::accel::detect(), config, qemu_ids, slots })
     }
 
     pub fn accel(&self) -> &AccelInfo {
@@ -179,8 +185,16 @@ impl Runtime {
         &self.config
     }
 
-    /// Removes sandboxes whose owning process is gone, except those in `keep`.
+    /// Deletes the network slots made ahead of time (at shutdown).
+    pub fn release_slots(&self) {
+        self.slots.release();
+    }
+
+    /// Removes sandboxes (and waiting network slots) whose owning process is gone, except the
+    /// sandboxes in `keep`; then starts making slots ahead of time.
     pub fn clean_orphans(&self, keep: &std::collections::HashSet<String>) {
         reconcile::clean_orphans(&self.config.data_dir.join("sandboxes"), keep);
+        reconcile::clean_orphans(self.slots.dir(), &Default::default());
+        self.slots.fill();
     }
 }

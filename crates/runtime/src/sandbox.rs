@@ -74,10 +74,12 @@ impl Runtime {
             true => Some(self.ensure_template_snapshot(&tpl, spec.vcpus, spec.memory_mib).await?),
             false => None,
         };
-        let id = new_id();
+        let slot = self.slots.take()?;
+        let id = slot.id.clone();
         let span = tracing::info_span!("sandbox", id = %id);
         async {
             let dir = SandboxDir::create(&self.config.data_dir.join("sandboxes").join(&id))?;
+            slot.claim();
             let overlay = dir.path().join(DISK);
             let (shape, start) = match &snapshot {
                 Some(meta) => {
@@ -96,24 +98,24 @@ impl Runtime {
                     (shape, Start::Boot)
                 }
             };
-            self.launch(id, dir, shape, spec.die_with_parent, start).await
+            self.launch(id, dir, slot.netns, shape, spec.die_with_parent, start).await
         }
         .instrument(span)
         .await
     }
 
-    /// Starts the VM of sandbox directory `dir` (which holds its disk) as `start` says, then
-    /// waits for the agent.
+    /// Starts the VM of sandbox directory `dir` (which holds its disk) in `netns` as `start`
+    /// says, then waits for the agent.
     pub(crate) async fn launch(
         &self,
         id: String,
         dir: SandboxDir,
+        netns: Netns,
         shape: Shape,
         die_with_parent: bool,
         start: Start,
     ) -> Result<Sandbox, RuntimeError> {
         self.give_to_qemu(&dir.path().join(DISK))?;
-        let netns = Netns::create(&format!("{}{id}", ember_net::NAME_PREFIX))?;
         shape.store(dir.path())?;
         let config = VmConfig {
             vcpus: shape.vcpus,

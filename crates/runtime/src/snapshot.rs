@@ -164,7 +164,9 @@ impl Runtime {
         }
         let dir = SandboxDir(Some(path.clone()));
         crate::reconcile::record_owner(&path)?;
-        let sandbox = self.launch(id.to_string(), dir, shape, die_with_parent, Start::Resume(state.clone())).await?;
+        let netns = Netns::create(&format!("{}{id}", ember_net::NAME_PREFIX))?;
+        let sandbox =
+            self.launch(id.to_string(), dir, netns, shape, die_with_parent, Start::Resume(state.clone())).await?;
         let _ = std::fs::remove_file(&state);
         Ok(sandbox)
     }
@@ -173,12 +175,13 @@ impl Runtime {
     pub async fn create_from_saved(&self, saved: &Path) -> Result<Sandbox, RuntimeError> {
         let shape =
             Shape::load(saved).ok_or_else(|| RuntimeError::Adopt(saved.display().to_string(), "no shape.json"))?;
-        let id = new_id();
-        let dir = SandboxDir::create(&self.config.data_dir.join("sandboxes").join(&id))?;
+        let slot = self.slots.take()?;
+        let dir = SandboxDir::create(&self.config.data_dir.join("sandboxes").join(&slot.id))?;
+        slot.claim();
         ember_vmm::disk::create_overlay(&saved.join("disk.qcow2"), &dir.path().join(crate::sandbox::DISK))?;
         // The saved state carries all RAM, as a paused sandbox's does.
         let shape = Shape { ram: None, ..shape };
-        self.launch(id, dir, shape, false, Start::Resume(saved.join("state"))).await
+        self.launch(slot.id.clone(), dir, slot.netns, shape, false, Start::Resume(saved.join("state"))).await
     }
 
     /// The agent client of sandbox `id` (its namespace has the same name whenever it runs).

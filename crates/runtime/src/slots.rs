@@ -1,0 +1,153 @@
+//! Network slots made ahead of time: namespaces with their tap, each named for the sandbox id
+//! that will use it (`ember-ID`), so a create takes one instead of spending two `ip` calls.
+//! Each waiting slot has an owner marker in `DATA/slots/ID`, so that a crash never leaks one:
+//! the next start removes slots whose owner is gone.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ember_net::Netns;
+
+use crate::sandbox::new_id;
+use crate::{io_err, reconcile, RuntimeError};
+
+/// A slot handed to a new sandbox; its marker goes once the sandbox's directory exists.
+pub(crate) struct Slot {
+    pub id: String,
+    pub netns: Netns,
+    marker: PathBuf,
+}
+
+impl Slot {
+    /// Drops the waiting-slot marker (the sandbox directory owns the namespace now).
+    pub fn claim(&self) {
+        let _ = std::fs::remove_dir_all(&self.marker);
+    }
+}
+
+pub(crate) struct Slots {
+    dir: PathBuf,
+    ready: Arc<Mutex<Vec<(String, Netns)>>>,
+    target: usize,
+}
+
+impl Slots {
+    pub fn new(data_dir: &Path, target: usize) -> Result<Self, RuntimeError> {
+        let dir = data_dir.join("slots");
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        Ok(Self { dir, ready: Arc::default(), target })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A ready slot, or a new one made now; then the pool is topped up in the background.
+    pub fn take(&self) -> Result<Slot, RuntimeError> {
+        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let (id, netns) = match ready {
+            Some(slot) => slot,
+            None => make(&self.dir)?,
+        };
+        self.fill();
+        Ok(Slot { marker: self.dir.join(&id), id, netns })
+    }
+
+    /// Makes slots up to the target on a thread of its own.
+    pub fn fill(&self) {
+        let (dir, ready, target) = (self.dir.clone(), Arc::clone(&self.ready), self.target);
+        if ready.lock().unwrap_or_else(|e| e.into_inner()).len() >= target {
+            return;
+        }
+        std::thread::spawn(move || {
+            while ready.lock().unwrap_or_else(|e| e.into_inner()).len() < target {
+                match make(&dir) {
+                    Ok(slot) => ready.lock().unwrap_or_else(|e| e.into_inner()).push(slot),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "making a network slot ahead of time");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Slots {
+    /// Deletes the waiting slots.
+    pub fn release(&self) {
+        for (id, netns) in self.ready.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            drop(netns);
+            let _ = std::fs::remove_dir_all(self.dir.join(id));
+        }
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+fn make(dir: &Path) -> Result<(String, Netns), RuntimeError> {
+    let id = new_id();
+    let marker = dir.join(&id);
+    std::fs::create_dir(&marker).map_err(io_err(format!("create {}", marker.display())))?;
+    reconcile::record_owner(&marker)?;
+    match Netns::create(&format!("{}{id}", ember_net::NAME_PREFIX)) {
+        Ok(netns) => Ok((id, netns)),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&marker);
+            Err(e.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exists(id: &str) -> bool {
+        Path::new("/run/netns").join(format!("{}{id}", ember_net::NAME_PREFIX)).exists()
+    }
+
+    #[test]
+    fn slots_are_made_ahead_taken_and_released() {
+        assert!(nix::unistd::geteuid().is_root(), "network namespaces need root; run the tests as root");
+        let data = tempfile::tempdir().unwrap();
+        let slots = Slots::new(data.path(), 2).unwrap();
+        slots.fill();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while slots.ready.lock().unwrap().len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let waiting: Vec<String> = slots.ready.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+        assert_eq!(waiting.len(), 2);
+        assert!(waiting.iter().all(|id| exists(id) && slots.dir().join(id).join("owner").exists()));
+        let slot = slots.take().unwrap();
+        assert!(waiting.contains(&slot.id), "a ready slot was handed out");
+        slot.claim();
+        assert!(!slots.dir().join(&slot.id).exists(), "claimed: the marker is gone");
+        assert!(exists(&slot.id));
+        drop(slot);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let left: Vec<String> = slots.ready.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+        slots.release();
+        assert!(left.iter().all(|id| !exists(id) && !slots.dir().join(id).exists()), "released slots are deleted");
+        assert!(!waiting.iter().any(|id| exists(id)));
+    }
+
+    #[test]
+    fn a_crashed_owners_slots_are_cleaned_up() {
+        assert!(nix::unistd::geteuid().is_root(), "network namespaces need root; run the tests as root");
+        let data = tempfile::tempdir().unwrap();
+        let slots = Slots::new(data.path(), 0).unwrap();
+        let (id, netns) = make(slots.dir()).unwrap();
+        // As if the owner died: forget the namespace and point the marker at a dead process.
+        netns.detach();
+        std::fs::write(slots.dir().join(&id).join("owner"), "999999999 5").unwrap();
+        assert!(exists(&id));
+        crate::reconcile::clean_orphans(slots.dir(), &Default::default());
+        assert!(!exists(&id) && !slots.dir().join(&id).exists());
+    }
+}

@@ -57,6 +57,7 @@ def test_background_list_and_kill(sbx):
     h = sbx.commands.run("sleep 60", background=True)
     assert h.pid in [p.pid for p in sbx.commands.list()]
     assert sbx.commands.kill(h.pid) is True
+    assert h.pid not in [p.pid for p in sbx.commands.list()], "a killed process is gone when kill returns"
     with pytest.raises(CommandExitException) as e:
         h.wait()
     assert e.value.exit_code == -1

@@ -175,8 +175,18 @@ async fn send_signal(agent: &Agent, headers: &HeaderMap, body: Body) -> Result<R
     if !spawn::signal_group(entry.pid, signal) {
         return Err(ConnectError::new(Code::NotFound, format!("process {} is gone", entry.pid)));
     }
+    // A kill answers once the process is reaped, so that a `List` right after no longer shows it.
+    if signal == libc::SIGKILL {
+        let deadline = tokio::time::Instant::now() + KILL_WAIT;
+        while !entry.is_finished() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
     Ok(unary(&Empty {}))
 }
+
+/// Longest a `SendSignal(SIGKILL)` waits for the process to be reaped before answering.
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn update(agent: &Agent, headers: &HeaderMap, body: Body) -> Result<Response, ConnectError> {
     let request: UpdateRequest = unary_request(headers, body).await?;

@@ -86,8 +86,10 @@ def test_connect_reattaches_and_output_resumes(sbx):
 def test_timeout_kills_the_process(sbx):
     with pytest.raises(TimeoutException):
         sbx.commands.run("sleep 30", timeout=2)
-    time.sleep(0.5)
-    assert not [p for p in sbx.commands.list() if "sleep 30" in " ".join(p.args)]
+    deadline = time.time() + 5
+    while [p for p in sbx.commands.list() if "sleep 30" in " ".join(p.args)] and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in sbx.commands.list() if "sleep 30" in " ".join(p.args)], "killed at its deadline"
 
 
 def test_many_processes_at_once(sbx):

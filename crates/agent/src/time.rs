@@ -49,12 +49,18 @@ pub fn reseed(bytes: &[u8]) {
     }
 }
 
-/// Sets the hostname and points `127.0.1.1` at it in `/etc/hosts` (so `sudo` resolves it).
+/// Sets the hostname, then points `127.0.1.1` at it in `/etc/hosts` (so `sudo` resolves it)
+/// off the request's path: `/init` is on every create's critical path, a disk write need not be.
 pub fn set_hostname(name: &str) {
     if let Err(e) = nix::unistd::sethostname(name) {
         tracing::warn!(error = %e, "setting the hostname");
         return;
     }
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || update_hosts(&name));
+}
+
+fn update_hosts(name: &str) {
     let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
     let mut lines: Vec<String> = hosts.lines().filter(|l| !l.starts_with("127.0.1.1")).map(str::to_string).collect();
     lines.push(format!("127.0.1.1\t{name}"));

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use ember_envd_proto::{Code, ConnectError};
 use std::sync::Arc;
 
-use ember_envd_proto::signature::{sign, FileOp};
+use ember_envd_proto::signature::{constant_eq, sign, FileOp};
 
 use crate::state::Agent;
 use crate::users::{user_from_basic_auth, User};
@@ -56,10 +56,6 @@ pub async fn require_token(State(agent): State<Arc<Agent>>, req: Request, next: 
 /// Whether the request carries `token` in `X-Access-Token` (compared in constant time).
 pub fn header_matches(headers: &HeaderMap, token: &str) -> bool {
     headers.get(TOKEN_HEADER).is_some_and(|v| constant_eq(v.as_bytes(), token.as_bytes()))
-}
-
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The user an RPC runs as: `Authorization: Basic`, else the default user.
@@ -112,14 +108,4 @@ pub fn check_file_access(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn constant_time_compare() {
-        assert!(constant_eq(b"abc", b"abc") && !constant_eq(b"abc", b"abd") && !constant_eq(b"ab", b"abc"));
-    }
 }

@@ -80,7 +80,8 @@ pub fn error_for(headers: &HeaderMap, err: ConnectError) -> Response {
     }
 }
 
-fn stream_body(body: Body) -> Response {
+/// A server-stream (or client-stream) answer: always 200, frames in the body.
+pub fn stream_body(body: Body) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, CONNECT_JSON)], body).into_response()
 }
 

@@ -7,6 +7,8 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use ember_envd_proto::signature::constant_eq;
+
 use crate::error::ApiError;
 use crate::manager::Manager;
 
@@ -44,8 +46,4 @@ fn team_for(manager: &Manager, key: &str) -> Option<String> {
             None
         }
     }
-}
-
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -123,7 +123,7 @@ impl Manager {
     fn insert(&self, record: SandboxRecord, sandbox: Option<Sandbox>) -> Arc<Live> {
         let live = Arc::new(Live {
             agent: self.runtime.agent_for(&record.id),
-            dir: self.runtime.config().data_dir.join("sandboxes").join(&record.id),
+            dir: self.runtime.sandbox_dir(&record.id),
             record: Mutex::new(record.clone()),
             sandbox: tokio::sync::Mutex::new(sandbox),
         });

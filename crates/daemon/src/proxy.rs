@@ -13,7 +13,7 @@ use axum::http::{header, HeaderName, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ember_envd_proto::signature::{sign, FileOp};
+use ember_envd_proto::signature::{constant_eq, sign, FileOp};
 use ember_envd_proto::ENVD_PORT;
 use ember_runtime::AgentError;
 
@@ -52,7 +52,7 @@ fn signed_files_target(manager: &Manager, req: &Request) -> Option<String> {
     let op = if req.method() == axum::http::Method::POST { FileOp::Write } else { FileOp::Read };
     manager.all().into_iter().map(|l| l.record()).find_map(|r| {
         let token = r.access_token.as_deref()?;
-        (sign(path, op, user, token, expiration) == signature).then_some(r.id)
+        constant_eq(sign(path, op, user, token, expiration).as_bytes(), signature.as_bytes()).then_some(r.id)
     })
 }
 

@@ -26,6 +26,11 @@ pub fn sign(path: &str, op: FileOp, user: &str, token: &str, expiration: Option<
     format!("v1_{}", STANDARD_NO_PAD.encode(Sha256::digest(text.as_bytes())))
 }
 
+/// Compares secrets (tokens, signatures) in time that does not depend on where they differ.
+pub fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +43,10 @@ mod tests {
         assert!(!s.ends_with('='));
         assert_ne!(s, sign("/home/user/a.txt", FileOp::Write, "", "tok", None));
         assert_ne!(s, sign("/home/user/a.txt", FileOp::Read, "", "tok", Some(1)));
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_eq(b"abc", b"abc") && !constant_eq(b"abc", b"abd") && !constant_eq(b"ab", b"abc"));
     }
 }

@@ -4,7 +4,7 @@
 
 mod netns;
 
-pub use netns::{connect_in, Netns, NAME_PREFIX};
+pub use netns::{connect_in, name_for, path_of, Netns, NAME_PREFIX};
 
 use std::net::Ipv4Addr;
 

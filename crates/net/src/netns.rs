@@ -59,17 +59,6 @@ impl Netns {
         path_of(&self.name)
     }
 
-    /// Opens the namespace, for `setns`.
-    pub fn open(&self) -> Result<File, NetError> {
-        File::open(self.path())
-            .map_err(|source| NetError::Io { context: format!("open {}", self.path().display()), source })
-    }
-
-    /// Connects a TCP socket from inside the namespace (see [`connect_in`]).
-    pub fn connect_tcp(&self, addr: SocketAddr, timeout: Duration) -> Result<TcpStream, NetError> {
-        connect_in(&self.path(), addr, timeout)
-    }
-
     /// Deletes the namespace (and its tap).
     pub fn delete(mut self) -> Result<(), NetError> {
         self.deleted = true;
@@ -107,35 +96,28 @@ pub fn connect_in(ns_path: &std::path::Path, addr: SocketAddr, timeout: Duration
     })
 }
 
-fn path_of(name: &str) -> PathBuf {
+/// Path of namespace `name`'s bind mount.
+pub fn path_of(name: &str) -> PathBuf {
     PathBuf::from(NETNS_DIR).join(name)
 }
 
+/// Name of the namespace of sandbox `id`.
+pub fn name_for(id: &str) -> String {
+    format!("{NAME_PREFIX}{id}")
+}
+
 /// Deletes namespace `name` if it exists.
-pub fn delete(name: &str) -> Result<(), NetError> {
+fn delete(name: &str) -> Result<(), NetError> {
     if !path_of(name).exists() {
         return Ok(());
     }
     ip(&["netns", "del", name], None)
 }
 
-/// Names of the namespaces Ember created that exist now.
-pub fn list_ember() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(NAME_PREFIX)).collect()
-}
-
 impl Netns {
     /// Deletes namespace `name` if it exists (for reconciling leftovers).
     pub fn delete_by_name(name: &str) -> Result<(), NetError> {
         delete(name)
-    }
-
-    /// Names of Ember's namespaces that exist now.
-    pub fn list() -> Vec<String> {
-        list_ember()
     }
 }
 

@@ -185,6 +185,16 @@ impl Runtime {
         &self.config
     }
 
+    /// Where sandbox directories live (`DATA/sandboxes`).
+    fn sandboxes_dir(&self) -> PathBuf {
+        self.config.data_dir.join("sandboxes")
+    }
+
+    /// Directory of sandbox `id` (`DATA/sandboxes/ID`).
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.sandboxes_dir().join(id)
+    }
+
     /// Deletes the network slots made ahead of time (at shutdown).
     pub fn release_slots(&self) {
         self.slots.release();
@@ -193,7 +203,7 @@ impl Runtime {
     /// Removes sandboxes (and waiting network slots) whose owning process is gone, except the
     /// sandboxes in `keep`; then starts making slots ahead of time.
     pub fn clean_orphans(&self, keep: &std::collections::HashSet<String>) {
-        reconcile::clean_orphans(&self.config.data_dir.join("sandboxes"), keep);
+        reconcile::clean_orphans(&self.sandboxes_dir(), keep);
         reconcile::clean_orphans(self.slots.dir(), &Default::default());
         self.slots.fill();
     }

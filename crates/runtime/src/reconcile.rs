@@ -49,7 +49,7 @@ pub fn clean_orphans(sandboxes: &Path, keep: &std::collections::HashSet<String>)
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
-        if let Err(e) = ember_net::Netns::delete_by_name(&format!("{}{id}", ember_net::NAME_PREFIX)) {
+        if let Err(e) = ember_net::Netns::delete_by_name(&ember_net::name_for(&id)) {
             tracing::warn!(sandbox = %id, error = %e, "deleting leftover namespace");
         }
         let _ = std::fs::remove_dir_all(&dir);

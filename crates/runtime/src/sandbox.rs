@@ -78,7 +78,7 @@ impl Runtime {
         let id = slot.id.clone();
         let span = tracing::info_span!("sandbox", id = %id);
         async {
-            let dir = SandboxDir::create(&self.config.data_dir.join("sandboxes").join(&id))?;
+            let dir = SandboxDir::create(&self.sandbox_dir(&id))?;
             slot.claim();
             let overlay = dir.path().join(DISK);
             let (shape, start) = match &snapshot {
@@ -234,15 +234,6 @@ impl Sandbox {
         self.boot_time
     }
 
-    /// QEMU's pid.
-    pub fn vm_pid(&self) -> u32 {
-        self.vm.pid()
-    }
-
-    pub fn netns_name(&self) -> &str {
-        self.netns.name()
-    }
-
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -290,13 +281,12 @@ impl Sandbox {
     /// Takes over sandbox `id`, left running by an earlier process, if its VM, namespace and
     /// agent are all still there.
     pub async fn adopt(runtime: &Runtime, id: &str) -> Result<Sandbox, RuntimeError> {
-        let path = runtime.config.data_dir.join("sandboxes").join(id);
+        let path = runtime.sandbox_dir(id);
         let gone = |what| RuntimeError::Adopt(id.to_string(), what);
         let recorded = reconcile::recorded_vm(&path).ok_or_else(|| gone("no QEMU recorded"))?;
         let vm =
             Vm::adopt(&recorded, path.join("serial.log"), path.join("qmp.sock")).ok_or_else(|| gone("QEMU is gone"))?;
-        let netns =
-            Netns::adopt(&format!("{}{id}", ember_net::NAME_PREFIX)).ok_or_else(|| gone("namespace is gone"))?;
+        let netns = Netns::adopt(&ember_net::name_for(id)).ok_or_else(|| gone("namespace is gone"))?;
         let dir = SandboxDir(Some(path.clone()));
         reconcile::record_owner(&path)?;
         let agent = AgentClient::new(netns.path(), SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)));

@@ -94,7 +94,7 @@ fn make(dir: &Path) -> Result<(String, Netns), RuntimeError> {
     let marker = dir.join(&id);
     std::fs::create_dir(&marker).map_err(io_err(format!("create {}", marker.display())))?;
     reconcile::record_owner(&marker)?;
-    match Netns::create(&format!("{}{id}", ember_net::NAME_PREFIX)) {
+    match Netns::create(&ember_net::name_for(&id)) {
         Ok(netns) => Ok((id, netns)),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&marker);
@@ -108,7 +108,7 @@ mod tests {
     use super::*;
 
     fn exists(id: &str) -> bool {
-        Path::new("/run/netns").join(format!("{}{id}", ember_net::NAME_PREFIX)).exists()
+        ember_net::path_of(&ember_net::name_for(id)).exists()
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl Runtime {
         // The disk is an overlay that stays with the snapshot; sandboxes put theirs over it.
         ember_vmm::disk::create_overlay(&tpl.rootfs, &dir.join("disk.qcow2"))?;
         self.give_to_qemu(&dir.join("disk.qcow2"))?;
-        let netns = Netns::create(&format!("{}snap-{}", ember_net::NAME_PREFIX, &new_id()[..8]))?;
+        let netns = Netns::create(&ember_net::name_for(&format!("snap-{}", &new_id()[..8])))?;
         let mut vm = Vm::spawn(VmConfig {
             vcpus,
             memory_mib,
@@ -156,7 +156,7 @@ impl Runtime {
 
     /// Resumes the paused sandbox `id`: a new namespace, its saved state and RAM, its own disk.
     pub async fn resume(&self, id: &str, die_with_parent: bool) -> Result<Sandbox, RuntimeError> {
-        let path = self.config.data_dir.join("sandboxes").join(id);
+        let path = self.sandbox_dir(id);
         let shape = Shape::load(&path).ok_or(RuntimeError::Adopt(id.to_string(), "no shape.json"))?;
         let state = path.join(PAUSE_STATE);
         if !state.is_file() {
@@ -164,7 +164,7 @@ impl Runtime {
         }
         let dir = SandboxDir(Some(path.clone()));
         crate::reconcile::record_owner(&path)?;
-        let netns = Netns::create(&format!("{}{id}", ember_net::NAME_PREFIX))?;
+        let netns = Netns::create(&ember_net::name_for(id))?;
         let sandbox =
             self.launch(id.to_string(), dir, netns, shape, die_with_parent, Start::Resume(state.clone())).await?;
         let _ = std::fs::remove_file(&state);
@@ -176,7 +176,7 @@ impl Runtime {
         let shape =
             Shape::load(saved).ok_or_else(|| RuntimeError::Adopt(saved.display().to_string(), "no shape.json"))?;
         let slot = self.slots.take()?;
-        let dir = SandboxDir::create(&self.config.data_dir.join("sandboxes").join(&slot.id))?;
+        let dir = SandboxDir::create(&self.sandbox_dir(&slot.id))?;
         slot.claim();
         ember_vmm::disk::create_overlay(&saved.join("disk.qcow2"), &dir.path().join(crate::sandbox::DISK))?;
         // The saved state carries all RAM, as a paused sandbox's does.
@@ -186,20 +186,17 @@ impl Runtime {
 
     /// The agent client of sandbox `id` (its namespace has the same name whenever it runs).
     pub fn agent_for(&self, id: &str) -> AgentClient {
-        AgentClient::new(
-            PathBuf::from("/run/netns").join(format!("{}{id}", ember_net::NAME_PREFIX)),
-            (GUEST_IP, ember_envd_proto::ENVD_PORT).into(),
-        )
+        AgentClient::new(ember_net::path_of(&ember_net::name_for(id)), (GUEST_IP, ember_envd_proto::ENVD_PORT).into())
     }
 
     /// Whether sandbox `id` is paused on disk.
     pub fn is_paused(&self, id: &str) -> bool {
-        self.config.data_dir.join("sandboxes").join(id).join(PAUSE_STATE).is_file()
+        self.sandbox_dir(id).join(PAUSE_STATE).is_file()
     }
 
     /// Removes a paused sandbox's files.
     pub fn remove_paused(&self, id: &str) -> Result<(), RuntimeError> {
-        let path = self.config.data_dir.join("sandboxes").join(id);
+        let path = self.sandbox_dir(id);
         std::fs::remove_dir_all(&path).map_err(io_err(format!("remove {}", path.display())))
     }
 }

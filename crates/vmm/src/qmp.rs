@@ -125,15 +125,6 @@ impl Qmp {
         }
     }
 
-    /// `query-status`'s `status` field, e.g. `running` or `paused`.
-    pub async fn status(&mut self) -> Result<String, QmpError> {
-        let ret = self.execute("query-status", None).await?;
-        ret.get("status")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| QmpError::Malformed(ret.to_string()))
-    }
-
     async fn read_message(&mut self) -> Result<Value, QmpError> {
         let mut line = Vec::new();
         loop {
@@ -186,7 +177,7 @@ mod tests {
             s.write_all(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"nope\"}}\n").await.unwrap();
         });
         let mut qmp = Qmp::connect(&path, Duration::from_secs(2)).await.unwrap();
-        assert_eq!(qmp.status().await.unwrap(), "running");
+        assert_eq!(qmp.execute("query-status", None).await.unwrap()["status"], "running");
         let err = qmp.execute("stop", None).await.unwrap_err();
         assert!(matches!(err, QmpError::Command { ref desc, .. } if desc == "nope"));
         server.await.unwrap();

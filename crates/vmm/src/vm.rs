@@ -115,11 +115,6 @@ impl Vm {
         self.pid
     }
 
-    /// "pid starttime" of the QEMU process, for adopting it later.
-    pub fn identity(&self) -> Option<String> {
-        identity(self.pid)
-    }
-
     /// Connects to the VM's QMP socket.
     pub async fn qmp(&self, timeout: Duration) -> Result<Qmp, VmmError> {
         Ok(Qmp::connect(&self.qmp_socket, timeout).await?)

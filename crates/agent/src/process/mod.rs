@@ -140,10 +140,7 @@ async fn stream_input(agent: &Agent, headers: &HeaderMap, body: Body) -> Result<
     }
     let mut frames = ember_envd_proto::envelope::encode_message(&Empty {}).to_vec();
     frames.extend_from_slice(&ember_envd_proto::envelope::encode_end(None));
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let _ = tx.try_send(frames.into());
-    drop(tx);
-    Ok(connect::stream(rx, StreamOptions { keepalive: None, deadline: None }))
+    Ok(connect::stream_body(Body::from(frames)))
 }
 
 async fn close_stdin(agent: &Agent, headers: &HeaderMap, body: Body) -> Result<Response, ConnectError> {

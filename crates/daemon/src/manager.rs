@@ -389,10 +389,14 @@ impl Manager {
             tick.tick().await;
             let now = now_ms();
             for live in self.all() {
-                if live.record().state == PAUSED {
+                let (paused, end_ms) = {
+                    let record = live.record.lock().unwrap_or_else(|e| e.into_inner());
+                    (record.state == PAUSED, record.end_ms)
+                };
+                if paused {
                     continue;
                 }
-                if live.record().end_ms <= now {
+                if end_ms <= now {
                     self.kill(&live, "timed out").await;
                     continue;
                 }

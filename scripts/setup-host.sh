@@ -18,16 +18,43 @@ packages=(
 )
 missing=()
 for p in "${packages[@]}"; do
+    case "$p" in qemu-system-x86|qemu-utils) continue ;; esac   # handled below, as a pair
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
-if ! command -v qemu-img >/dev/null || ! command -v qemu-system-x86_64 >/dev/null; then
-    missing+=(qemu-system-x86 qemu-utils)
+installed_version() { { dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null || true; } | sed -n 's/^install ok installed //p'; }
+candidate_version() { { apt-cache policy "$1" 2>/dev/null || true; } | sed -n 's/^ *Candidate: //p'; }
+
+# qemu-system-x86 and qemu-utils must come from the same QEMU release: a newer qemu-utils (from
+# bookworm-backports, as some images ship) Breaks the qemu-system-common that qemu-system-x86
+# needs, and apt keeps the installed, newer one. So both are pinned to qemu-system-x86's version,
+# downgrading qemu-utils where needed.
+qemu_system=$(installed_version qemu-system-x86)
+qemu_utils=$(installed_version qemu-utils)
+need_qemu=0
+if [ -z "$qemu_system" ] || [ "$qemu_system" != "$qemu_utils" ] \
+    || ! command -v qemu-img >/dev/null || ! command -v qemu-system-x86_64 >/dev/null; then
+    need_qemu=1
+fi
+if [ ${#missing[@]} -gt 0 ] || [ "$need_qemu" = 1 ]; then
+    apt-get update -qq
+fi
+if [ "$need_qemu" = 1 ]; then
+    version=${qemu_system:-$(candidate_version qemu-system-x86)}
+    if [ -z "$version" ] || [ "$version" = "(none)" ]; then
+        echo "setup-host: no qemu-system-x86 package in the apt sources (Debian 12 main is needed)" >&2
+        exit 1
+    fi
+    if [ -n "$qemu_utils" ] && [ "$qemu_utils" != "$version" ]; then
+        echo "setup-host: qemu-utils $qemu_utils does not match qemu-system-x86 $version:" \
+            "installing qemu-utils $version instead (a downgrade where the installed one is newer)" >&2
+    fi
+    echo "setup-host: installing qemu-system-x86=$version qemu-utils=$version" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --allow-downgrades \
+        "qemu-system-x86=$version" "qemu-utils=$version" >/dev/null
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup-host: installing ${missing[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" qemu-system-x86 qemu-utils >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # QEMU drops to this unprivileged account once it has opened its devices.

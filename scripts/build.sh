@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if ! command -v cargo >/dev/null; then
+    echo "build: cargo not found: install a Rust toolchain (1.80 or newer) with rustup" >&2
+    exit 1
+fi
+
 cargo build --release --locked -p ember
 RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release --locked -p ember-agent --target x86_64-unknown-linux-gnu

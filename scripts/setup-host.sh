@@ -26,8 +26,9 @@ candidate_version() { { apt-cache policy "$1" 2>/dev/null || true; } | sed -n 's
 
 # qemu-system-x86 and qemu-utils must come from the same QEMU release: a newer qemu-utils (from
 # bookworm-backports, as some images ship) Breaks the qemu-system-common that qemu-system-x86
-# needs, and apt keeps the installed, newer one. So both are pinned to qemu-system-x86's version,
-# downgrading qemu-utils where needed.
+# needs, and apt keeps the installed, newer one. So both are pinned to the version apt picks for
+# qemu-system-x86 (Debian 12's, unless the admin pinned another), downgrading qemu-utils where
+# needed.
 qemu_system=$(installed_version qemu-system-x86)
 qemu_utils=$(installed_version qemu-utils)
 need_qemu=0
@@ -38,8 +39,11 @@ fi
 if [ ${#missing[@]} -gt 0 ] || [ "$need_qemu" = 1 ]; then
     apt-get update -qq
 fi
+version=$(candidate_version qemu-system-x86)
+if [ "$need_qemu" = 0 ] && [ -n "$version" ] && [ "$version" != "(none)" ] && [ "$qemu_system" != "$version" ]; then
+    need_qemu=1   # a matching pair, but not the release apt would install (e.g. both from backports)
+fi
 if [ "$need_qemu" = 1 ]; then
-    version=${qemu_system:-$(candidate_version qemu-system-x86)}
     if [ -z "$version" ] || [ "$version" = "(none)" ]; then
         echo "setup-host: no qemu-system-x86 package in the apt sources (Debian 12 main is needed)" >&2
         exit 1
@@ -50,7 +54,7 @@ if [ "$need_qemu" = 1 ]; then
     fi
     echo "setup-host: installing qemu-system-x86=$version qemu-utils=$version" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --allow-downgrades \
-        "qemu-system-x86=$version" "qemu-utils=$version" >/dev/null
+        "qemu-system-x86=$version" "qemu-utils=$version" "qemu-system-common=$version" >/dev/null
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup-host: installing ${missing[*]}" >&2
@@ -60,9 +64,4 @@ fi
 # QEMU drops to this unprivileged account once it has opened its devices.
 if ! id ember-qemu >/dev/null 2>&1; then
     useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ember-qemu
-fi
-
-if ! command -v cargo >/dev/null; then
-    echo "setup-host: cargo not found: install a Rust toolchain (1.80 or newer) with rustup" >&2
-    exit 1
 fi

@@ -31,26 +31,32 @@ impl IntoResponse for HttpError {
     }
 }
 
-/// Rejects requests without the access token, except on the paths envd exempts
-/// (`GET /health`, `/files`, which check signatures themselves, and `POST /init`).
+/// envd's answer to a call without the right token.
+const UNAUTHORIZED: &str = "unauthorized access, please provide a valid access token or method signing if supported";
+
+/// Rejects requests without the access token. `GET /health` and `POST /init` (which checks the
+/// token itself) always pass; `/files` passes to its own check (the token, or a URL signed with
+/// it) once the agent holds a token. An agent that holds none refuses everything else: it has
+/// not been initialised, or restarted without its state, and fails closed.
 pub async fn require_token(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let exempt = (req.method() == Method::GET && path == "/health")
-        || path == "/files"
-        || (req.method() == Method::POST && path == "/init");
-    if exempt {
+    let always =
+        (req.method() == Method::GET && path == "/health") || (req.method() == Method::POST && path == "/init");
+    if always {
         return next.run(req).await;
     }
-    if let Some(token) = agent.access_token() {
-        if !header_matches(req.headers(), &token) {
-            let msg = "unauthorized access, please provide a valid access token or method signing if supported";
-            if path.starts_with("/process.") || path.starts_with("/filesystem.") {
-                return crate::connect::error_for(req.headers(), ConnectError::new(Code::Unauthenticated, msg));
-            }
-            return http_error(StatusCode::UNAUTHORIZED, msg);
-        }
+    let allowed = match agent.access_token() {
+        None => false,
+        Some(_) if path == "/files" => true,
+        Some(token) => header_matches(req.headers(), &token),
+    };
+    if allowed {
+        return next.run(req).await;
     }
-    next.run(req).await
+    if path.starts_with("/process.") || path.starts_with("/filesystem.") {
+        return crate::connect::error_for(req.headers(), ConnectError::new(Code::Unauthenticated, UNAUTHORIZED));
+    }
+    http_error(StatusCode::UNAUTHORIZED, UNAUTHORIZED)
 }
 
 /// Whether the request carries `token` in `X-Access-Token` (compared in constant time).
@@ -68,7 +74,8 @@ pub fn rpc_user(agent: &Agent, headers: &HeaderMap) -> Result<User, ConnectError
     agent.users.lookup(&name).map_err(|e| ConnectError::new(Code::Unauthenticated, e.to_string()))
 }
 
-/// Checks a `/files` request: the header token, or else a valid, unexpired signature.
+/// Checks a `/files` request: the header token, or else a valid, unexpired signature. Without
+/// a token to check against, nothing is allowed.
 pub fn check_file_access(
     agent: &Agent,
     headers: &HeaderMap,
@@ -76,7 +83,7 @@ pub fn check_file_access(
     op: FileOp,
 ) -> Result<(), HttpError> {
     let Some(token) = agent.access_token() else {
-        return Ok(());
+        return Err(HttpError(StatusCode::UNAUTHORIZED, UNAUTHORIZED.into()));
     };
     if headers.get(TOKEN_HEADER).is_some() {
         return if header_matches(headers, &token) {

@@ -1,7 +1,8 @@
 //! Ember's guest agent: PID 1 duties inside the microVM ([`init`]) and the envd-compatible
 //! server ([`server`]) that the host and the E2B SDKs talk to on port 49983: processes
 //! ([`process`]), filesystem RPCs and watches ([`fs`]), file transfer ([`files`]) and the
-//! system endpoints ([`system`]).
+//! system endpoints ([`system`]). What `/init` sets is saved ([`statefile`]) so a restarted
+//! server keeps its token; a server without one refuses every call but `/health` and `/init`.
 
 pub mod auth;
 pub mod connect;
@@ -12,6 +13,7 @@ pub mod init;
 pub mod process;
 pub mod server;
 pub mod state;
+pub mod statefile;
 pub mod system;
 pub mod time;
 pub mod users;

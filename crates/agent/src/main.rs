@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use ember_agent::server::{serve, AgentConfig};
+use ember_agent::statefile::GUEST_STATE_FILE;
 
 #[derive(Parser)]
 #[command(name = "ember-agent", version, about = "Ember guest agent (E2B envd protocol)")]
@@ -29,6 +30,10 @@ enum Cmd {
         /// Guest duties on `/init`: set the clock and reseed the kernel's RNG (inside a guest only).
         #[arg(long)]
         guest: bool,
+        /// Where to save what `/init` sets (root-only), so a restarted server keeps its token;
+        /// default with `--guest`: /run/ember/agent.json, else kept in memory only.
+        #[arg(long)]
+        state_file: Option<PathBuf>,
     },
 }
 
@@ -45,14 +50,16 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = match cli.command {
-        Some(Cmd::Serve { listen, default_user, users_root, guest }) => {
-            AgentConfig { listen, default_user, users_root, guest }
+        Some(Cmd::Serve { listen, default_user, users_root, guest, state_file }) => {
+            let state_file = state_file.or_else(|| guest.then(|| GUEST_STATE_FILE.into()));
+            AgentConfig { listen, default_user, users_root, guest, state_file }
         }
         None => AgentConfig {
             listen: ([0, 0, 0, 0], ember_envd_proto::ENVD_PORT).into(),
             default_user: "user".into(),
             users_root: "/".into(),
             guest: false,
+            state_file: None,
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

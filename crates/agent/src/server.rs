@@ -1,5 +1,5 @@
 //! The agent's HTTP/1.1 server: routes for envd's endpoints and RPC services, behind the
-//! access-token check.
+//! access-token check (which refuses everything but `/health` and `/init` until a token is set).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +23,10 @@ pub struct AgentConfig {
     pub users_root: std::path::PathBuf,
     /// Whether `/init` sets the clock and reseeds the RNG (in a guest, never on a host).
     pub guest: bool,
+    /// Where what `/init` sets is saved, so a restarted server keeps its token
+    /// ([`crate::statefile`]); `None` keeps it in memory only (a restarted server then holds no
+    /// token and refuses every call until `/init`).
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 /// Builds the router; separate from [`serve`] so tests can drive it without a socket.
@@ -49,5 +53,8 @@ pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("bind {}", config.listen))?;
     tracing::info!(addr = %config.listen, version = ember_envd_proto::ENVD_VERSION, "ember-agent listening");
     let agent = Arc::new(Agent::new(config));
+    if !agent.initialised() {
+        tracing::info!("no access token yet: refusing every call but /health and /init");
+    }
     axum::serve(listener, router(agent)).await.context("serve")
 }

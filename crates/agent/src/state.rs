@@ -1,25 +1,32 @@
 //! The agent's shared state: settings, the sandbox identity set by `/init` (env vars, access
-//! token, default user and workdir), the process table and the watchers.
+//! token, default user and workdir, saved in the state file so a restarted server keeps them),
+//! the process table and the watchers.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::RwLock;
 
 use crate::fs::watch::Watchers;
 use crate::process::table::ProcessTable;
 use crate::server::AgentConfig;
+use crate::statefile::{self, StateError};
 use crate::users::UserDb;
 
 pub struct Agent {
     pub config: AgentConfig,
     pub users: UserDb,
-    pub identity: RwLock<Identity>,
+    identity: RwLock<Identity>,
+    /// Serialises `/init`s, so that the token check, the saved state and the one in memory
+    /// agree.
+    pub init_lock: tokio::sync::Mutex<()>,
     pub processes: std::sync::Arc<ProcessTable>,
     pub watchers: Watchers,
 }
 
-/// What `/init` sets.
-#[derive(Debug, Clone, Default)]
+/// What `/init` sets. Without an access token the agent refuses every call but `GET /health`
+/// and `/init`.
+#[derive(Clone, Default)]
 pub struct Identity {
     pub env: BTreeMap<String, String>,
     pub access_token: Option<String>,
@@ -27,13 +34,40 @@ pub struct Identity {
     pub default_workdir: Option<PathBuf>,
 }
 
+/// Leaves the token out.
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("access_token", &self.access_token.as_ref().map(|_| "<redacted>"))
+            .field("default_user", &self.default_user)
+            .field("default_workdir", &self.default_workdir)
+            .finish()
+    }
+}
+
 impl Agent {
+    /// The agent with the state saved in `config.state_file`, if any. A state file that cannot
+    /// be read or trusted is logged and ignored: the agent then holds no token and refuses every
+    /// call until `/init`.
     pub fn new(config: AgentConfig) -> Self {
-        let identity = Identity { default_user: config.default_user.clone(), ..Default::default() };
+        let fresh = Identity { default_user: config.default_user.clone(), ..Default::default() };
+        let identity = match config.state_file.as_deref().map(statefile::load) {
+            None | Some(Ok(None)) => fresh,
+            Some(Ok(Some(saved))) => {
+                tracing::info!(initialised = saved.access_token.is_some(), "restored the state /init set");
+                saved
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "ignoring the saved state; refusing every call until /init");
+                fresh
+            }
+        };
         Self {
             users: UserDb::new(&config.users_root),
             config,
             identity: RwLock::new(identity),
+            init_lock: tokio::sync::Mutex::new(()),
             processes: std::sync::Arc::default(),
             watchers: Watchers::default(),
         }
@@ -45,5 +79,26 @@ impl Agent {
 
     pub fn access_token(&self) -> Option<String> {
         self.identity.read().unwrap_or_else(|e| e.into_inner()).access_token.clone()
+    }
+
+    /// Whether the agent holds an access token (and so serves calls that carry it).
+    pub fn initialised(&self) -> bool {
+        self.identity.read().unwrap_or_else(|e| e.into_inner()).access_token.is_some()
+    }
+
+    /// Saves `next` in the state file, then makes it the agent's identity. If saving fails the
+    /// identity stays as it was, so memory never holds what a restart would lose.
+    pub async fn set_identity(&self, next: Identity) -> Result<(), StateError> {
+        if let Some(path) = self.config.state_file.clone() {
+            let copy = next.clone();
+            tokio::task::spawn_blocking(move || statefile::save(&path, &copy)).await.map_err(|e| {
+                StateError::Io {
+                    path: self.config.state_file.clone().unwrap_or_default(),
+                    source: std::io::Error::other(e),
+                }
+            })??;
+        }
+        *self.identity.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
     }
 }

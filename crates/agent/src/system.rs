@@ -10,7 +10,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use ember_envd_proto::init::InitRequest;
+use ember_envd_proto::metrics::Metrics;
+use ember_envd_proto::INITIALISED_HEADER;
 
 use crate::auth::{header_matches, http_error};
 use crate::connect::read_body;
@@ -18,43 +20,33 @@ use crate::state::Agent;
 
 /// Largest `/init` body (1 MiB).
 const MAX_INIT: usize = 1 << 20;
+/// Longest access token accepted (it must fit in a header).
+const MAX_TOKEN: usize = 4096;
 
-pub async fn health() -> StatusCode {
-    StatusCode::NO_CONTENT
+/// `204`, with [`INITIALISED_HEADER`] telling whether the agent holds a token (a restarted agent
+/// that lost its state holds none, and the host initialises it again).
+pub async fn health(State(agent): State<Arc<Agent>>) -> Response {
+    let initialised = if agent.initialised() { "true" } else { "false" };
+    (StatusCode::NO_CONTENT, [(INITIALISED_HEADER, initialised)]).into_response()
 }
 
 pub async fn envs(State(agent): State<Arc<Agent>>) -> Json<BTreeMap<String, String>> {
     Json(agent.identity().env)
 }
 
-/// `/init`'s body; unknown fields are ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InitRequest {
-    #[serde(default)]
-    pub env_vars: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    pub access_token: Option<String>,
-    /// RFC 3339 host time, to set the guest clock.
-    #[serde(default)]
-    pub timestamp: Option<String>,
-    #[serde(default)]
-    pub default_user: Option<String>,
-    #[serde(default)]
-    pub default_workdir: Option<String>,
-    /// Hex-encoded random bytes from the host, to reseed a restored guest's RNG.
-    #[serde(default)]
-    pub entropy: Option<String>,
-    /// Ember's own field: the sandbox's hostname (a restored guest has the template's).
-    #[serde(default)]
-    pub hostname: Option<String>,
+/// Whether an `/init` carries the token the agent holds (none is needed while it holds none).
+fn init_allowed(agent: &Agent, headers: &HeaderMap) -> bool {
+    agent.access_token().is_none_or(|token| header_matches(headers, &token))
 }
 
+/// Sets the sandbox's identity (saved, so a restarted server keeps it) and, in a guest, the
+/// clock, the RNG and the hostname. An `/init` that leaves the agent without a token succeeds,
+/// but the agent goes on refusing every call but `/health` and `/init`.
 pub async fn init(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Body) -> Response {
-    if let Some(token) = agent.access_token() {
-        if !header_matches(&headers, &token) {
-            return http_error(StatusCode::UNAUTHORIZED, "invalid access token");
-        }
+    // Checked before reading the body, and again under the lock (another /init may have set a
+    // token meanwhile); the body is read outside the lock so a slow client holds nobody up.
+    if !init_allowed(&agent, &headers) {
+        return http_error(StatusCode::UNAUTHORIZED, "invalid access token");
     }
     let body = match read_body(body, MAX_INIT).await {
         Ok(b) => b,
@@ -64,6 +56,15 @@ pub async fn init(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bod
         Ok(r) => r,
         Err(e) => return http_error(StatusCode::BAD_REQUEST, format!("invalid /init body: {e}")),
     };
+    let _serial = agent.init_lock.lock().await;
+    if !init_allowed(&agent, &headers) {
+        return http_error(StatusCode::UNAUTHORIZED, "invalid access token");
+    }
+    if let Some(token) = &req.access_token {
+        if token.len() > MAX_TOKEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return http_error(StatusCode::BAD_REQUEST, "accessToken must be at most 4096 printable ASCII characters");
+        }
+    }
     if let Some(user) = &req.default_user {
         if agent.users.lookup(user).is_err() {
             return http_error(StatusCode::BAD_REQUEST, format!("default user '{user}' does not exist"));
@@ -95,18 +96,28 @@ pub async fn init(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bod
             crate::time::set_hostname(name);
         }
     }
-    let mut id = agent.identity.write().unwrap_or_else(|e| e.into_inner());
+    let mut next = agent.identity();
     if let Some(env) = req.env_vars {
-        id.env = env;
+        next.env = env;
     }
-    if let Some(token) = req.access_token {
-        id.access_token = Some(token).filter(|t| !t.is_empty());
+    // An empty token never clears the one held: that would lock the agent and open /init to
+    // anyone.
+    if let Some(token) = req.access_token.filter(|t| !t.is_empty()) {
+        next.access_token = Some(token);
     }
     if let Some(user) = req.default_user {
-        id.default_user = user;
+        next.default_user = user;
     }
     if let Some(dir) = req.default_workdir {
-        id.default_workdir = Some(PathBuf::from(dir)).filter(|d| d.is_absolute());
+        next.default_workdir = Some(PathBuf::from(dir)).filter(|d| d.is_absolute());
+    }
+    let locked = next.access_token.is_none();
+    if let Err(e) = agent.set_identity(next).await {
+        tracing::error!(error = %e, "saving the state /init set");
+        return http_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot save the agent's state");
+    }
+    if locked {
+        tracing::warn!("/init set no access token: every call but /health and /init is refused until one sets it");
     }
     StatusCode::NO_CONTENT.into_response()
 }
@@ -116,21 +127,6 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
-}
-
-/// `/metrics`, envd's field names.
-#[derive(Debug, Serialize)]
-pub struct Metrics {
-    ts: i64,
-    cpu_count: usize,
-    cpu_used_pct: f64,
-    mem_total: u64,
-    mem_used: u64,
-    mem_cache: u64,
-    mem_total_mib: u64,
-    mem_used_mib: u64,
-    disk_used: u64,
-    disk_total: u64,
 }
 
 pub async fn metrics() -> Json<Metrics> {
@@ -150,7 +146,7 @@ pub async fn metrics() -> Json<Metrics> {
     let (disk_total, disk_used) = disk("/");
     Json(Metrics {
         ts: ember_envd_proto::time::now_unix(),
-        cpu_count: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cpu_count: std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
         cpu_used_pct,
         mem_total: total,
         mem_used: used,

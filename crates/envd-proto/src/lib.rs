@@ -1,10 +1,13 @@
-//! E2B envd wire types: Connect protocol envelopes, error codes and the proto-JSON messages of
-//! the `process` service, shared by `ember-agent` (server) and the host (client).
+//! E2B envd wire types: Connect protocol envelopes, error codes, the proto-JSON messages of the
+//! `process` and `filesystem` services and the bodies of `/init` and `/metrics`, shared by
+//! `ember-agent` (server) and the host (client).
 
 pub mod b64;
 pub mod code;
 pub mod envelope;
 pub mod filesystem;
+pub mod init;
+pub mod metrics;
 pub mod process;
 pub mod signature;
 pub mod time;
@@ -18,3 +21,7 @@ pub const ENVD_VERSION: &str = "0.6.13";
 pub const ENVD_PORT: u16 = 49983;
 /// Content type of Connect streaming requests and responses with the JSON codec.
 pub const CONNECT_JSON: &str = "application/connect+json";
+/// Response header of `GET /health`: `true` when the agent holds an access token, `false` when
+/// it has none (never initialised, or restarted without its saved state) and refuses every call
+/// but `/health` and `/init` until the host initialises it again.
+pub const INITIALISED_HEADER: &str = "x-ember-initialised";

@@ -1,5 +1,6 @@
 // The official E2B JS SDK (pinned in package.json) drives a real `ember serve` started here:
 // create with metadata and env vars, commands, PTY, files, listing, time-outs, kill.
+import crypto from 'node:crypto'
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, execFileSync } from 'node:child_process'
@@ -11,7 +12,7 @@ import { fileURLToPath } from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
 const ember = process.env.EMBER_BIN ?? join(root, 'target', 'release', 'ember')
-const key = 'e2b_' + 'cd'.repeat(20)
+const key = 'e2b_' + crypto.randomBytes(20).toString('hex')
 let daemon, dataDir
 
 const freePort = () =>

@@ -6,6 +6,7 @@ pointed at it the way the README says: E2B_API_URL, E2B_SANDBOX_URL and E2B_API_
 """
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,7 +19,7 @@ import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 EMBER = os.environ.get("EMBER_BIN", os.path.join(ROOT, "target", "release", "ember"))
-KEY = "e2b_" + "ab" * 20
+KEY = "e2b_" + secrets.token_hex(20)
 
 
 def free_port():

@@ -45,6 +45,25 @@ impl ApiError {
     }
 }
 
+impl From<crate::manager::LifecycleError> for ApiError {
+    /// The one place lifecycle errors become HTTP answers; internal ones are logged here, once,
+    /// and clients get a summary.
+    fn from(e: crate::manager::LifecycleError) -> Self {
+        use crate::manager::LifecycleError as L;
+        match e {
+            L::NotFound(_) => ApiError::NotFound(e.to_string()),
+            L::Invalid(_) | L::UnknownTemplate(_) => ApiError::BadRequest(e.to_string()),
+            L::TooMany(_) | L::Quota(_) => ApiError::TooMany(e.to_string()),
+            L::Conflict(_) => ApiError::Conflict(e.to_string()),
+            L::Ended(_) => ApiError::NotFound(e.to_string()),
+            L::Guest(_) | L::Store(_) | L::Task(_) | L::Io(..) => {
+                tracing::error!(error = %e, "sandbox operation failed");
+                ApiError::Internal("the sandbox operation failed; see the daemon's log".into())
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

@@ -22,6 +22,9 @@ use axum::Router;
 use crate::error::ApiError;
 use crate::manager::Manager;
 
+/// How long a stopping daemon waits for requests in flight.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest REST request body (1 MiB); sandbox traffic is streamed and not bounded here.
 const MAX_REST_BODY: usize = 1 << 20;
 
@@ -43,6 +46,12 @@ pub struct ServeConfig {
     pub snapshots: bool,
     /// Sandboxes kept restored ahead of time for creates (memory for latency).
     pub pool_size: usize,
+    /// Paused sandboxes one team may keep (they hold all their RAM on disk).
+    pub max_paused_per_team: usize,
+    /// Snapshots one team may keep.
+    pub max_snapshots_per_team: usize,
+    /// Bytes all snapshots together may use on the host.
+    pub max_snapshot_bytes: u64,
 }
 
 /// The whole HTTP surface.
@@ -86,7 +95,24 @@ pub async fn serve(config: ServeConfig, runtime: ember_runtime::RuntimeConfig) -
         eprintln!("ember: warning: {w}");
     }
     eprintln!("ember: serving the E2B API on http://{}", listener.local_addr()?);
-    axum::serve(listener, router(Arc::clone(&manager))).with_graceful_shutdown(stop_signal()).await.context("serve")?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = router(Arc::clone(&manager));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    stop_signal().await;
+    let _ = stop_tx.send(());
+    // Requests in flight get a moment to finish; long streams (a command's output) do not hold
+    // the stop up.
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(Ok(result)) => result.context("serve")?,
+        Ok(Err(e)) => tracing::error!(error = %e, "the server task failed"),
+        Err(_) => tracing::warn!("connections still open after {} s; stopping anyway", DRAIN_TIMEOUT.as_secs()),
+    }
     manager.shutdown(destroy).await;
     Ok(())
 }

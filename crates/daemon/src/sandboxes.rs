@@ -152,7 +152,7 @@ pub async fn connect(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (live, secs) = sandbox_and_timeout(&m, &team, &id, body, |r| r.timeout)?;
-    if m.resume(&live, secs).await? {
+    if m.resume(Arc::clone(&live), secs).await? {
         return Ok((StatusCode::CREATED, Json(sandbox_json(&live.record()))).into_response());
     }
     m.set_end(&live, now_ms() + secs * 1000, true)?;
@@ -167,7 +167,7 @@ pub async fn resume(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (live, secs) = sandbox_and_timeout(&m, &team, &id, body, |r| r.timeout)?;
-    match m.resume(&live, secs).await? {
+    match m.resume(Arc::clone(&live), secs).await? {
         true => Ok((StatusCode::CREATED, Json(sandbox_json(&live.record()))).into_response()),
         false => Err(ApiError::Conflict(format!("sandbox {id} is already running"))),
     }
@@ -180,7 +180,7 @@ pub async fn pause(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let live = m.get(&team.0, &id)?;
-    m.pause(&live).await?;
+    m.pause(live).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -236,22 +236,21 @@ pub async fn metrics(
 ) -> Result<Json<Vec<SandboxMetric>>, ApiError> {
     let live = m.get(&team.0, &id)?;
     let token = live.record().access_token;
-    let raw = live.agent.get_json("/metrics", token.as_deref()).await.map_err(|e| {
-        tracing::warn!(sandbox = %id, error = %e, "reading metrics");
-        ApiError::Internal("the sandbox did not report metrics".into())
-    })?;
-    let n = |k: &str| raw.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-    let ts = raw.get("ts").and_then(|v| v.as_i64()).unwrap_or_else(|| now_ms() / 1000);
+    let raw: ember_envd_proto::metrics::Metrics =
+        live.agent.get_json("/metrics", token.as_deref()).await.map_err(|e| {
+            tracing::warn!(sandbox = %id, error = %e, "reading metrics");
+            ApiError::Internal("the sandbox did not report metrics".into())
+        })?;
     Ok(Json(vec![SandboxMetric {
-        timestamp: rfc3339(ts * 1000),
-        timestamp_unix: ts,
-        cpu_count: n("cpu_count"),
-        cpu_used_pct: raw.get("cpu_used_pct").and_then(|v| v.as_f64()).unwrap_or(0.0),
-        mem_used: n("mem_used"),
-        mem_total: n("mem_total"),
-        mem_cache: n("mem_cache"),
-        disk_used: n("disk_used"),
-        disk_total: n("disk_total"),
+        timestamp: rfc3339(raw.ts * 1000),
+        timestamp_unix: raw.ts,
+        cpu_count: u64::from(raw.cpu_count),
+        cpu_used_pct: raw.cpu_used_pct,
+        mem_used: raw.mem_used,
+        mem_total: raw.mem_total,
+        mem_cache: raw.mem_cache,
+        disk_used: raw.disk_used,
+        disk_total: raw.disk_total,
     }]))
 }
 
@@ -270,7 +269,7 @@ pub async fn logs(
 ) -> Result<Json<SandboxLogs>, ApiError> {
     let live: Arc<Live> = m.get(&team.0, &id)?;
     let started = live.record().started_ms;
-    let text = ember_image::step::tail(&live.dir.join("serial.log"), MAX_LOG_BYTES);
+    let text = ember_runtime::sandbox::console_tail(&live.dir, MAX_LOG_BYTES);
     let limit = q.limit.unwrap_or(1000).min(10_000);
     let ts = rfc3339(q.start.unwrap_or(started).max(started));
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -49,7 +49,7 @@ pub async fn create(
         }
     }
     let live = m.get(&team.0, &id)?;
-    let snapshot = m.snapshot(&live, req.name).await?;
+    let snapshot = m.snapshot(live, req.name).await?;
     Ok((StatusCode::CREATED, Json(info(&snapshot))).into_response())
 }
 
@@ -68,7 +68,7 @@ pub async fn list(
     Extension(team): Extension<Team>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let all = m.store().snapshots(&team.0).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let all = m.store().snapshots(&team.0).map_err(crate::manager::LifecycleError::from)?;
     let matching: Vec<_> = all
         .iter()
         .filter(|s| q.sandbox_id.as_ref().is_none_or(|id| &s.sandbox_id == id))

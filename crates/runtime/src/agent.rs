@@ -33,6 +33,9 @@ pub enum AgentError {
     Rpc(ConnectError),
     #[error("the stream ended without an end-of-stream frame")]
     Truncated,
+    /// The guest did not answer in time.
+    #[error("the agent did not answer {0} in time")]
+    Timeout(String),
     #[error("{0}")]
     Other(String),
 }
@@ -42,51 +45,105 @@ pub enum AgentError {
 pub struct AgentClient {
     netns: PathBuf,
     addr: SocketAddr,
+    /// The access token the agent holds, sent on calls that name none.
+    token: Option<String>,
 }
+
+/// How long one plain call into the guest (connect, answer and body) may take in all: a guest
+/// that stalls never holds a caller longer.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the connection to the guest may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+use ember_envd_proto::INITIALISED_HEADER;
 
 impl AgentClient {
     pub fn new(netns: PathBuf, addr: SocketAddr) -> Self {
-        Self { netns, addr }
+        Self { netns, addr, token: None }
+    }
+
+    /// The same client, sending `token` as the access token.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// The access token this client sends.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// A client for another port of the same guest.
     pub fn with_port(&self, port: u16) -> Self {
-        Self { netns: self.netns.clone(), addr: SocketAddr::new(self.addr.ip(), port) }
+        Self { netns: self.netns.clone(), addr: SocketAddr::new(self.addr.ip(), port), token: self.token.clone() }
     }
 
-    /// `POST path` with a JSON body (and the access token, if given); fails unless 2xx.
-    pub async fn post_json(&self, path: &str, body: &serde_json::Value, token: Option<&str>) -> Result<(), AgentError> {
+    /// `POST path` with a JSON body (and the access token, if given); fails unless 2xx, and
+    /// after [`CALL_TIMEOUT`].
+    pub async fn post_json<T: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+        token: Option<&str>,
+    ) -> Result<(), AgentError> {
         let mut req = Request::post(path)
             .header(header::HOST, self.addr.to_string())
             .header(header::CONTENT_TYPE, "application/json");
         if let Some(token) = token {
             req = req.header("x-access-token", token);
         }
-        let req = req.body(Full::new(Bytes::from(body.to_string()))).map_err(|e| AgentError::Other(e.to_string()))?;
-        let resp = self.send(req, Duration::from_secs(5)).await?;
-        if !resp.status().is_success() {
-            return Err(AgentError::Status(resp.status()));
-        }
-        Ok(())
+        let body = serde_json::to_vec(body)?;
+        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| AgentError::Other(e.to_string()))?;
+        deadline(path, async {
+            let resp = self.send(req, CONNECT_TIMEOUT).await?;
+            if !resp.status().is_success() {
+                return Err(AgentError::Status(resp.status()));
+            }
+            Ok(())
+        })
+        .await
     }
 
-    /// `GET path` returning JSON (at most 1 MiB), with the access token if given.
-    pub async fn get_json(&self, path: &str, token: Option<&str>) -> Result<serde_json::Value, AgentError> {
+    /// `GET path` returning JSON (at most 1 MiB), with the access token if given; fails after
+    /// [`CALL_TIMEOUT`].
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<T, AgentError> {
         let mut req = Request::get(path).header(header::HOST, self.addr.to_string());
         if let Some(token) = token {
             req = req.header("x-access-token", token);
         }
         let req = req.body(Empty::<Bytes>::new()).map_err(|e| AgentError::Other(e.to_string()))?;
-        let resp = self.send(req, Duration::from_secs(5)).await?;
-        if !resp.status().is_success() {
+        deadline(path, async {
+            let resp = self.send(req, CONNECT_TIMEOUT).await?;
+            if !resp.status().is_success() {
+                return Err(AgentError::Status(resp.status()));
+            }
+            let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+                .collect()
+                .await
+                .map_err(|e| AgentError::Other(format!("read answer: {e}")))?
+                .to_bytes();
+            Ok(serde_json::from_slice(&body)?)
+        })
+        .await
+    }
+
+    /// Whether the agent holds an access token (its `/health` says so); a restarted agent
+    /// that lost its state answers false and must be initialised again.
+    pub async fn initialised(&self, timeout: Duration) -> Result<bool, AgentError> {
+        let req = Request::get("/health")
+            .header(header::HOST, self.addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| AgentError::Other(e.to_string()))?;
+        let resp = tokio::time::timeout(timeout, self.send(req, timeout))
+            .await
+            .map_err(|_| AgentError::Timeout("/health".into()))??;
+        if resp.status() != StatusCode::NO_CONTENT {
             return Err(AgentError::Status(resp.status()));
         }
-        let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
-            .collect()
-            .await
-            .map_err(|e| AgentError::Other(format!("read answer: {e}")))?
-            .to_bytes();
-        Ok(serde_json::from_slice(&body)?)
+        Ok(resp.headers().get(INITIALISED_HEADER).is_none_or(|v| v.as_bytes() != b"false"))
     }
 
     /// Sends one request on a fresh connection into the sandbox.
@@ -124,11 +181,12 @@ impl AgentClient {
             .map_err(|e| AgentError::Other(e.to_string()))?;
         let resp = tokio::time::timeout(timeout, self.send(req, timeout))
             .await
-            .map_err(|_| AgentError::Other("health check timed out".into()))??;
+            .map_err(|_| AgentError::Timeout("/health".into()))??;
         Ok(resp.status() == StatusCode::NO_CONTENT)
     }
 
     /// Starts a process as `user` (the agent's default user if `None`) and streams its events.
+    /// The answer's headers must come within [`CALL_TIMEOUT`]; the stream is the caller's to bound.
     pub async fn start(&self, request: &StartRequest, user: Option<&str>) -> Result<ProcessStream, AgentError> {
         let mut builder = Request::builder()
             .method(Method::POST)
@@ -139,13 +197,24 @@ impl AgentClient {
         if let Some(user) = user {
             builder = builder.header(header::AUTHORIZATION, format!("Basic {}", STANDARD.encode(format!("{user}:"))));
         }
+        if let Some(token) = &self.token {
+            builder = builder.header("x-access-token", token.as_str());
+        }
         let req = builder.body(Full::new(encode_message(request))).map_err(|e| AgentError::Other(e.to_string()))?;
-        let resp = self.send(req, Duration::from_secs(10)).await?;
+        let resp = deadline(START_PATH, self.send(req, CONNECT_TIMEOUT)).await?;
         if resp.status() != StatusCode::OK {
             return Err(AgentError::Status(resp.status()));
         }
         Ok(ProcessStream { body: resp.into_body(), decoder: Decoder::new(), done: false })
     }
+}
+
+/// Runs one call into the guest under [`CALL_TIMEOUT`].
+async fn deadline<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, AgentError>>,
+) -> Result<T, AgentError> {
+    tokio::time::timeout(CALL_TIMEOUT, call).await.map_err(|_| AgentError::Timeout(what.to_string()))?
 }
 
 /// The events of a started process, in order: start, output, end.

@@ -30,6 +30,42 @@ pub fn recorded_vm(dir: &Path) -> Option<String> {
     std::fs::read_to_string(dir.join(VM_FILE)).ok().filter(|s| !s.trim().is_empty())
 }
 
+/// Kills every QEMU whose command line names a sandbox directory under `sandboxes` that is
+/// not in `keep` and whose owner is gone (or that has no directory at all). This finds a QEMU
+/// even when its owner died between starting it and recording its pid.
+pub fn kill_stray_vms(sandboxes: &Path, keep: &std::collections::HashSet<String>) {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    let prefix = format!("{}/", sandboxes.display());
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Some(id) = sandbox_named(&cmdline, &prefix) else { continue };
+        if keep.contains(&id) {
+            continue;
+        }
+        let owner = std::fs::read_to_string(sandboxes.join(&id).join(OWNER_FILE)).unwrap_or_default();
+        if alive(&owner) {
+            continue;
+        }
+        tracing::info!(sandbox = %id, pid, "killing a QEMU left behind by a dead ember process");
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// The sandbox id a QEMU command line names (in a path `PREFIX/ID/...`), if it is one.
+fn sandbox_named(cmdline: &[u8], prefix: &str) -> Option<String> {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let program = std::str::from_utf8(args.first()?).ok()?;
+    if !program.contains("qemu-system") {
+        return None;
+    }
+    args.iter().filter_map(|a| std::str::from_utf8(a).ok()).find_map(|arg| {
+        let rest = &arg[arg.find(prefix)? + prefix.len()..];
+        let id = rest.split('/').next()?;
+        (!id.is_empty() && rest.len() > id.len()).then(|| id.to_string())
+    })
+}
+
 /// Removes every sandbox under `sandboxes` whose owner is no longer running, except `keep`.
 pub fn clean_orphans(sandboxes: &Path, keep: &std::collections::HashSet<String>) {
     let Ok(entries) = std::fs::read_dir(sandboxes) else {
@@ -59,6 +95,15 @@ pub fn clean_orphans(sandboxes: &Path, keep: &std::collections::HashSet<String>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qemu_command_lines_name_their_sandbox() {
+        let cmd = b"qemu-system-x86_64\0-M\0microvm\0-chardev\0socket,id=serial0,path=/d/sandboxes/abc123/serial.sock,server=on\0";
+        assert_eq!(sandbox_named(cmd, "/d/sandboxes/").as_deref(), Some("abc123"));
+        assert_eq!(sandbox_named(b"bash\0/d/sandboxes/abc123/x\0", "/d/sandboxes/"), None, "not a QEMU");
+        assert_eq!(sandbox_named(b"qemu-system-x86_64\0/elsewhere/abc/x\0", "/d/sandboxes/"), None);
+        assert_eq!(sandbox_named(b"qemu-system-x86_64\0/d/sandboxes/\0", "/d/sandboxes/"), None);
+    }
 
     #[test]
     fn orphans_are_removed_and_live_or_kept_sandboxes_stay() {

@@ -84,7 +84,7 @@ impl Runtime {
             let (shape, start) = match &snapshot {
                 Some(meta) => {
                     ember_vmm::disk::create_overlay(&meta.disk, &overlay)?;
-                    (Shape::of_snapshot(meta), Start::Restore(meta.state.clone()))
+                    (Shape::of_snapshot(meta), Start::Restore(meta.state.clone(), meta.agent_token.clone()))
                 }
                 None => {
                     ember_vmm::disk::create_overlay(&tpl.rootfs, &overlay)?;
@@ -92,7 +92,7 @@ impl Runtime {
                         vcpus: spec.vcpus,
                         memory_mib: spec.memory_mib,
                         kernel: tpl.kernel.clone(),
-                        cmdline: kernel_cmdline(),
+                        cmdline: kernel_cmdline(self.config.kernel_args.as_deref()),
                         ram: None,
                     };
                     (shape, Start::Boot)
@@ -131,7 +131,7 @@ impl Runtime {
             accel: self.accel.accel,
             die_with_parent,
             memory: match (&start, &shape.ram) {
-                (Start::Restore(_), Some(path)) => Memory::File { path: path.clone(), shared: false },
+                (Start::Restore(..), Some(path)) => Memory::File { path: path.clone(), shared: false },
                 _ => Memory::Anonymous,
             },
             incoming: !matches!(start, Start::Boot),
@@ -140,12 +140,20 @@ impl Runtime {
         let started = Instant::now();
         let mut vm = Vm::spawn(config)?;
         reconcile::record_vm(dir.path(), vm.pid())?;
-        if let Start::Restore(state) | Start::Resume(state) = &start {
+        if let Start::Restore(state, _) | Start::Resume(state) = &start {
             let mut qmp = vm.qmp(Duration::from_secs(10)).await?;
             ember_vmm::snapshot::load(&mut qmp, state).await?;
         }
         let agent = AgentClient::new(netns.path(), SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)));
         wait_ready(&mut vm, &agent, self.config.boot_timeout, dir.path()).await?;
+        // The token the agent holds now: a booted agent gets a fresh one (it refuses every call
+        // until it has one); a restored one holds its template's.
+        let token = match &start {
+            Start::Boot => Some(init_token(&agent).await?),
+            Start::Restore(_, token) => token.clone(),
+            Start::Resume(_) => None,
+        };
+        let agent = agent.with_token(token);
         let boot_time = started.elapsed();
         tracing::info!(ms = boot_time.as_millis() as u64, pid = vm.pid(), start = start.name(), "sandbox ready");
         Ok(Sandbox { id, agent, boot_time, shape, vm, netns, dir })
@@ -154,15 +162,18 @@ impl Runtime {
 
 /// Name of each sandbox's disk (a qcow2 overlay) in its directory.
 pub(crate) const DISK: &str = "rootfs.qcow2";
-/// Name of a paused sandbox's saved state in its directory.
+/// Name of a paused sandbox's saved state in its directory; it exists only once complete.
 pub(crate) const PAUSE_STATE: &str = "pause.state";
+/// Where a pause writes the state before renaming it to [`PAUSE_STATE`].
+pub(crate) const PAUSE_STATE_PARTIAL: &str = "pause.state.partial";
 
 /// How a VM comes to life.
 pub(crate) enum Start {
     /// A cold boot of the kernel.
     Boot,
-    /// A template's device state, with its RAM file mapped private.
-    Restore(PathBuf),
+    /// A template's device state, with its RAM file mapped private, and the access token its
+    /// agent holds.
+    Restore(PathBuf, Option<String>),
     /// A paused sandbox's state, which carries all its RAM.
     Resume(PathBuf),
 }
@@ -171,23 +182,23 @@ impl Start {
     fn name(&self) -> &'static str {
         match self {
             Start::Boot => "boot",
-            Start::Restore(_) => "restore",
+            Start::Restore(..) => "restore",
             Start::Resume(_) => "resume",
         }
     }
 }
 
-pub(crate) fn kernel_cmdline() -> String {
+/// The guest kernel's command line, with `extra` arguments (debugging, for example
+/// `loglevel=7` without `quiet`; later arguments override earlier ones) at the end.
+pub(crate) fn kernel_cmdline(extra: Option<&str>) -> String {
     let mut cmdline = format!(
         "console=ttyS0 root=/dev/vda rw rootfstype=ext4 init={} panic=-1 reboot=t quiet \
          ember.ip={GUEST_IP}/{PREFIX_LEN} ember.gw={TAP_IP}",
         ember_image::rootfs::AGENT_PATH
     );
-    // Extra kernel arguments for debugging (for example `loglevel=7` without `quiet`); later
-    // arguments override earlier ones.
-    if let Ok(extra) = std::env::var("EMBER_KERNEL_ARGS") {
+    if let Some(extra) = extra {
         cmdline.push(' ');
-        cmdline.push_str(&extra);
+        cmdline.push_str(extra);
     }
     cmdline
 }
@@ -217,8 +228,22 @@ pub(crate) async fn wait_ready(
     }
 }
 
+/// Gives a freshly booted agent a random access token (it refuses every other call until it
+/// has one) and returns it.
+pub(crate) async fn init_token(agent: &AgentClient) -> Result<String, RuntimeError> {
+    let token = hex::encode(rand::random::<[u8; 16]>());
+    let request = ember_envd_proto::init::InitRequest { access_token: Some(token.clone()), ..Default::default() };
+    agent.post_json("/init", &request, None).await?;
+    Ok(token)
+}
+
 fn serial_tail(dir: &Path) -> String {
-    ember_image::step::tail(&dir.join("serial.log"), SERIAL_TAIL)
+    console_tail(dir, SERIAL_TAIL)
+}
+
+/// The last `max` bytes of the serial console of the sandbox whose directory is `dir`.
+pub fn console_tail(dir: &Path, max: u64) -> String {
+    ember_vmm::serial::tail(&dir.join("serial.log"), max)
 }
 
 impl Sandbox {
@@ -279,8 +304,10 @@ impl Sandbox {
     }
 
     /// Takes over sandbox `id`, left running by an earlier process, if its VM, namespace and
-    /// agent are all still there.
-    pub async fn adopt(runtime: &Runtime, id: &str) -> Result<Sandbox, RuntimeError> {
+    /// agent are all still there. The agent may take up to `agent_wait` to answer (asked again
+    /// with backoff: a host under load right after a restart is slow). A VM an earlier process
+    /// stopped (a pause cut short) is let run again, and a half-written pause state removed.
+    pub async fn adopt(runtime: &Runtime, id: &str, agent_wait: Duration) -> Result<Sandbox, RuntimeError> {
         let path = runtime.sandbox_dir(id);
         let gone = |what| RuntimeError::Adopt(id.to_string(), what);
         let recorded = reconcile::recorded_vm(&path).ok_or_else(|| gone("no QEMU recorded"))?;
@@ -289,9 +316,25 @@ impl Sandbox {
         let netns = Netns::adopt(&ember_net::name_for(id)).ok_or_else(|| gone("namespace is gone"))?;
         let dir = SandboxDir(Some(path.clone()));
         reconcile::record_owner(&path)?;
+        let mut vm = vm;
+        if let Ok(mut qmp) = vm.qmp(Duration::from_secs(2)).await {
+            let _ = qmp.execute("cont", None).await;
+        }
+        for leftover in [PAUSE_STATE, PAUSE_STATE_PARTIAL] {
+            let _ = std::fs::remove_file(path.join(leftover));
+        }
         let agent = AgentClient::new(netns.path(), SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)));
-        if !matches!(agent.health(Duration::from_secs(5)).await, Ok(true)) {
-            return Err(gone("agent does not answer"));
+        let deadline = Instant::now() + agent_wait;
+        let mut backoff = Duration::from_millis(250);
+        while !matches!(agent.health(Duration::from_secs(2)).await, Ok(true)) {
+            if vm.try_exit().is_some() {
+                return Err(gone("QEMU is gone"));
+            }
+            if Instant::now() + backoff >= deadline {
+                return Err(gone("agent does not answer"));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(4));
         }
         let shape = Shape::load(&path).ok_or_else(|| gone("no shape.json"))?;
         Ok(Sandbox { id: id.to_string(), agent, boot_time: Duration::ZERO, shape, vm, netns, dir })
@@ -313,7 +356,7 @@ pub(crate) struct SandboxDir(pub(crate) Option<PathBuf>);
 
 impl SandboxDir {
     pub(crate) fn create(path: &Path) -> Result<Self, RuntimeError> {
-        std::fs::create_dir_all(path).map_err(io_err(format!("create {}", path.display())))?;
+        crate::private::private_subdir(path).map_err(io_err(format!("create {}", path.display())))?;
         let dir = Self(Some(path.to_path_buf()));
         reconcile::record_owner(path)?;
         Ok(dir)
@@ -355,8 +398,9 @@ mod tests {
 
     #[test]
     fn cmdline_configures_the_guest_network() {
-        let c = kernel_cmdline();
+        let c = kernel_cmdline(None);
         assert!(c.contains("ember.ip=169.254.0.21/30") && c.contains("ember.gw=169.254.0.22"), "{c}");
         assert!(c.contains("init=/usr/local/bin/ember-agent"));
+        assert_eq!(kernel_cmdline(Some("loglevel=7")), format!("{c} loglevel=7"));
     }
 }

@@ -29,13 +29,15 @@ pub(crate) struct Slots {
     dir: PathBuf,
     ready: Arc<Mutex<Vec<(String, Netns)>>>,
     target: usize,
+    /// Set by [`Slots::release`]: no slot is made or kept after it.
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Slots {
     pub fn new(data_dir: &Path, target: usize) -> Result<Self, RuntimeError> {
         let dir = data_dir.join("slots");
         std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-        Ok(Self { dir, ready: Arc::default(), target })
+        Ok(Self { dir, ready: Arc::default(), target, closed: Arc::default() })
     }
 
     pub fn dir(&self) -> &Path {
@@ -56,13 +58,26 @@ impl Slots {
     /// Makes slots up to the target on a thread of its own.
     pub fn fill(&self) {
         let (dir, ready, target) = (self.dir.clone(), Arc::clone(&self.ready), self.target);
+        let closed = Arc::clone(&self.closed);
         if ready.lock().unwrap_or_else(|e| e.into_inner()).len() >= target {
             return;
         }
         std::thread::spawn(move || {
             while ready.lock().unwrap_or_else(|e| e.into_inner()).len() < target {
+                if closed.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
                 match make(&dir) {
-                    Ok(slot) => ready.lock().unwrap_or_else(|e| e.into_inner()).push(slot),
+                    Ok((id, netns)) => {
+                        let mut ready = ready.lock().unwrap_or_else(|e| e.into_inner());
+                        if closed.load(std::sync::atomic::Ordering::SeqCst) {
+                            // Released meanwhile: this one goes too.
+                            drop(netns);
+                            let _ = std::fs::remove_dir_all(dir.join(&id));
+                            return;
+                        }
+                        ready.push((id, netns));
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "making a network slot ahead of time");
                         return;
@@ -74,8 +89,9 @@ impl Slots {
 }
 
 impl Slots {
-    /// Deletes the waiting slots.
+    /// Deletes the waiting slots; none is made after this.
     pub fn release(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         for (id, netns) in self.ready.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             drop(netns);
             let _ = std::fs::remove_dir_all(self.dir.join(id));

@@ -14,7 +14,7 @@ use ember_vmm::snapshot::{SnapshotMeta, FORMAT_VERSION, MAGIC};
 use ember_vmm::{Memory, Vm, VmConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::{new_id, SandboxDir, Start, PAUSE_STATE};
+use crate::sandbox::{new_id, SandboxDir, Start, PAUSE_STATE, PAUSE_STATE_PARTIAL};
 use crate::{io_err, AgentClient, Runtime, RuntimeError, Sandbox};
 
 const SNAPSHOT_KIND: &str = "snapshots";
@@ -62,9 +62,9 @@ impl Runtime {
         vcpus: u32,
         memory_mib: u32,
     ) -> Result<SnapshotMeta, RuntimeError> {
-        let cmdline = crate::sandbox::kernel_cmdline();
+        let cmdline = crate::sandbox::kernel_cmdline(self.config.kernel_args.as_deref());
         let key = ember_image::cache::key(&[
-            b"ember-template-snapshot-v1\n",
+            b"ember-template-snapshot-v2\n",
             tpl.key.as_bytes(),
             &vcpus.to_le_bytes(),
             &memory_mib.to_le_bytes(),
@@ -86,7 +86,7 @@ impl Runtime {
         }
         eprintln!("==> snapshotting template {} ({vcpus} vCPUs, {memory_mib} MiB): boot once, save", tpl.name);
         let scratch = cache.scratch(SNAPSHOT_KIND, &key)?;
-        self.build_snapshot(tpl, vcpus, memory_mib, &cmdline, &scratch).await?;
+        let agent_token = self.build_snapshot(tpl, vcpus, memory_mib, &cmdline, &scratch).await?;
         // Paths inside the metadata name the published entry, not the scratch directory.
         let meta = SnapshotMeta {
             magic: MAGIC.into(),
@@ -98,6 +98,7 @@ impl Runtime {
             ram: entry.join("ram"),
             state: entry.join("state"),
             disk: entry.join("disk.qcow2"),
+            agent_token: Some(agent_token),
         };
         meta.store(&scratch)?;
         cache.publish(SNAPSHOT_KIND, &key, &scratch)?;
@@ -115,7 +116,7 @@ impl Runtime {
         memory_mib: u32,
         cmdline: &str,
         dir: &Path,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<String, RuntimeError> {
         let ram = dir.join("ram");
         let file = std::fs::File::create(&ram).map_err(io_err("create the RAM file"))?;
         file.set_len(u64::from(memory_mib) << 20).map_err(io_err("size the RAM file"))?;
@@ -142,16 +143,15 @@ impl Runtime {
         })?;
         let agent = AgentClient::new(netns.path(), (GUEST_IP, ember_envd_proto::ENVD_PORT).into());
         crate::sandbox::wait_ready(&mut vm, &agent, self.config.boot_timeout, dir).await?;
+        let token = crate::sandbox::init_token(&agent).await?;
         // Run a login shell once, so that what every command needs is in the guest's page cache.
-        warm_up(&agent).await?;
+        warm_up(&agent.with_token(Some(token.clone()))).await?;
         let mut qmp = vm.qmp(Duration::from_secs(5)).await?;
         ember_vmm::snapshot::save(&mut qmp, &dir.join("state")).await?;
         vm.kill().await;
         netns.delete()?;
-        for f in ["ram", "state", "disk.qcow2"] {
-            set_read_only(&dir.join(f))?;
-        }
-        Ok(())
+        crate::private::seal_snapshot(dir)?;
+        Ok(token)
     }
 
     /// Resumes the paused sandbox `id`: a new namespace, its saved state and RAM, its own disk.
@@ -194,10 +194,18 @@ impl Runtime {
         self.sandbox_dir(id).join(PAUSE_STATE).is_file()
     }
 
-    /// Removes a paused sandbox's files.
+    /// Removes a paused sandbox's files (nothing to do if they are gone already).
     pub fn remove_paused(&self, id: &str) -> Result<(), RuntimeError> {
         let path = self.sandbox_dir(id);
-        std::fs::remove_dir_all(&path).map_err(io_err(format!("remove {}", path.display())))
+        match std::fs::remove_dir_all(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(format!("remove {}", path.display()))(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the QEMU recorded for sandbox `id` is still running.
+    pub fn vm_recorded_alive(&self, id: &str) -> bool {
+        crate::reconcile::recorded_vm(&self.sandbox_dir(id)).is_some_and(|vm| ember_vmm::vm::alive(&vm))
     }
 }
 
@@ -206,7 +214,7 @@ impl Sandbox {
     /// it is at that instant, and its shape), then lets it run on. New sandboxes can start from
     /// the saved state with [`Runtime::create_from_saved`].
     pub async fn save_to(&self, dir: &Path) -> Result<(), RuntimeError> {
-        std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        crate::private::private_subdir(dir).map_err(io_err(format!("create {}", dir.display())))?;
         let mut qmp = self.vm_qmp().await?;
         let saved = async {
             // `save` stops the VM (which flushes its disk) before streaming the state.
@@ -221,10 +229,7 @@ impl Sandbox {
         let resumed = qmp.execute("cont", None).await;
         saved?;
         resumed.map_err(ember_vmm::VmmError::from)?;
-        for f in ["state", "disk.qcow2"] {
-            set_read_only(&dir.join(f))?;
-        }
-        Ok(())
+        crate::private::seal_snapshot(dir)
     }
 
     /// Pauses the sandbox: saves its device state and RAM next to its disk, then stops its VM
@@ -234,7 +239,10 @@ impl Sandbox {
         let dir = self.dir().to_path_buf();
         let result = async {
             let mut qmp = self.vm_qmp().await?;
-            ember_vmm::snapshot::save(&mut qmp, &dir.join(PAUSE_STATE)).await?;
+            ember_vmm::snapshot::save(&mut qmp, &dir.join(PAUSE_STATE_PARTIAL)).await?;
+            // Complete: a daemon that dies from here on finds the sandbox paused.
+            std::fs::rename(dir.join(PAUSE_STATE_PARTIAL), dir.join(PAUSE_STATE))
+                .map_err(io_err("keep pause.state"))?;
             Ok::<_, RuntimeError>(())
         }
         .await;
@@ -243,6 +251,7 @@ impl Sandbox {
             if let Ok(mut qmp) = self.vm_qmp().await {
                 let _ = qmp.execute("cont", None).await;
             }
+            let _ = std::fs::remove_file(dir.join(PAUSE_STATE_PARTIAL));
             let _ = std::fs::remove_file(dir.join(PAUSE_STATE));
             return Err((self, e));
         }
@@ -275,10 +284,4 @@ async fn warm_up(agent: &AgentClient) -> Result<(), RuntimeError> {
         true => Ok(()),
         false => Err(crate::AgentError::Truncated.into()),
     }
-}
-
-fn set_read_only(path: &Path) -> Result<(), RuntimeError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
-        .map_err(io_err(format!("chmod {}", path.display())))
 }

@@ -59,6 +59,14 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The ids of every team's snapshots.
+    pub fn snapshot_ids(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id FROM snapshots")?;
+        let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+        Ok(ids)
+    }
+
     pub fn delete_snapshot(&self, id: &str) -> Result<(), StoreError> {
         self.conn().execute("DELETE FROM snapshots WHERE id = ?1", params![id])?;
         Ok(())

@@ -44,6 +44,8 @@ pub struct VmConfig {
     pub net: Option<NetConfig>,
     /// Network namespace to run QEMU in (a `/run/netns/NAME` path).
     pub netns: Option<PathBuf>,
+    /// The console log (capped and rotated, see [`crate::serial`]); QEMU serves the console on
+    /// a socket beside it.
     pub serial_log: PathBuf,
     pub qmp_socket: PathBuf,
     pub qemu: PathBuf,
@@ -108,8 +110,12 @@ impl VmConfig {
         a.push("-kernel".into());
         a.push(self.kernel.clone().into());
         push(&mut a, &["-append", &self.cmdline]);
+        // The console goes to a socket that Ember's pump copies into a capped log
+        // (`crate::serial`); QEMU waits for the pump before it starts the guest, so nothing is lost.
         a.push("-chardev".into());
-        a.push(kv("file,id=serial0,path=", &self.serial_log));
+        let mut serial = kv("socket,id=serial0,path=", &crate::serial::socket_path(&self.serial_log));
+        serial.push(",server=on,wait=on");
+        a.push(serial);
         push(&mut a, &["-serial", "chardev:serial0"]);
         a.push("-drive".into());
         a.push(kv("id=root,format=qcow2,if=none,discard=unmap,file=", &self.disk));
@@ -190,6 +196,7 @@ mod tests {
         assert!(joined.contains("virtio-net-device,netdev=net0,mac=02:fc:00:00:00:05"));
         assert!(joined.contains("file=/d/overlay.qcow2"));
         assert!(joined.contains("-qmp unix:/d/qmp.sock,server=on,wait=off"));
+        assert!(joined.contains("-chardev socket,id=serial0,path=/d/serial.sock,server=on,wait=on"), "{joined}");
         let mut kvm = cfg();
         kvm.accel = Accel::Kvm;
         let kvm_args: Vec<String> = kvm.qemu_args().into_iter().map(|a| a.into_string().unwrap()).collect();

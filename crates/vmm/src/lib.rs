@@ -6,6 +6,7 @@ pub mod accel;
 pub mod config;
 pub mod disk;
 pub mod qmp;
+pub mod serial;
 pub mod snapshot;
 pub mod vm;
 

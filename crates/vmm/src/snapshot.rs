@@ -36,6 +36,9 @@ pub struct SnapshotMeta {
     pub state: PathBuf,
     /// Disk image (qcow2) as it was at the snapshot; restores put an overlay over it.
     pub disk: PathBuf,
+    /// The access token the saved guest agent holds; a restore's first `/init` must carry it.
+    #[serde(default)]
+    pub agent_token: Option<String>,
 }
 
 impl SnapshotMeta {

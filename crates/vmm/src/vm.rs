@@ -13,6 +13,7 @@ use tokio::process::{Child, Command};
 
 use crate::config::VmConfig;
 use crate::qmp::Qmp;
+use crate::serial::{self, Pump};
 use crate::VmmError;
 
 enum Proc {
@@ -30,6 +31,8 @@ pub struct Vm {
     pid: u32,
     serial_log: PathBuf,
     qmp_socket: PathBuf,
+    /// Copies the console into the capped log while this process holds the VM.
+    _console: Option<Pump>,
 }
 
 /// A process identity that survives pid reuse: "pid starttime" from `/proc/PID/stat`.
@@ -97,17 +100,29 @@ impl Vm {
         drop(netns);
         let pid = child.id().unwrap_or_default();
         tracing::debug!(pid, "QEMU started");
-        Ok(Self { proc: Proc::Child(child), pid, serial_log: config.serial_log, qmp_socket: config.qmp_socket })
+        let console = Pump::start(serial::socket_path(&config.serial_log), config.serial_log.clone(), serial::DEFAULT_LOG_CAP);
+        Ok(Self {
+            proc: Proc::Child(child),
+            pid,
+            serial_log: config.serial_log,
+            qmp_socket: config.qmp_socket,
+            _console: Some(console),
+        })
     }
 
     /// Takes over a QEMU started by an earlier process, if `identity` is still running.
     pub fn adopt(identity: &str, serial_log: PathBuf, qmp_socket: PathBuf) -> Option<Self> {
         let pid = identity.split_whitespace().next()?.parse().ok()?;
-        alive(identity).then(|| Self {
+        if !alive(identity) {
+            return None;
+        }
+        let console = Pump::start(serial::socket_path(&serial_log), serial_log.clone(), serial::DEFAULT_LOG_CAP);
+        Some(Self {
             proc: Proc::Adopted { identity: identity.trim().to_string() },
             pid,
             serial_log,
             qmp_socket,
+            _console: Some(console),
         })
     }
 
@@ -158,9 +173,11 @@ impl Vm {
         self.kill_sync();
     }
 
-    /// Forgets the process without killing it: it keeps running, to be adopted later.
+    /// Forgets the process without killing it: it keeps running, to be adopted later (its
+    /// console pump stops; the next owner starts its own).
     pub fn detach(mut self) {
         self.proc = Proc::Detached;
+        self._console = None;
     }
 
     fn kill_sync(&mut self) {

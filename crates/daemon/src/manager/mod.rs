@@ -1,0 +1,428 @@
+//! The sandboxes the daemon runs: creating them (template, limits, `/init` with their identity),
+//! finding them for a team and ending them on request. The rest is split by concern: the pool of
+//! sandboxes restored ahead of time ([`pool`]), time-outs and dead VMs ([`reaper`]), what an
+//! earlier daemon left ([`adopt`]), pause and resume ([`pause`]) and snapshots ([`snapshots`]).
+//!
+//! A kill always wins: it takes the sandbox out of the table at once and signals every
+//! operation in flight on it (pause, resume, snapshot), which stops waiting on the guest and
+//! lets go. Operations that change a sandbox run on tasks of their own, so a client that goes
+//! away mid-way cannot leave the database and the processes disagreeing.
+
+mod adopt;
+mod error;
+mod pause;
+mod pool;
+mod reaper;
+mod snapshots;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use ember_api::NewSandbox;
+use ember_envd_proto::init::InitRequest;
+use ember_runtime::{AgentClient, Runtime, RuntimeConfig, Sandbox, SandboxSpec};
+use ember_store::{now_ms, SandboxRecord, Store};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+pub use error::LifecycleError;
+
+use crate::ServeConfig;
+
+/// The template whose sandboxes the pool holds.
+const POOL_TEMPLATE: &str = "base";
+/// Template names clients may use, and the template each stands for.
+const TEMPLATES: &[(&str, &str)] = &[("base", "base"), ("code-interpreter-v1", "base")];
+/// Bounds on client-supplied maps.
+const MAX_ENTRIES: usize = 100;
+const MAX_KEY: usize = 256;
+const MAX_VALUE: usize = 8192;
+
+pub const RUNNING: &str = "running";
+pub const PAUSED: &str = "paused";
+
+/// One sandbox the daemon knows: running (its VM in `vm`) or paused (`vm` empty).
+pub struct Live {
+    pub record: Mutex<SandboxRecord>,
+    pub agent: AgentClient,
+    vm: tokio::sync::Mutex<Option<Sandbox>>,
+    pub dir: PathBuf,
+    /// Set once when the sandbox is being ended; operations in flight give up.
+    ended: watch::Sender<bool>,
+}
+
+impl Live {
+    pub fn record(&self) -> SandboxRecord {
+        self.record.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn id(&self) -> String {
+        self.record.lock().unwrap_or_else(|e| e.into_inner()).id.clone()
+    }
+
+    fn is_paused(&self) -> bool {
+        self.record.lock().unwrap_or_else(|e| e.into_inner()).state == PAUSED
+    }
+
+    /// A client for guest port `port` of this sandbox.
+    pub fn port(&self, port: u16) -> AgentClient {
+        self.agent.with_port(port)
+    }
+
+    /// Resolves once the sandbox is being ended.
+    async fn killed(&self) {
+        let mut rx = self.ended.subscribe();
+        let _ = rx.wait_for(|ended| *ended).await;
+    }
+
+    /// Runs `op` unless the sandbox is ended first.
+    async fn unless_killed<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, LifecycleError>>,
+    ) -> Result<T, LifecycleError> {
+        tokio::select! {
+            result = op => result,
+            _ = self.killed() => Err(LifecycleError::Ended(self.id())),
+        }
+    }
+}
+
+pub struct Manager {
+    config: ServeConfig,
+    runtime: Runtime,
+    store: Store,
+    live: RwLock<HashMap<String, Arc<Live>>>,
+    creating: Mutex<usize>,
+    /// Sandboxes already restored from the default template, waiting unassigned for a create.
+    pool: tokio::sync::Mutex<std::collections::VecDeque<Sandbox>>,
+    refill: tokio::sync::Notify,
+}
+
+impl Manager {
+    /// Opens the store, adopts or cleans up what an earlier daemon left, and starts the reaper.
+    pub async fn start(config: ServeConfig, runtime_config: RuntimeConfig) -> anyhow::Result<Arc<Self>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create {}", config.data_dir.display()))?;
+        let store = Store::open(&config.data_dir.join("ember.db")).context("open the state database")?;
+        let runtime = Runtime::new(runtime_config).context("start the sandbox runtime")?;
+        let manager = Arc::new(Self {
+            config,
+            runtime,
+            store,
+            live: RwLock::default(),
+            creating: Mutex::new(0),
+            pool: Default::default(),
+            refill: Default::default(),
+        });
+        manager.adopt_all().await;
+        tokio::spawn(Arc::clone(&manager).reap());
+        tokio::spawn(Arc::clone(&manager).keep_pool_filled());
+        Ok(manager)
+    }
+
+    pub fn config(&self) -> &ServeConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    fn insert(&self, record: SandboxRecord, sandbox: Option<Sandbox>) -> Arc<Live> {
+        let live = Arc::new(Live {
+            agent: self.runtime.agent_for(&record.id),
+            dir: self.runtime.sandbox_dir(&record.id),
+            record: Mutex::new(record.clone()),
+            vm: tokio::sync::Mutex::new(sandbox),
+            ended: watch::channel(false).0,
+        });
+        self.live.write().unwrap_or_else(|e| e.into_inner()).insert(record.id, Arc::clone(&live));
+        live
+    }
+
+    /// The sandbox `id` if it exists and belongs to `team` (another team's is "not found").
+    pub fn get(&self, team: &str, id: &str) -> Result<Arc<Live>, LifecycleError> {
+        self.get_any(id).filter(|l| l.record().team == team).ok_or_else(|| LifecycleError::NotFound(id.into()))
+    }
+
+    /// The sandbox `id`, whoever owns it (the proxy: envd traffic carries no API key).
+    pub fn get_any(&self, id: &str) -> Option<Arc<Live>> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// Every live sandbox.
+    pub fn all(&self) -> Vec<Arc<Live>> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Records of the team's sandboxes, oldest first.
+    pub fn list(&self, team: &str) -> Vec<SandboxRecord> {
+        let mut v: Vec<SandboxRecord> = self.all().iter().map(|l| l.record()).filter(|r| r.team == team).collect();
+        v.sort_by(|a, b| (a.started_ms, &a.id).cmp(&(b.started_ms, &b.id)));
+        v
+    }
+
+    /// Validates a create request and creates the sandbox; it is usable when this returns.
+    /// The work runs on a task of its own: a client that goes away does not cut it short.
+    pub async fn create(self: &Arc<Self>, team: &str, req: NewSandbox) -> Result<Arc<Live>, LifecycleError> {
+        let this = Arc::clone(self);
+        let team = team.to_string();
+        tokio::spawn(async move { this.create_now(&team, req).await })
+            .await
+            .map_err(|e| LifecycleError::Task(e.to_string()))?
+    }
+
+    async fn create_now(&self, team: &str, req: NewSandbox) -> Result<Arc<Live>, LifecycleError> {
+        let source = self.resolve_template(team, &req.template_id)?;
+        let timeout = self.check_timeout(req.timeout.unwrap_or(self.config.default_timeout_secs as i64))?;
+        let metadata = check_map("metadata", req.metadata.unwrap_or_default(), false)?;
+        let env_vars = check_map("envVars", req.env_vars.unwrap_or_default(), true)?;
+        let _slot = self.reserve_slot()?;
+        let (spec, pooled) = match &source {
+            Source::Template(t) => (self.spec(t), self.take_pooled(t).await),
+            Source::Snapshot(..) => (self.spec(POOL_TEMPLATE), None),
+        };
+        let sandbox = match (pooled, &source) {
+            (Some(sandbox), _) => sandbox,
+            (None, Source::Template(_)) => self.runtime.create(&spec).await?,
+            (None, Source::Snapshot(id, _)) => self.runtime.create_from_saved(&self.snapshot_dir(id)).await?,
+        };
+        let id = sandbox.id().to_string();
+        let span = tracing::info_span!("sandbox", id = %id);
+        async {
+            let started_ms = now_ms();
+            let record = SandboxRecord {
+                id: id.clone(),
+                team: team.into(),
+                template: req.template_id.clone(),
+                alias: Some(req.template_id.clone()),
+                metadata,
+                env_vars,
+                access_token: Some(random_hex(16)),
+                vcpus: spec.vcpus,
+                memory_mib: spec.memory_mib,
+                disk_mib: ember_runtime::disk_size_mib(),
+                started_ms,
+                end_ms: started_ms + timeout * 1000,
+                state: RUNNING.into(),
+                allow_internet: req.allow_internet_access.unwrap_or(true),
+            };
+            let held = match &source {
+                Source::Snapshot(_, token) => token.clone(),
+                Source::Template(_) => sandbox.agent().token().map(str::to_string),
+            };
+            let stored = async {
+                init_agent(sandbox.agent(), &record, held.as_deref()).await?;
+                self.store.insert_sandbox(&record)?;
+                Ok::<_, LifecycleError>(())
+            }
+            .await;
+            match stored {
+                Ok(()) => {
+                    tracing::info!(team, template = %record.template, "sandbox created");
+                    Ok(self.insert(record, Some(sandbox)))
+                }
+                Err(e) => {
+                    if let Err(e) = sandbox.destroy().await {
+                        tracing::warn!(error = %e, "tearing down a sandbox that failed to start");
+                    }
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A built-in template, or one of the team's snapshots by id or name.
+    fn resolve_template(&self, team: &str, name: &str) -> Result<Source, LifecycleError> {
+        if let Some((_, t)) = TEMPLATES.iter().find(|(n, _)| *n == name) {
+            return Ok(Source::Template(t));
+        }
+        match self.store.find_snapshot(team, name)? {
+            Some(snapshot) => Ok(Source::Snapshot(snapshot.id, snapshot.agent_token)),
+            None => Err(LifecycleError::UnknownTemplate(name.into())),
+        }
+    }
+
+    fn spec(&self, template: &str) -> SandboxSpec {
+        SandboxSpec {
+            template: template.into(),
+            from_snapshot: self.config.snapshots,
+            vcpus: self.config.vcpus,
+            memory_mib: self.config.memory_mib,
+            die_with_parent: false,
+        }
+    }
+
+    /// How many sandboxes have a VM now (paused ones have none), plus creates in flight.
+    fn running(&self) -> usize {
+        let live = self.live.read().unwrap_or_else(|e| e.into_inner());
+        live.values().filter(|l| !l.is_paused()).count()
+    }
+
+    fn reserve_slot(&self) -> Result<SlotGuard<'_>, LifecycleError> {
+        let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        if self.running() + *creating >= self.config.max_sandboxes {
+            return Err(LifecycleError::TooMany(format!(
+                "at most {} sandboxes may run at once",
+                self.config.max_sandboxes
+            )));
+        }
+        *creating += 1;
+        Ok(SlotGuard(&self.creating))
+    }
+
+    /// Checks a time-out in seconds against the configured bounds.
+    pub fn check_timeout(&self, secs: i64) -> Result<i64, LifecycleError> {
+        let max = self.config.max_timeout_secs as i64;
+        if secs < 1 || secs > max {
+            return Err(LifecycleError::Invalid(format!("timeout must be between 1 and {max} seconds, got {secs}")));
+        }
+        Ok(secs)
+    }
+
+    /// Sets when the sandbox ends; `extend_only` never brings the end closer.
+    pub fn set_end(&self, live: &Live, end_ms: i64, extend_only: bool) -> Result<(), LifecycleError> {
+        let mut record = live.record.lock().unwrap_or_else(|e| e.into_inner());
+        if extend_only && end_ms <= record.end_ms {
+            return Ok(());
+        }
+        self.store.set_sandbox_end(&record.id, end_ms)?;
+        record.end_ms = end_ms;
+        Ok(())
+    }
+
+    /// Ends a sandbox: out of the table at once, operations in flight on it told to give up,
+    /// then VM, namespace and files, then its record. Never waits on the guest.
+    pub async fn kill(&self, live: &Live, why: &str) {
+        let id = live.id();
+        let removed = self.live.write().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        if removed.is_none() {
+            return;
+        }
+        live.ended.send_replace(true);
+        match live.vm.lock().await.take() {
+            Some(sandbox) => {
+                if let Err(e) = sandbox.destroy().await {
+                    tracing::warn!(sandbox = %id, error = %e, "tearing a sandbox down");
+                }
+            }
+            None => {
+                if let Err(e) = self.runtime.remove_paused(&id) {
+                    tracing::warn!(sandbox = %id, error = %e, "removing a paused sandbox");
+                }
+            }
+        }
+        if let Err(e) = self.store.delete_sandbox(&id) {
+            tracing::error!(sandbox = %id, error = %e, "deleting a sandbox record");
+        }
+        tracing::info!(sandbox = %id, why, "sandbox ended");
+    }
+
+    fn set_state(&self, live: &Live, state: &str) -> Result<(), LifecycleError> {
+        let mut record = live.record.lock().unwrap_or_else(|e| e.into_inner());
+        self.store.set_sandbox_state(&record.id, state)?;
+        record.state = state.into();
+        Ok(())
+    }
+
+    /// At shutdown: destroys every sandbox, or leaves them running to be adopted by the next
+    /// daemon. Pooled sandboxes and network slots made ahead of time are always removed.
+    pub async fn shutdown(&self, destroy: bool) {
+        for sandbox in self.pool.lock().await.drain(..) {
+            let _ = sandbox.destroy().await;
+        }
+        self.runtime.release_slots();
+        for live in self.all() {
+            if destroy {
+                self.kill(&live, "daemon stopped").await;
+            } else if let Some(sandbox) = live.vm.lock().await.take() {
+                sandbox.detach();
+            }
+        }
+    }
+}
+
+struct SlotGuard<'a>(&'a Mutex<usize>);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+    }
+}
+
+/// What a create starts from.
+enum Source {
+    Template(&'static str),
+    /// A snapshot's id, and the access token its saved agent holds.
+    Snapshot(String, Option<String>),
+}
+
+/// Gives the agent the sandbox's identity: env vars, access token, default user, the host's
+/// time (a restored guest's clock is the template's) and fresh entropy (a restored guest's
+/// random state is the template's). `token` is the one the agent holds now, if any. The call
+/// has a deadline (the agent client's).
+async fn init_agent(agent: &AgentClient, record: &SandboxRecord, token: Option<&str>) -> Result<(), LifecycleError> {
+    let request = InitRequest {
+        env_vars: Some(record.env_vars.clone()),
+        access_token: record.access_token.clone(),
+        default_user: Some("user".into()),
+        timestamp: Some(ember_envd_proto::time::rfc3339(std::time::SystemTime::now())),
+        entropy: Some(random_hex(32)),
+        hostname: Some(record.id.clone()),
+        ..Default::default()
+    };
+    agent.post_json("/init", &request, token).await.map_err(|e| ember_runtime::RuntimeError::from(e).into())
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    use rand::Rng;
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill(&mut buf[..]);
+    hex::encode(buf)
+}
+
+/// Bounds a client-supplied map; env var names must be usable as names.
+fn check_map(
+    what: &str,
+    map: BTreeMap<String, String>,
+    env: bool,
+) -> Result<BTreeMap<String, String>, LifecycleError> {
+    if map.len() > MAX_ENTRIES {
+        return Err(LifecycleError::Invalid(format!("{what} has {} entries; at most {MAX_ENTRIES}", map.len())));
+    }
+    for (k, v) in &map {
+        if k.is_empty() || k.len() > MAX_KEY || v.len() > MAX_VALUE {
+            return Err(LifecycleError::Invalid(format!(
+                "{what}: keys must be 1-{MAX_KEY} bytes and values at most {MAX_VALUE} bytes"
+            )));
+        }
+        if env && (k.contains('=') || k.contains('\0') || v.contains('\0')) {
+            return Err(LifecycleError::Invalid(format!("{what}: '{k}' is not a valid environment variable")));
+        }
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_maps_are_bounded() {
+        let ok: BTreeMap<String, String> = [("A".to_string(), "1".to_string())].into();
+        assert!(check_map("envVars", ok, true).is_ok());
+        let bad_env: BTreeMap<String, String> = [("A=B".to_string(), "1".to_string())].into();
+        assert!(check_map("envVars", bad_env, true).is_err());
+        let big: BTreeMap<String, String> = (0..101).map(|i| (i.to_string(), String::new())).collect();
+        assert!(check_map("metadata", big, false).is_err());
+        let long: BTreeMap<String, String> = [("k".to_string(), "v".repeat(MAX_VALUE + 1))].into();
+        assert!(check_map("metadata", long, false).is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! Pause and resume. Both run on a task of their own (a client that goes away does not cut
+//! them short) and give up at once when the sandbox is killed. A pause that fails leaves the
+//! sandbox running; a resume that fails after its VM started ends the sandbox, since its disk
+//! has moved on from the saved memory, so the record and the processes always agree.
+
+use std::sync::Arc;
+
+use ember_store::now_ms;
+
+use super::{init_agent, Live, LifecycleError, Manager, PAUSED, RUNNING};
+
+impl Manager {
+    /// Pauses a running sandbox (409 if it is paused already; 429 past the team's limit of
+    /// paused sandboxes).
+    pub async fn pause(self: &Arc<Self>, live: Arc<Live>) -> Result<(), LifecycleError> {
+        let team = live.record().team;
+        let paused = self.list(&team).iter().filter(|r| r.state == PAUSED).count();
+        if paused >= self.config.max_paused_per_team {
+            return Err(LifecycleError::Quota(format!(
+                "team has {paused} paused sandboxes, the most it may keep; kill or resume one first"
+            )));
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let op = this.pause_now(&live);
+            live.unless_killed(op).await
+        })
+        .await
+        .map_err(|e| LifecycleError::Task(e.to_string()))?
+    }
+
+    async fn pause_now(&self, live: &Live) -> Result<(), LifecycleError> {
+        let mut slot = live.vm.lock().await;
+        let id = live.id();
+        let Some(sandbox) = slot.take() else {
+            return Err(LifecycleError::Conflict(format!("sandbox {id} is already paused")));
+        };
+        let started = std::time::Instant::now();
+        if let Err((sandbox, e)) = sandbox.pause().await {
+            *slot = Some(sandbox);
+            return Err(e.into());
+        }
+        self.set_state(live, PAUSED)?;
+        tracing::info!(sandbox = %id, ms = started.elapsed().as_millis() as u64, "sandbox paused");
+        Ok(())
+    }
+
+    /// Resumes a paused sandbox with a new time-out; false if it was running already.
+    pub async fn resume(self: &Arc<Self>, live: Arc<Live>, timeout_secs: i64) -> Result<bool, LifecycleError> {
+        if !live.is_paused() {
+            return Ok(false);
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let _slot = this.reserve_slot()?;
+            let result = live.unless_killed(this.resume_now(&live, timeout_secs)).await;
+            if let Err(e) = &result {
+                if !matches!(e, LifecycleError::Ended(_) | LifecycleError::Conflict(_)) {
+                    tracing::error!(sandbox = %live.id(), error = %e, "resume failed; ending the sandbox");
+                    this.kill(&live, "failed to resume").await;
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| LifecycleError::Task(e.to_string()))?
+    }
+
+    async fn resume_now(&self, live: &Live, timeout_secs: i64) -> Result<bool, LifecycleError> {
+        let mut slot = live.vm.lock().await;
+        if slot.is_some() {
+            return Ok(false);
+        }
+        let record = live.record();
+        let started = std::time::Instant::now();
+        let sandbox = self.runtime.resume(&record.id, false).await?;
+        // The resumed agent holds the sandbox's token; this sets the clock and reseeds the RNG.
+        init_agent(sandbox.agent(), &record, record.access_token.as_deref()).await?;
+        *slot = Some(sandbox);
+        self.set_state(live, RUNNING)?;
+        self.set_end(live, now_ms() + timeout_secs * 1000, false)?;
+        tracing::info!(sandbox = %record.id, ms = started.elapsed().as_millis() as u64, "sandbox resumed");
+        Ok(true)
+    }
+}

@@ -1,0 +1,72 @@
+//! The reaper: ends sandboxes whose time is up, forgets those whose VM died, and
+//! re-initialises an agent that restarted without its state. It never waits on a guest or on
+//! a teardown: each of those runs on a task of its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ember_store::now_ms;
+
+use super::{init_agent, Live, Manager};
+
+/// How often the reaper looks at every sandbox.
+const TICK: Duration = Duration::from_millis(250);
+/// How often each running sandbox's agent is asked whether it still holds its token.
+const AGENT_CHECK_EVERY: u32 = 20;
+/// How long that check may take.
+const AGENT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Manager {
+    pub(super) async fn reap(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        let mut round: u32 = 0;
+        loop {
+            tick.tick().await;
+            round = round.wrapping_add(1);
+            let now = now_ms();
+            for live in self.all() {
+                let (paused, end_ms) = {
+                    let record = live.record.lock().unwrap_or_else(|e| e.into_inner());
+                    (record.state == super::PAUSED, record.end_ms)
+                };
+                if paused {
+                    continue;
+                }
+                if end_ms <= now {
+                    self.kill_in_background(live, "timed out");
+                    continue;
+                }
+                let dead = match live.vm.try_lock() {
+                    Ok(mut guard) => guard.as_mut().is_some_and(|s| !s.is_alive()),
+                    Err(_) => false,
+                };
+                if dead {
+                    self.kill_in_background(live, "its VM exited");
+                } else if round % AGENT_CHECK_EVERY == 0 {
+                    tokio::spawn(reinit_if_needed(live));
+                }
+            }
+        }
+    }
+
+    fn kill_in_background(self: &Arc<Self>, live: Arc<Live>, why: &'static str) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.kill(&live, why).await });
+    }
+}
+
+/// Gives a restarted agent that lost its state (its `/health` says it holds no token) the
+/// sandbox's identity again.
+async fn reinit_if_needed(live: Arc<Live>) {
+    let id = live.id();
+    match live.agent.initialised(AGENT_CHECK_TIMEOUT).await {
+        Ok(false) => {
+            tracing::warn!(sandbox = %id, "the agent restarted without its state; initialising it again");
+            if let Err(e) = init_agent(&live.agent, &live.record(), None).await {
+                tracing::warn!(sandbox = %id, error = %e, "re-initialising the agent");
+            }
+        }
+        Ok(true) => {}
+        Err(e) => tracing::debug!(sandbox = %id, error = %e, "agent check"),
+    }
+}

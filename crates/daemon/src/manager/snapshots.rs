@@ -1,0 +1,109 @@
+//! Snapshots of running sandboxes, usable as templates: taking one (within the team's count
+//! and the host's byte quota), deleting one, and where their files live. A snapshot is written
+//! into `ID.partial` and renamed when complete, so a crash leaves nothing that looks whole.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ember_store::{now_ms, SnapshotRecord};
+
+use super::{random_hex, Live, LifecycleError, Manager};
+
+impl Manager {
+    /// Where every snapshot's files live.
+    pub(super) fn snapshots_root(&self) -> PathBuf {
+        self.config.data_dir.join("snapshots")
+    }
+
+    /// Where snapshot `id`'s files live.
+    pub fn snapshot_dir(&self, id: &str) -> PathBuf {
+        self.snapshots_root().join(id)
+    }
+
+    /// Checks the team's snapshot count and the host's snapshot bytes.
+    fn check_snapshot_quota(&self, team: &str) -> Result<(), LifecycleError> {
+        let count = self.store.snapshots(team)?.len();
+        if count >= self.config.max_snapshots_per_team {
+            return Err(LifecycleError::Quota(format!(
+                "team has {count} snapshots, the most it may keep; delete one first"
+            )));
+        }
+        let used = dir_bytes(&self.snapshots_root());
+        if used >= self.config.max_snapshot_bytes {
+            return Err(LifecycleError::Quota(format!(
+                "snapshots use {} MiB, the host's limit ({} MiB); delete some first",
+                used >> 20,
+                self.config.max_snapshot_bytes >> 20
+            )));
+        }
+        Ok(())
+    }
+
+    /// Saves a running sandbox as a snapshot that creates can start from; it runs on.
+    pub async fn snapshot(self: &Arc<Self>, live: Arc<Live>, name: Option<String>) -> Result<SnapshotRecord, LifecycleError> {
+        self.check_snapshot_quota(&live.record().team)?;
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let id = random_hex(10);
+            let partial = this.snapshots_root().join(format!("{id}.partial"));
+            let result = live.unless_killed(this.snapshot_now(&live, &id, &partial, name)).await;
+            if result.is_err() {
+                let _ = std::fs::remove_dir_all(&partial);
+                let _ = std::fs::remove_dir_all(this.snapshot_dir(&id));
+            }
+            result
+        })
+        .await
+        .map_err(|e| LifecycleError::Task(e.to_string()))?
+    }
+
+    async fn snapshot_now(
+        &self,
+        live: &Live,
+        id: &str,
+        partial: &Path,
+        name: Option<String>,
+    ) -> Result<SnapshotRecord, LifecycleError> {
+        let slot = live.vm.lock().await;
+        let record = live.record();
+        let Some(sandbox) = slot.as_ref() else {
+            return Err(LifecycleError::Conflict(format!("sandbox {} is paused; resume it first", record.id)));
+        };
+        sandbox.save_to(partial).await?;
+        let dir = self.snapshot_dir(id);
+        std::fs::rename(partial, &dir).map_err(|e| LifecycleError::Io(format!("publish {}", dir.display()), e))?;
+        let snapshot = SnapshotRecord {
+            name: name.unwrap_or_else(|| id.to_string()),
+            id: id.to_string(),
+            team: record.team.clone(),
+            sandbox_id: record.id.clone(),
+            created_ms: now_ms(),
+            agent_token: record.access_token.clone(),
+        };
+        self.store.insert_snapshot(&snapshot)?;
+        tracing::info!(sandbox = %record.id, snapshot = %snapshot.id, "snapshot taken");
+        Ok(snapshot)
+    }
+
+    /// Deletes one of the team's snapshots; false if there is none by that id.
+    pub fn delete_snapshot(&self, team: &str, id: &str) -> Result<bool, LifecycleError> {
+        let Some(snapshot) = self.store.find_snapshot(team, id)?.filter(|s| s.id == id) else { return Ok(false) };
+        self.store.delete_snapshot(&snapshot.id)?;
+        let _ = std::fs::remove_dir_all(self.snapshot_dir(&snapshot.id));
+        Ok(true)
+    }
+}
+
+/// Bytes of the files under `dir` (allocated blocks, so sparse files count what they use).
+fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}

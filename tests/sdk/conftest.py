@@ -2,9 +2,11 @@
 
 Two modes:
 - host (default): starts `ember-agent serve` on 127.0.0.1 as an ordinary process, with a
-  scratch account database whose `user` (uid 1000) and `root` have homes in a scratch dir.
+  scratch account database whose `user` (uid 1000) and `root` have homes in a scratch dir, and
+  its state file (what `/init` set, kept across restarts) in a scratch dir of its own.
 - guest: AGENT_URL points at an agent inside a sandbox (the Rust harness runs pytest inside the
-  sandbox's network namespace).
+  sandbox's network namespace). If the host already initialised that agent, AGENT_TOKEN is the
+  token it set: the suite initialises it again with that token and keeps it.
 
 Either way the agent is initialised as the host daemon does it (`POST /init` with an access
 token and sandbox env vars), and tests get an SDK `Sandbox` object built the way
@@ -21,6 +23,7 @@ import time
 
 import httpx
 import pytest
+import e2b
 from e2b import Sandbox
 from e2b.connection_config import ConnectionConfig
 from packaging.version import Version
@@ -64,32 +67,63 @@ def _scratch_root():
     return root
 
 
+def _start_host_agent(agent):
+    """Starts `ember-agent serve` for the host-mode `agent` (again, after a restart)."""
+    proc = subprocess.Popen(
+        [
+            os.environ["AGENT_BIN"],
+            "serve",
+            "--listen",
+            agent["url"].removeprefix("http://"),
+            "--users-root",
+            agent["root"],
+            "--state-file",
+            agent["state_file"],
+        ],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "EMBER_AGENT_LOG": "warn"},
+    )
+    agent["proc"] = proc
+    _wait_health(agent["url"], proc)
+
+
+def restart_host_agent(agent):
+    """Kills the host-mode agent (SIGKILL, as a crash or the OOM killer would) and starts a new
+    one on the same address and state file."""
+    agent["proc"].kill()
+    agent["proc"].wait(timeout=10)
+    _start_host_agent(agent)
+
+
 @pytest.fixture(scope="session")
 def agent():
-    """(url, token, mode) of an initialised agent."""
-    token = secrets.token_hex(16)
+    """An initialised agent: {url, token, mode}, and in host mode {proc, root, state_file}."""
+    current = os.environ.get("AGENT_TOKEN") or None
+    token = current or secrets.token_hex(16)
     url = os.environ.get("AGENT_URL")
-    proc = root = None
+    state_dir = None
     if url:
-        mode = "guest"
+        info = {"url": url, "token": token, "mode": "guest"}
         _wait_health(url)
     else:
-        mode = "host"
-        binary = os.environ["AGENT_BIN"]
-        root = _scratch_root()
-        url = f"http://127.0.0.1:{_free_port()}"
-        proc = subprocess.Popen(
-            [binary, "serve", "--listen", url.removeprefix("http://"), "--users-root", root],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "EMBER_AGENT_LOG": "warn"},
-        )
-        _wait_health(url, proc)
-    r = httpx.post(f"{url}/init", json={"accessToken": token, "envVars": SANDBOX_ENV, "defaultUser": "user"})
+        state_dir = tempfile.mkdtemp(prefix="ember-agent-state-")
+        info = {
+            "url": f"http://127.0.0.1:{_free_port()}",
+            "token": token,
+            "mode": "host",
+            "root": _scratch_root(),
+            "state_file": f"{state_dir}/agent.json",
+        }
+        _start_host_agent(info)
+    headers = {"X-Access-Token": current} if current else {}
+    body = {"accessToken": token, "envVars": SANDBOX_ENV, "defaultUser": "user"}
+    r = httpx.post(f"{info['url']}/init", json=body, headers=headers)
     assert r.status_code == 204, r.text
-    yield {"url": url, "token": token, "mode": mode}
-    if proc is not None:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(root, ignore_errors=True)
+    yield info
+    if info["mode"] == "host":
+        info["proc"].terminate()
+        info["proc"].wait(timeout=10)
+        shutil.rmtree(info["root"], ignore_errors=True)
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def make_sandbox(agent, token="__default__"):
@@ -125,3 +159,23 @@ def workdir(sbx, home, request):
     sbx.files.make_dir(path)
     yield path
     sbx.files.remove(path)
+
+
+def assert_fails_closed(agent):
+    """The agent (just restarted) refuses calls without its token and serves them with it, with
+    the sandbox's env vars."""
+    url, token = agent["url"], agent["token"]
+    h = httpx.get(f"{url}/health")
+    assert h.status_code == 204 and h.headers["x-ember-initialised"] == "true"
+    for t in (None, "wrong-token"):
+        with pytest.raises(e2b.AuthenticationException):
+            make_sandbox(agent, token=t).commands.run("true")
+        headers = {"X-Access-Token": t} if t else {}
+        assert httpx.get(f"{url}/envs", headers=headers).status_code == 401
+        assert httpx.get(f"{url}/metrics", headers=headers).status_code == 401
+        assert httpx.post(f"{url}/init", json={"accessToken": "stolen"}, headers=headers).status_code == 401
+    # The token and the sandbox's env vars survived.
+    sbx = make_sandbox(agent)
+    assert sbx.commands.run("echo $EMBER_SANDBOX_ENV").stdout == "from-init\n"
+    r = httpx.get(f"{url}/envs", headers={"X-Access-Token": token})
+    assert r.status_code == 200 and r.json()["EMBER_SANDBOX_ENV"] == "from-init"

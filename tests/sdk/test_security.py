@@ -1,10 +1,14 @@
-"""The access token and signed file URLs, including the exact error bodies the SDK tests for."""
+"""The access token and signed file URLs, including the exact error bodies the SDK tests for, and
+an agent that keeps refusing calls without its token after it is killed and restarted."""
+
+import os
+import stat
 
 import httpx
 import pytest
 from e2b import AuthenticationException
 
-from conftest import make_sandbox
+from conftest import assert_fails_closed, make_sandbox, restart_host_agent
 
 
 def test_rpcs_and_envs_need_the_token(agent):
@@ -58,3 +62,20 @@ def test_metrics_are_real(agent):
     assert 0 <= m["cpu_used_pct"] <= 100
     assert 0 < m["mem_used"] < m["mem_total"]
     assert 0 < m["disk_used"] < m["disk_total"]
+
+
+def test_health_says_the_agent_is_initialised(agent):
+    r = httpx.get(f"{agent['url']}/health")
+    assert r.status_code == 204 and r.headers["x-ember-initialised"] == "true"
+
+
+def test_a_restarted_agent_keeps_its_token_and_env(agent):
+    if agent["mode"] != "host":
+        pytest.skip("restarts the host agent; test_zz_agent_restart.py kills the guest's")
+    state_dir = os.path.dirname(agent["state_file"])
+    assert stat.S_IMODE(os.stat(agent["state_file"]).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(state_dir).st_mode) == 0o700
+    old = agent["proc"].pid
+    restart_host_agent(agent)
+    assert agent["proc"].pid != old
+    assert_fails_closed(agent)

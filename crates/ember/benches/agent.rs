@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ember_envd_proto::process::{ProcessConfig, ProcessEvent, StartRequest};
-use ember_runtime::{Runtime, RuntimeConfig, SandboxSpec};
+use ember_runtime::{Runtime, SandboxSpec};
 use http_body_util::{BodyExt, StreamBody};
 
 const STARTS: usize = 100;
@@ -20,8 +20,7 @@ async fn main() {
     let ember = std::path::Path::new(env!("CARGO_BIN_EXE_ember"));
     let agent_bin =
         std::env::var_os("EMBER_AGENT_BIN").map(Into::into).unwrap_or_else(|| ember.with_file_name("ember-agent"));
-    let mut config = RuntimeConfig::from_env(agent_bin);
-    config.data_dir = data.path().to_path_buf();
+    let config = ember::settings::runtime_config(data.path().to_path_buf(), agent_bin);
     let runtime = Runtime::new(config).expect("runtime (run as root)");
     let spec = SandboxSpec { memory_mib: 1024, from_snapshot: true, ..SandboxSpec::default() };
     let sandbox = runtime.create(&spec).await.expect("create sandbox");

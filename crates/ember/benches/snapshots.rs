@@ -161,7 +161,7 @@ fn report(what: &str, times: &mut [Duration]) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let accel = ember_vmm::accel::detect();
+    let accel = ember_vmm::accel::choose(ember::settings::accel());
     println!("snapshots through the REST API (create returns when the sandbox is usable), accelerator {accel}");
 
     let cold = Daemon::start(3101, &["--cold-boot", "--pool", "0"]);

@@ -34,7 +34,8 @@ pub enum ApiKeyCmd {
 }
 
 fn open(data_dir: Option<PathBuf>) -> anyhow::Result<Store> {
-    let dir = crate::serve::data_dir(data_dir);
+    let dir = ember::settings::data_dir(data_dir);
+    // Made private by the umask if missing; `ember serve` sets its access in full at start.
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     Store::open(&dir.join("ember.db")).context("open the state database")
 }

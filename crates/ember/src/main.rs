@@ -6,10 +6,8 @@ mod run;
 mod serve;
 mod template;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -38,6 +36,9 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Everything Ember creates is root's alone unless granted explicitly: the database holds
+    // access tokens, sandboxes' directories their RAM, disks and consoles.
+    ember_runtime::private::set_private_umask();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EMBER_LOG").unwrap_or_else(|_| "warn".into()))
@@ -65,13 +66,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The guest agent binary: `EMBER_AGENT_BIN`, else `ember-agent` beside this executable.
-pub fn agent_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("EMBER_AGENT_BIN") {
-        return Ok(p.into());
-    }
-    let exe = std::env::current_exe().context("locate the ember executable")?;
-    Ok(exe.with_file_name("ember-agent"))
 }

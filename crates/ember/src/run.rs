@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use ember::settings;
 use ember_envd_proto::process::{DataEvent, ProcessConfig, ProcessEvent, StartRequest};
 use ember_envd_proto::Code;
-use ember_runtime::{AgentClient, AgentError, Runtime, RuntimeConfig, SandboxSpec};
+use ember_runtime::{AgentClient, AgentError, Runtime, SandboxSpec};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -27,6 +28,10 @@ pub struct RunArgs {
     /// Print how long the sandbox took to become ready.
     #[arg(long)]
     timings: bool,
+    /// Once the sandbox is ready, write its agent's access token to this file (mode 0600), for
+    /// tools that attach to the sandbox while the command runs.
+    #[arg(long, value_name = "PATH")]
+    access_token_file: Option<std::path::PathBuf>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -35,11 +40,15 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     ember_vmm::config::check_sizes(args.cpus, args.memory_mb)?;
     ember_image::template::check_name(&args.template)?;
-    let mut config = RuntimeConfig::from_env(crate::agent_binary()?);
-    config.boot_timeout = Duration::from_secs(args.boot_timeout);
     // A directory of its own: cleaning up after crashed runs must never touch the sandboxes a
-    // stopped `ember serve` left running for its next start to adopt.
-    config.data_dir = config.data_dir.join("run");
+    // stopped `ember serve` left running for its next start to adopt. QEMU passes through the
+    // data directory to it.
+    let data_dir = settings::data_dir(None);
+    let mut config = settings::runtime_config(data_dir.join("run"), settings::agent_binary()?);
+    config.boot_timeout = Duration::from_secs(args.boot_timeout);
+    let qemu_group = ember_runtime::private::qemu_group(config.qemu_user.as_deref())?;
+    ember_runtime::private::private_dir(&data_dir, qemu_group)
+        .with_context(|| format!("set the access of {}", data_dir.display()))?;
     let runtime = Runtime::new(config)?;
     runtime.clean_orphans(&Default::default());
     eprintln!("ember: accelerator: {}", runtime.accel());
@@ -86,6 +95,10 @@ async fn run_in_sandbox(runtime: &Runtime, spec: &SandboxSpec, args: &RunArgs) -
             sandbox.boot_time().as_millis(),
             runtime.accel().accel
         );
+    }
+    if let Some(path) = &args.access_token_file {
+        write_private(path, sandbox.agent().token().unwrap_or_default())
+            .with_context(|| format!("write the access token to {}", path.display()))?;
     }
     let agent = sandbox.agent().clone();
     let result = tokio::select! {
@@ -135,4 +148,11 @@ async fn stream_command(agent: &AgentClient, command: &[String]) -> anyhow::Resu
             ExitCode::FAILURE
         }
     })
+}
+
+/// Writes `text` to a new file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use ember::settings;
 use ember_daemon::ServeConfig;
-use ember_runtime::RuntimeConfig;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -37,24 +37,30 @@ pub struct ServeArgs {
     /// Sandboxes kept restored and ready ahead of creates (0 turns the pool off).
     #[arg(long, default_value_t = 2)]
     pool: usize,
+    /// Paused sandboxes one team may keep (each holds all its RAM on disk).
+    #[arg(long, default_value_t = 16)]
+    max_paused_per_team: usize,
+    /// Snapshots one team may keep.
+    #[arg(long, default_value_t = 10)]
+    max_snapshots_per_team: usize,
+    /// Disk space all snapshots together may use, in GiB.
+    #[arg(long, default_value_t = 20)]
+    max_snapshot_gib: u64,
+    /// Accept an EMBER_API_KEY with too little entropy (for throwaway local set-ups only).
+    #[arg(long)]
+    allow_weak_api_key: bool,
 }
 
 /// Network slots the daemon keeps made ahead of creates.
 const SLOT_POOL: usize = 4;
-
-/// The data directory: the flag, else `EMBER_DATA_DIR`, else `/var/lib/ember`.
-pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("EMBER_DATA_DIR").map(PathBuf::from)).unwrap_or_else(|| "/var/lib/ember".into())
-}
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     ember_vmm::config::check_sizes(args.cpus, args.memory_mb)?;
     if args.max_timeout == 0 {
         anyhow::bail!("--max-timeout must be at least 1 second");
     }
-    let data_dir = data_dir(args.data_dir);
-    let mut runtime = RuntimeConfig::from_env(crate::agent_binary()?);
-    runtime.data_dir = data_dir.clone();
+    let data_dir = settings::data_dir(args.data_dir);
+    let mut runtime = settings::runtime_config(data_dir.clone(), settings::agent_binary()?);
     runtime.slot_pool = SLOT_POOL;
     let config = ServeConfig {
         listen: args.listen,
@@ -64,14 +70,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_sandboxes: args.max_sandboxes,
         vcpus: args.cpus,
         memory_mib: args.memory_mb,
-        env_api_key: std::env::var("EMBER_API_KEY").ok().filter(|k| !k.is_empty()),
+        env_api_key: env_api_key(args.allow_weak_api_key)?,
         destroy_on_exit: args.destroy_on_exit,
         snapshots: !args.cold_boot,
         pool_size: args.pool,
+        max_paused_per_team: args.max_paused_per_team,
+        max_snapshots_per_team: args.max_snapshots_per_team,
+        max_snapshot_bytes: args.max_snapshot_gib.saturating_mul(1 << 30),
     };
     // Build the template before taking requests, with progress shown, rather than in the first create.
+    runtime.cache.prepare(ember_runtime::private::qemu_group(runtime.qemu_user.as_deref())?)?;
     let (cache, agent) = (runtime.cache.clone(), runtime.agent_bin.clone());
     tokio::task::spawn_blocking(move || ember_image::template::ensure(&cache, "base", &agent)).await??;
     ember_daemon::serve(config, runtime).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `EMBER_API_KEY`, refused when it is guessable unless `--allow-weak-api-key` says otherwise.
+fn env_api_key(allow_weak: bool) -> anyhow::Result<Option<String>> {
+    let Some(key) = std::env::var("EMBER_API_KEY").ok().filter(|k| !k.is_empty()) else { return Ok(None) };
+    if let Err(why) = ember_daemon::auth::check_key_strength(&key) {
+        if !allow_weak {
+            anyhow::bail!("EMBER_API_KEY refused: {why} (or pass --allow-weak-api-key)");
+        }
+        eprintln!("ember: warning: EMBER_API_KEY is weak ({why}); accepted because of --allow-weak-api-key");
+    }
+    Ok(Some(key))
 }

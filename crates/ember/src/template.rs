@@ -13,8 +13,9 @@ pub enum TemplateCmd {
 pub async fn run(cmd: TemplateCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         TemplateCmd::Build { name } => {
-            let cache = ember_image::Cache::from_env();
-            let agent = crate::agent_binary()?;
+            let cache = ember::settings::cache();
+            cache.prepare(ember_runtime::private::qemu_group(ember::settings::qemu_user().as_deref())?)?;
+            let agent = ember::settings::agent_binary()?;
             let t = tokio::task::spawn_blocking(move || ember_image::template::ensure(&cache, &name, &agent)).await??;
             println!(
                 "template {} ready (key {}): kernel {}, root disk {}",

@@ -1,25 +1,37 @@
 //! The artefact cache outside the checkout: one directory per artefact kind, one entry per
 //! input hash, published atomically by renaming a finished build into place, and guarded by a
-//! lock file so that two builds of the same entry do not race.
+//! lock file so that two builds of the same entry do not race. Everything in it is root's
+//! ([`crate::private`]) except the kinds in [`QEMU_BACKING`], whose images QEMU reopens.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
+use nix::unistd::Gid;
 use sha2::{Digest, Sha256};
 
-use crate::{io_err, ImageError};
+use crate::{io_err, private, ImageError};
 
 /// File whose modification time says when an entry was last used.
 const USED_FILE: &str = "last-used";
 
-/// Default cache root when `EMBER_CACHE_DIR` is not set.
+/// The default cache root.
 pub const DEFAULT_ROOT: &str = "/var/cache/ember";
 
-/// The cache root.
+/// The default Debian mirror debootstrap fetches from.
+pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// Kinds whose entries hold a disk image that QEMU reopens by path after dropping privileges
+/// (a backing file of sandboxes' overlays), and that image's name: the kind's directory and its
+/// entries are 0710 with QEMU's group, the image 0440. The kinds are `rootfs` (template images)
+/// and `snapshots` (template snapshots, made by `ember-runtime`).
+pub const QEMU_BACKING: &[(&str, &str)] = &[("rootfs", "rootfs.ext4"), ("snapshots", "disk.qcow2")];
+
+/// The cache root, and the settings of what is built into it.
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    debian_mirror: String,
 }
 
 /// Hashes the inputs of an artefact into its cache key (16 hex digits of SHA-256).
@@ -35,17 +47,65 @@ pub fn key(parts: &[&[u8]]) -> String {
 pub struct EntryLock(#[allow(dead_code)] Flock<File>);
 
 impl Cache {
+    /// The cache at `root`, with Debian trees fetched from [`DEFAULT_MIRROR`].
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), debian_mirror: DEFAULT_MIRROR.into() }
     }
 
-    /// The cache named by `EMBER_CACHE_DIR`, or the default.
-    pub fn from_env() -> Self {
-        Self::new(std::env::var_os("EMBER_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_ROOT.into()))
+    /// The same cache, with Debian trees fetched from `mirror` (part of their cache key).
+    pub fn with_debian_mirror(mut self, mirror: impl Into<String>) -> Self {
+        self.debian_mirror = mirror.into();
+        self
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The mirror debootstrap fetches from.
+    pub fn debian_mirror(&self) -> &str {
+        &self.debian_mirror
+    }
+
+    /// Creates the cache root if missing and sets who may read what in it, tightening what is
+    /// looser: the root 0700, or 0710 with group `qemu_group`; the [`QEMU_BACKING`] kinds and
+    /// their entries 0710 with that group, their images 0440, their other files owner-only;
+    /// other kinds 0700 (their contents, Debian trees among them, are left as they are).
+    /// Entries being built (`KEY.tmp`) are left to their builder.
+    pub fn prepare(&self, qemu_group: Option<Gid>) -> Result<(), ImageError> {
+        let ctx = |p: &Path| format!("set the access of {}", p.display());
+        private::private_dir(&self.root, qemu_group).map_err(io_err(ctx(&self.root)))?;
+        let entries = std::fs::read_dir(&self.root).map_err(io_err(format!("read {}", self.root.display())))?;
+        for entry in entries.flatten() {
+            let (path, name) = (entry.path(), entry.file_name().to_string_lossy().into_owned());
+            let Ok(kind) = entry.file_type() else { continue };
+            let set = if kind.is_dir() {
+                match backing_image_of(&name) {
+                    Some(image) => prepare_backing_kind(&path, image),
+                    None => private::private_dir(&path, None),
+                }
+            } else if !kind.is_symlink() {
+                private::private_file(&path)
+            } else {
+                Ok(())
+            };
+            set.map_err(io_err(ctx(&path)))?;
+        }
+        Ok(())
+    }
+
+    /// The directory of `kind`, created (with its access) if missing.
+    fn kind_dir(&self, kind: &str) -> Result<PathBuf, ImageError> {
+        let dir = self.root.join(kind);
+        if !self.root.is_dir() {
+            private::private_dir(&self.root, None).map_err(io_err(format!("create {}", self.root.display())))?;
+        }
+        let made = match backing_image_of(kind) {
+            Some(_) => private::private_subdir(&dir),
+            None => private::private_dir(&dir, None),
+        };
+        made.map_err(io_err(format!("create {}", dir.display())))?;
+        Ok(dir)
     }
 
     /// Directory of the entry `kind/key`.
@@ -55,8 +115,7 @@ impl Cache {
 
     /// Takes the build lock of `kind/key`, waiting for another builder to finish.
     pub fn lock(&self, kind: &str, key: &str) -> Result<EntryLock, ImageError> {
-        let dir = self.root.join(kind);
-        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let dir = self.kind_dir(kind)?;
         let path = dir.join(format!("{key}.lock"));
         let file = File::create(&path).map_err(io_err(format!("create {}", path.display())))?;
         let lock = Flock::lock(file, FlockArg::LockExclusive)
@@ -100,21 +159,62 @@ impl Cache {
         }
     }
 
-    /// A fresh scratch directory beside the entry, for building it.
+    /// A fresh scratch directory beside the entry, for building it (a QEMU directory in the
+    /// [`QEMU_BACKING`] kinds, private in the others).
     pub fn scratch(&self, kind: &str, key: &str) -> Result<PathBuf, ImageError> {
-        let dir = self.root.join(kind).join(format!("{key}.tmp"));
+        let dir = self.kind_dir(kind)?.join(format!("{key}.tmp"));
         remove_any(&dir)?;
-        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        private::private_subdir(&dir).map_err(io_err(format!("create {}", dir.display())))?;
         Ok(dir)
     }
 
-    /// Moves a finished scratch directory into place as the entry.
+    /// Moves a finished scratch directory into place as the entry. In the [`QEMU_BACKING`]
+    /// kinds, the entry's files are made private first, except its image.
     pub fn publish(&self, kind: &str, key: &str, scratch: &Path) -> Result<PathBuf, ImageError> {
+        if let Some(image) = backing_image_of(kind) {
+            prepare_backing_entry(scratch, image)
+                .map_err(io_err(format!("set the access of {}", scratch.display())))?;
+        }
         let dest = self.entry(kind, key);
         remove_any(&dest)?;
         std::fs::rename(scratch, &dest).map_err(io_err(format!("publish {}", dest.display())))?;
         Ok(dest)
     }
+}
+
+/// The image QEMU reopens in entries of `kind`, if it is one of the [`QEMU_BACKING`] kinds.
+pub fn backing_image_of(kind: &str) -> Option<&'static str> {
+    QEMU_BACKING.iter().find(|(k, _)| *k == kind).map(|(_, image)| *image)
+}
+
+/// Access of a [`QEMU_BACKING`] kind's directory: it and its finished entries are QEMU
+/// directories, their `image` is a backing image, every other file is the owner's alone.
+fn prepare_backing_kind(dir: &Path, image: &str) -> std::io::Result<()> {
+    private::private_subdir(dir)?;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let (path, name) = (entry.path(), entry.file_name());
+        let kind = entry.file_type()?;
+        if !kind.is_dir() && !kind.is_symlink() {
+            private::private_file(&path)?;
+        } else if kind.is_dir() && !name.to_string_lossy().contains('.') {
+            private::private_subdir(&path)?;
+            prepare_backing_entry(&path, image)?;
+        }
+    }
+    Ok(())
+}
+
+/// Access of the files of a [`QEMU_BACKING`] entry: `image` a backing image, the others the
+/// owner's alone.
+fn prepare_backing_entry(entry: &Path, image: &str) -> std::io::Result<()> {
+    for file in std::fs::read_dir(entry)?.flatten() {
+        match file.file_type()? {
+            t if t.is_file() && file.file_name() == image => private::backing_image(&file.path())?,
+            t if !t.is_dir() && !t.is_symlink() => private::private_file(&file.path())?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Removes a file or directory tree if it exists.

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod kernel;
+pub mod private;
 pub mod rootfs;
 pub mod step;
 pub mod template;

@@ -8,12 +8,13 @@ use std::process::Command;
 
 use crate::cache::{self, Cache};
 use crate::tools::{self, tool};
-use crate::{io_err, step, ImageError};
+use crate::{io_err, private, step, ImageError};
 
 const TREE_KIND: &str = "rootfs-tree";
 const IMAGE_KIND: &str = "rootfs";
+/// The template image's name in its entry.
+const IMAGE_FILE: &str = "rootfs.ext4";
 const SUITE: &str = "bookworm";
-const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// Packages debootstrap installs (npm is added afterwards: debootstrap trips on its virtual dependencies).
 const INCLUDE: &[&str] = &[
     "python3",
@@ -57,7 +58,7 @@ fn recipe(mirror: &str) -> String {
 
 /// Returns the cached Debian tree for template `base`, building it first if missing.
 pub fn ensure_tree(cache: &Cache) -> Result<(PathBuf, String), ImageError> {
-    let mirror = std::env::var("EMBER_DEBIAN_MIRROR").unwrap_or_else(|_| DEFAULT_MIRROR.into());
+    let mirror = cache.debian_mirror().to_string();
     let key = cache::key(&[recipe(&mirror).as_bytes()]);
     let tree = cache.entry(TREE_KIND, &key);
     if tree.join("etc/os-release").exists() {
@@ -101,12 +102,15 @@ fn build_tree(cache: &Cache, key: &str, mirror: &str) -> Result<(), ImageError> 
         )?;
         step::run("rootfs: user and clean-up", chroot(&root, "sh").args(["-c", SETUP]), &log)?;
     }
-    let write = |rel: &str, text: &str| std::fs::write(root.join(rel), text).map_err(io_err(format!("write /{rel}")));
-    write("etc/sudoers.d/user", SUDOERS)?;
-    set_mode(&root.join("etc/sudoers.d/user"), 0o440)?;
-    write("etc/hosts", HOSTS)?;
-    write("etc/hostname", "ember\n")?;
-    write("etc/resolv.conf", "")?;
+    // Modes are set explicitly: ember's own umask (0077) is not the guest's.
+    let write = |rel: &str, text: &str, mode: u32| {
+        std::fs::write(root.join(rel), text).map_err(io_err(format!("write /{rel}")))?;
+        set_mode(&root.join(rel), mode)
+    };
+    write("etc/sudoers.d/user", SUDOERS, 0o440)?;
+    write("etc/hosts", HOSTS, 0o644)?;
+    write("etc/hostname", "ember\n", 0o644)?;
+    write("etc/resolv.conf", "", 0o644)?;
     // Move the finished tree up so the entry directory is the root itself.
     let staged = cache.root().join(TREE_KIND).join(format!("{key}.root"));
     cache::remove_any(&staged)?;
@@ -121,7 +125,7 @@ pub fn ensure_image(cache: &Cache, agent: &Path) -> Result<(PathBuf, String), Im
     let agent_bytes = std::fs::read(agent).map_err(|_| ImageError::AgentMissing(agent.to_path_buf()))?;
     let (tree, tree_key) = ensure_tree(cache)?;
     let key = cache::key(&[b"ember-image-v1\n", tree_key.as_bytes(), &IMAGE_SIZE_MIB.to_le_bytes(), &agent_bytes]);
-    let image = cache.entry(IMAGE_KIND, &key).join("rootfs.ext4");
+    let image = cache.entry(IMAGE_KIND, &key).join(IMAGE_FILE);
     if image.is_file() {
         cache.touch(IMAGE_KIND, &key);
         return Ok((image, key));
@@ -137,7 +141,7 @@ pub fn ensure_image(cache: &Cache, agent: &Path) -> Result<(PathBuf, String), Im
     std::fs::write(&installed, &agent_bytes).map_err(io_err(format!("install agent into {}", installed.display())))?;
     set_mode(&installed, 0o755)?;
     let scratch = cache.scratch(IMAGE_KIND, &key)?;
-    let out = scratch.join("rootfs.ext4");
+    let out = scratch.join(IMAGE_FILE);
     step::run(
         "rootfs: mkfs.ext4",
         Command::new("mkfs.ext4")
@@ -147,8 +151,9 @@ pub fn ensure_image(cache: &Cache, agent: &Path) -> Result<(PathBuf, String), Im
             .arg(format!("{IMAGE_SIZE_MIB}M")),
         &scratch.join("mkfs.log"),
     )?;
-    // Sandboxes only ever read the template image through their copy-on-write overlays.
-    set_mode(&out, 0o444)?;
+    // Sandboxes only ever read the template image through their copy-on-write overlays; QEMU
+    // reopens it after dropping privileges, so its group may read it.
+    private::backing_image(&out).map_err(io_err(format!("set the access of {}", out.display())))?;
     cache.publish(IMAGE_KIND, &key, &scratch)?;
     cache.touch(IMAGE_KIND, &key);
     // Each agent build makes a new image; keep a few (running sandboxes hold theirs open).
@@ -183,5 +188,24 @@ impl ProcMount {
 impl Drop for ProcMount {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_image_is_one_qemu_reopens() {
+        assert_eq!(cache::backing_image_of(IMAGE_KIND), Some(IMAGE_FILE));
+        assert_eq!(cache::backing_image_of(TREE_KIND), None);
+    }
+
+    #[test]
+    fn the_mirror_is_part_of_the_recipe() {
+        let cache = Cache::new("/nonexistent");
+        assert_eq!(cache.debian_mirror(), cache::DEFAULT_MIRROR);
+        let other = cache.clone().with_debian_mirror("http://mirror.example/debian");
+        assert_ne!(recipe(cache.debian_mirror()), recipe(other.debian_mirror()));
     }
 }

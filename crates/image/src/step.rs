@@ -3,6 +3,7 @@
 //! a start line, a line every 30 s and an end line otherwise (CI logs).
 
 use std::io::{IsTerminal, Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,7 +15,9 @@ use crate::{io_err, ImageError};
 /// How much of a failed step's log goes into the error.
 const TAIL_BYTES: u64 = 3000;
 
-/// Runs `cmd` to completion as step `label`, appending its output to `log`.
+/// Runs `cmd` to completion as step `label`, appending its output to `log`. The step runs with
+/// umask 0022, whatever `ember`'s own (0077): what it builds goes into guest images, whose files
+/// must keep their usual modes.
 pub fn run(label: &str, cmd: &mut Command, log: &Path) -> Result<(), ImageError> {
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -23,6 +26,14 @@ pub fn run(label: &str, cmd: &mut Command, log: &Path) -> Result<(), ImageError>
         .map_err(io_err(format!("open {}", log.display())))?;
     let err_file = file.try_clone().map_err(io_err("clone log handle"))?;
     let started = Instant::now();
+    // SAFETY: runs in the child between fork and exec and only calls umask(2), which is
+    // async-signal-safe and neither allocates nor locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+            Ok(())
+        });
+    }
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::from(file))
@@ -110,5 +121,13 @@ mod tests {
         assert!(msg.contains("bad step failed"), "{msg}");
         assert!(msg.contains("broken-thing"), "{msg}");
         assert!(std::fs::read_to_string(&log).unwrap().contains("fine"));
+    }
+
+    #[test]
+    fn steps_run_with_the_usual_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        run("umask", Command::new("sh").args(["-c", "umask"]), &log).unwrap();
+        assert!(std::fs::read_to_string(&log).unwrap().contains("0022"));
     }
 }

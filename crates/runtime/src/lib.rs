@@ -3,6 +3,7 @@
 //! on every path ([`sandbox`]). [`reconcile`] removes what a crashed `ember` left behind.
 
 pub mod agent;
+pub mod private;
 pub mod reconcile;
 pub mod sandbox;
 mod slots;
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ember_image::Cache;
-use ember_vmm::AccelInfo;
+use ember_vmm::{Accel, AccelInfo};
 
 pub use agent::{AgentClient, AgentError, ProcessStream};
 pub use sandbox::{Sandbox, SandboxSpec};
@@ -56,7 +57,8 @@ pub fn disk_size_mib() -> u64 {
     ember_image::rootfs::IMAGE_SIZE_MIB
 }
 
-/// Plain settings of a runtime.
+/// Plain settings of a runtime. The `ember` binary fills them in from its settings (the
+/// environment); nothing here reads the environment.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Per-sandbox state (overlays, sockets, logs) lives under `DATA_DIR/sandboxes/ID`.
@@ -71,31 +73,33 @@ pub struct RuntimeConfig {
     pub qemu_user: Option<String>,
     /// Network slots kept made ahead of creates.
     pub slot_pool: usize,
+    /// The accelerator to use instead of the detected one.
+    pub accel: Option<Accel>,
+    /// Extra guest kernel arguments, after Ember's own (debugging; later ones override earlier).
+    pub kernel_args: Option<String>,
 }
 
 impl RuntimeConfig {
-    /// Defaults: `EMBER_DATA_DIR` or `/var/lib/ember`, `EMBER_CACHE_DIR` or `/var/cache/ember`,
-    /// `EMBER_QEMU` or `qemu-system-x86_64` on `PATH`.
-    pub fn from_env(agent_bin: PathBuf) -> Self {
+    /// Defaults: QEMU `qemu-system-x86_64` on `PATH`, run as [`default_qemu_user`], a 60 s boot
+    /// time-out, no slots made ahead, the accelerator detected, no extra kernel arguments.
+    pub fn new(data_dir: PathBuf, cache: Cache, agent_bin: PathBuf) -> Self {
         Self {
-            data_dir: std::env::var_os("EMBER_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/lib/ember".into()),
-            cache: Cache::from_env(),
+            data_dir,
+            cache,
             agent_bin,
-            qemu: std::env::var_os("EMBER_QEMU").map(PathBuf::from).unwrap_or_else(|| "qemu-system-x86_64".into()),
+            qemu: "qemu-system-x86_64".into(),
             boot_timeout: Duration::from_secs(60),
             qemu_user: default_qemu_user(),
             slot_pool: 0,
+            accel: None,
+            kernel_args: None,
         }
     }
 }
 
-/// User QEMU drops to: `EMBER_QEMU_USER` (empty for none), else `ember-qemu` if it exists.
-fn default_qemu_user() -> Option<String> {
-    match std::env::var("EMBER_QEMU_USER") {
-        Ok(u) if u.is_empty() => None,
-        Ok(u) => Some(u),
-        Err(_) => nix::unistd::User::from_name(QEMU_USER).ok().flatten().map(|_| QEMU_USER.to_string()),
-    }
+/// The default user QEMU drops to: [`QEMU_USER`] if it exists, else none (QEMU stays root).
+pub fn default_qemu_user() -> Option<String> {
+    nix::unistd::User::from_name(QEMU_USER).ok().flatten().map(|_| QEMU_USER.to_string())
 }
 
 /// The unprivileged account `scripts/setup-host.sh` creates for QEMU.
@@ -110,54 +114,26 @@ pub struct Runtime {
     pub(crate) slots: slots::Slots,
 }
 
-/// QEMU, once unprivileged, reopens disk images by path: every directory down to the sandbox
-/// directories must be searchable by others.
-fn check_searchable(dir: &std::path::Path) -> Result<(), RuntimeError> {
-    use std::os::unix::fs::PermissionsExt;
-    for d in dir.ancestors().filter(|d| !d.as_os_str().is_empty()) {
-        let mode = std::fs::metadata(d).map_err(io_err(format!("stat {}", d.display())))?.permissions().mode();
-        if mode & 0o001 == 0 {
-            return Err(RuntimeError::Io {
-                context: format!("data directory {}", dir.display()),
-                source: std::io::Error::other(format!(
-                    "{} is not searchable by the unprivileged QEMU user (chmod o+x it, choose another data directory, or set EMBER_QEMU_USER= to run QEMU as root)",
-                    d.display()
-                )),
-            });
-        }
-    }
-    Ok(())
-}
-
 impl Runtime {
-    /// Checks for root and QEMU and detects the accelerator. Leftovers of crashed runs are
-    /// removed by [`Runtime::clean_orphans`], after a daemon has adopted what it wants to keep.
+    /// Checks for root and QEMU and detects the accelerator. Sets who may read what in the
+    /// data directory and the cache, tightening what is looser ([`private`]), and checks that
+    /// QEMU can reach its disk images once unprivileged. Leftovers of crashed runs are removed
+    /// by [`Runtime::clean_orphans`], after a daemon has adopted what it wants to keep.
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         if !nix::unistd::geteuid().is_root() {
             return Err(RuntimeError::NotRoot);
         }
         ember_vmm::vm::find_qemu(&config.qemu)?;
-        let qemu_ids = match &config.qemu_user {
-            Some(user) => match nix::unistd::User::from_name(user).ok().flatten() {
-                Some(u) => Some((u.uid, u.gid)),
-                None => {
-                    return Err(RuntimeError::Io {
-                        context: format!("QEMU user '{user}'"),
-                        source: std::io::Error::other(
-                            "no such user; create it (scripts/setup-host.sh does) or set EMBER_QEMU_USER=",
-                        ),
-                    })
-                }
-            },
-            None => None,
-        };
-        let sandboxes = config.data_dir.join("sandboxes");
-        std::fs::create_dir_all(&sandboxes).map_err(io_err(format!("create {}", sandboxes.display())))?;
-        if qemu_ids.is_some() {
-            check_searchable(&sandboxes)?;
+        let qemu_ids = config.qemu_user.as_deref().map(private::qemu_ids).transpose()?;
+        let qemu_group = qemu_ids.map(|(_, gid)| gid);
+        private::prepare_data_dir(&config.data_dir, qemu_group)?;
+        config.cache.prepare(qemu_group)?;
+        if let Some((uid, gid)) = qemu_ids {
+            private::check_reachable(&config.data_dir, uid, gid)?;
+            private::check_reachable(config.cache.root(), uid, gid)?;
         }
         let slots = slots::Slots::new(&config.data_dir, config.slot_pool)?;
-        Ok(Self { accel: ember_vmm::accel::detect(), config, qemu_ids, slots })
+        Ok(Self { accel: ember_vmm::accel::choose(config.accel), config, qemu_ids, slots })
     }
 
     pub fn accel(&self) -> &AccelInfo {
@@ -166,11 +142,7 @@ impl Runtime {
 
     /// Hands a sandbox's disk overlay to the QEMU user (QEMU reopens it after a restore).
     pub(crate) fn give_to_qemu(&self, overlay: &std::path::Path) -> Result<(), RuntimeError> {
-        if let Some((uid, gid)) = self.qemu_ids {
-            nix::unistd::chown(overlay, Some(uid), Some(gid))
-                .map_err(|e| RuntimeError::Io { context: format!("chown {}", overlay.display()), source: e.into() })?;
-        }
-        Ok(())
+        private::give_to_qemu(overlay, self.qemu_ids)
     }
 
     /// A warning about how QEMU runs, if it deserves one.
@@ -187,7 +159,7 @@ impl Runtime {
 
     /// Where sandbox directories live (`DATA/sandboxes`).
     fn sandboxes_dir(&self) -> PathBuf {
-        self.config.data_dir.join("sandboxes")
+        self.config.data_dir.join(private::SANDBOXES)
     }
 
     /// Directory of sandbox `id` (`DATA/sandboxes/ID`).
@@ -203,6 +175,7 @@ impl Runtime {
     /// Removes sandboxes (and waiting network slots) whose owning process is gone, except the
     /// sandboxes in `keep`; then starts making slots ahead of time.
     pub fn clean_orphans(&self, keep: &std::collections::HashSet<String>) {
+        reconcile::kill_stray_vms(&self.sandboxes_dir(), keep);
         reconcile::clean_orphans(&self.sandboxes_dir(), keep);
         reconcile::clean_orphans(self.slots.dir(), &Default::default());
         self.slots.fill();

@@ -1,6 +1,7 @@
 //! Ember's state in embedded SQLite (one file in the data directory, WAL mode): API keys,
 //! stored only as SHA-256 hashes, each belonging to a team; and the sandboxes the daemon runs,
 //! so that a restarted daemon knows what to adopt. Schema changes are numbered migrations.
+//! The database holds sandboxes' access tokens: its files are root's alone (0600).
 
 mod keys;
 mod sandboxes;
@@ -24,6 +25,8 @@ pub enum StoreError {
     Corrupt(String, String),
     #[error("the database has schema version {0}, newer than this ember understands ({1})")]
     TooNew(i64, i64),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
 }
 
 /// Schema migrations, applied in order; index + 1 is the version they bring.
@@ -75,10 +78,14 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date. The
+    /// database and its `-wal` and `-shm` files are made 0600, existing ones included.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // Before SQLite opens the others: it creates `-wal` and `-shm` with the database's mode.
+        make_private(path)?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        make_private(path)?;
         Self::setup(conn)
     }
 
@@ -109,6 +116,30 @@ impl Store {
     }
 }
 
+/// The files of the database at `path`: itself, its write-ahead log and its shared memory.
+pub fn database_files(path: &Path) -> [std::path::PathBuf; 3] {
+    let with = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        std::path::PathBuf::from(p)
+    };
+    [path.to_path_buf(), with("-wal"), with("-shm")]
+}
+
+/// Makes the database files that exist readable and writable by their owner alone.
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    for file in database_files(path) {
+        match std::fs::metadata(&file) {
+            Ok(m) if m.permissions().mode() & 0o777 == 0o600 => {}
+            Ok(_) => std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|source| StoreError::Io { context: format!("chmod {}", file.display()), source })?,
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -128,5 +159,25 @@ mod tests {
         conn.pragma_update(None, "user_version", 99).unwrap();
         drop(conn);
         assert!(matches!(Store::open(&path), Err(StoreError::TooNew(99, _))));
+    }
+
+    #[test]
+    fn the_database_files_are_private_even_if_they_were_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ember.db");
+        let store = Store::open(&path).unwrap();
+        store.create_key("default", "k").unwrap();
+        let files = database_files(&path);
+        assert!(files.iter().all(|f| f.exists()), "WAL mode makes -wal and -shm");
+        assert!(files.iter().all(|f| mode(f) == 0o600), "{:?}", files.iter().map(|f| mode(f)).collect::<Vec<_>>());
+        // As an older ember left them (while another connection keeps the WAL files).
+        for f in &files {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let _again = Store::open(&path).unwrap();
+        assert!(files.iter().all(|f| mode(f) == 0o600));
+        drop(store);
     }
 }

@@ -44,14 +44,17 @@ impl fmt::Display for AccelInfo {
     }
 }
 
-/// Detects the accelerator on this host. `EMBER_ACCEL=tcg|kvm` overrides the detection.
+/// Detects the accelerator on this host.
 pub fn detect() -> AccelInfo {
-    match std::env::var("EMBER_ACCEL").as_deref() {
-        Ok("tcg") => return AccelInfo { accel: Accel::Tcg, reason: "EMBER_ACCEL=tcg".into() },
-        Ok("kvm") => return AccelInfo { accel: Accel::Kvm, reason: "EMBER_ACCEL=kvm".into() },
-        _ => {}
-    }
     detect_in(Path::new("/"))
+}
+
+/// The accelerator to use: `forced` if the settings name one (`EMBER_ACCEL`), else detected.
+pub fn choose(forced: Option<Accel>) -> AccelInfo {
+    match forced {
+        Some(accel) => AccelInfo { accel, reason: format!("EMBER_ACCEL={accel}") },
+        None => detect(),
+    }
 }
 
 /// Detection against a root directory (tests pass a fake one).
@@ -94,5 +97,12 @@ mod tests {
         assert!(pvm.reason.contains("PVM"));
         assert!(pvm.warning().unwrap().contains("not a security boundary"));
         assert_eq!(detect_in(fake(&[]).path()).accel, Accel::Tcg);
+    }
+
+    #[test]
+    fn a_forced_accelerator_is_named_as_forced() {
+        let tcg = choose(Some(Accel::Tcg));
+        assert_eq!((tcg.accel, tcg.reason.as_str()), (Accel::Tcg, "EMBER_ACCEL=tcg"));
+        assert_eq!(choose(Some(Accel::Kvm)).accel, Accel::Kvm);
     }
 }

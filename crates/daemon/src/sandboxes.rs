@@ -63,7 +63,7 @@ fn detail(r: &SandboxRecord, with_token: bool) -> SandboxDetail {
         cpu_count: r.vcpus,
         memory_mb: r.memory_mib,
         disk_size_mb: r.disk_mib,
-        state: r.state.clone(),
+        state: r.state.as_str().into(),
         metadata: r.metadata.clone(),
         domain: None,
         envd_access_token: if with_token { r.access_token.clone() } else { None },

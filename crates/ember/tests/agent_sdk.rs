@@ -47,15 +47,37 @@ fn sdk_suite_against_the_agent_on_the_host() {
 #[test]
 fn sdk_suite_against_the_agent_in_a_guest() {
     let ember = Ember::new();
-    let mut run = ember.spawn(&["run", "--timings", "--memory-mb", "1024", "--", "sleep", "3600"]);
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    let token_arg = token_file.to_str().unwrap();
+    let mut run = ember.spawn(&[
+        "run",
+        "--timings",
+        "--memory-mb",
+        "1024",
+        "--access-token-file",
+        token_arg,
+        "--",
+        "sleep",
+        "3600",
+    ]);
     let ready = run.wait_for("ready in", Duration::from_secs(180));
     let id = ready.split_whitespace().nth(2).expect("sandbox id in the ready line").to_string();
+    // The agent was initialised by `ember run` (it refuses everything until it is): the suite
+    // takes over its token.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&token_file).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "ember run wrote no access token");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let token = std::fs::read_to_string(&token_file).unwrap();
     let out = Command::new("ip")
         .args(["netns", "exec", &format!("ember-{id}")])
         .arg(python())
         .args(["-m", "pytest", "tests/sdk", "-q", "-p", "no:cacheprovider"])
         .current_dir(workspace())
         .env("AGENT_URL", "http://169.254.0.21:49983")
+        .env("AGENT_TOKEN", token.trim())
         .output()
         .unwrap();
     kill(Pid::from_raw(run.child.id() as i32), Signal::SIGINT).unwrap();

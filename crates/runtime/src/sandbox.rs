@@ -117,26 +117,12 @@ impl Runtime {
     ) -> Result<Sandbox, RuntimeError> {
         self.give_to_qemu(&dir.path().join(DISK))?;
         shape.store(dir.path())?;
-        let config = VmConfig {
-            vcpus: shape.vcpus,
-            memory_mib: shape.memory_mib,
-            kernel: shape.kernel.clone(),
-            cmdline: shape.cmdline.clone(),
-            disk: dir.path().join(DISK),
-            net: Some(NetConfig { tap: TAP_NAME.into(), mac: GUEST_MAC.into() }),
-            netns: Some(netns.path()),
-            serial_log: dir.path().join("serial.log"),
-            qmp_socket: dir.path().join("qmp.sock"),
-            qemu: self.config.qemu.clone(),
-            accel: self.accel.accel,
-            die_with_parent,
-            memory: match (&start, &shape.ram) {
-                (Start::Restore(..), Some(path)) => Memory::File { path: path.clone(), shared: false },
-                _ => Memory::Anonymous,
-            },
-            incoming: !matches!(start, Start::Boot),
-            run_as: self.config.qemu_user.clone(),
+        let memory = match (&start, &shape.ram) {
+            (Start::Restore(..), Some(path)) => Memory::File { path: path.clone(), shared: false },
+            _ => Memory::Anonymous,
         };
+        let incoming = !matches!(start, Start::Boot);
+        let config = self.vm_config(&shape, dir.path(), &netns, memory, incoming, die_with_parent);
         let started = Instant::now();
         let mut vm = Vm::spawn(config)?;
         reconcile::record_vm(dir.path(), vm.pid())?;
@@ -157,6 +143,39 @@ impl Runtime {
         let boot_time = started.elapsed();
         tracing::info!(ms = boot_time.as_millis() as u64, pid = vm.pid(), start = start.name(), "sandbox ready");
         Ok(Sandbox { id, agent, boot_time, shape, vm, netns, dir })
+    }
+}
+
+impl Runtime {
+    /// The one place a VM's description is made, for a boot, a restore, a resume and a template
+    /// build alike: `shape`'s sizes, kernel and command line, the disk, console and QMP socket in
+    /// `dir`, the guest's network in `netns`, RAM as `memory` says.
+    pub(crate) fn vm_config(
+        &self,
+        shape: &Shape,
+        dir: &Path,
+        netns: &Netns,
+        memory: Memory,
+        incoming: bool,
+        die_with_parent: bool,
+    ) -> VmConfig {
+        VmConfig {
+            vcpus: shape.vcpus,
+            memory_mib: shape.memory_mib,
+            kernel: shape.kernel.clone(),
+            cmdline: shape.cmdline.clone(),
+            disk: dir.join(DISK),
+            net: Some(NetConfig { tap: TAP_NAME.into(), mac: GUEST_MAC.into() }),
+            netns: Some(netns.path()),
+            serial_log: dir.join("serial.log"),
+            qmp_socket: dir.join("qmp.sock"),
+            qemu: self.config.qemu.clone(),
+            accel: self.accel.accel,
+            die_with_parent,
+            memory,
+            incoming,
+            run_as: self.config.qemu_user.clone(),
+        }
     }
 }
 

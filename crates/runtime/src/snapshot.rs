@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use ember_envd_proto::process::{ProcessConfig, ProcessEvent, StartRequest};
 use ember_image::template::Template;
-use ember_net::{Netns, GUEST_IP, GUEST_MAC, TAP_NAME};
-use ember_vmm::config::NetConfig;
+use ember_net::{Netns, GUEST_IP};
 use ember_vmm::snapshot::{SnapshotMeta, FORMAT_VERSION, MAGIC};
-use ember_vmm::{Memory, Vm, VmConfig};
+use ember_vmm::{Memory, Vm};
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::{new_id, SandboxDir, Start, PAUSE_STATE, PAUSE_STATE_PARTIAL};
+use crate::sandbox::{new_id, SandboxDir, Start, DISK, PAUSE_STATE, PAUSE_STATE_PARTIAL};
 use crate::{io_err, AgentClient, Runtime, RuntimeError, Sandbox};
 
 const SNAPSHOT_KIND: &str = "snapshots";
@@ -121,26 +120,12 @@ impl Runtime {
         let file = std::fs::File::create(&ram).map_err(io_err("create the RAM file"))?;
         file.set_len(u64::from(memory_mib) << 20).map_err(io_err("size the RAM file"))?;
         // The disk is an overlay that stays with the snapshot; sandboxes put theirs over it.
-        ember_vmm::disk::create_overlay(&tpl.rootfs, &dir.join("disk.qcow2"))?;
-        self.give_to_qemu(&dir.join("disk.qcow2"))?;
+        ember_vmm::disk::create_overlay(&tpl.rootfs, &dir.join(DISK))?;
+        self.give_to_qemu(&dir.join(DISK))?;
         let netns = Netns::create(&ember_net::name_for(&format!("snap-{}", &new_id()[..8])))?;
-        let mut vm = Vm::spawn(VmConfig {
-            vcpus,
-            memory_mib,
-            kernel: tpl.kernel.clone(),
-            cmdline: cmdline.to_string(),
-            disk: dir.join("disk.qcow2"),
-            net: Some(NetConfig { tap: TAP_NAME.into(), mac: GUEST_MAC.into() }),
-            netns: Some(netns.path()),
-            serial_log: dir.join("serial.log"),
-            qmp_socket: dir.join("qmp.sock"),
-            qemu: self.config.qemu.clone(),
-            accel: self.accel.accel,
-            die_with_parent: true,
-            memory: Memory::File { path: ram.clone(), shared: true },
-            incoming: false,
-            run_as: self.config.qemu_user.clone(),
-        })?;
+        let shape = Shape { vcpus, memory_mib, kernel: tpl.kernel.clone(), cmdline: cmdline.to_string(), ram: None };
+        let memory = Memory::File { path: ram.clone(), shared: true };
+        let mut vm = Vm::spawn(self.vm_config(&shape, dir, &netns, memory, false, true))?;
         let agent = AgentClient::new(netns.path(), (GUEST_IP, ember_envd_proto::ENVD_PORT).into());
         crate::sandbox::wait_ready(&mut vm, &agent, self.config.boot_timeout, dir).await?;
         let token = crate::sandbox::init_token(&agent).await?;

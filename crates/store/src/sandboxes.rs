@@ -21,9 +21,33 @@ pub struct SandboxRecord {
     pub disk_mib: u64,
     pub started_ms: i64,
     pub end_ms: i64,
-    /// `running` or `paused`.
-    pub state: String,
+    pub state: SandboxState,
     pub allow_internet: bool,
+}
+
+/// Whether a sandbox has a VM (running) or only its saved state (paused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxState {
+    Running,
+    Paused,
+}
+
+impl SandboxState {
+    /// The name the database and the API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Running => "running",
+            SandboxState::Paused => "paused",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "running" => Some(SandboxState::Running),
+            "paused" => Some(SandboxState::Paused),
+            _ => None,
+        }
+    }
 }
 
 const COLUMNS: &str = "id, team, template, alias, metadata, env_vars, access_token, vcpus, memory_mib, disk_mib, \
@@ -51,7 +75,7 @@ impl Store {
                 r.disk_mib as i64,
                 r.started_ms,
                 r.end_ms,
-                r.state,
+                r.state.as_str(),
                 r.allow_internet
             ],
         )?;
@@ -63,8 +87,8 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_sandbox_state(&self, id: &str, state: &str) -> Result<(), StoreError> {
-        self.conn().execute("UPDATE sandboxes SET state = ?2 WHERE id = ?1", params![id, state])?;
+    pub fn set_sandbox_state(&self, id: &str, state: SandboxState) -> Result<(), StoreError> {
+        self.conn().execute("UPDATE sandboxes SET state = ?2 WHERE id = ?1", params![id, state.as_str()])?;
         Ok(())
     }
 
@@ -113,6 +137,8 @@ impl Store {
                 state,
                 net,
             ) = row?;
+            let state = SandboxState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(id.clone(), format!("unknown state '{state}'")))?;
             out.push(SandboxRecord {
                 metadata: json_map(&id, &metadata)?,
                 env_vars: json_map(&id, &env_vars)?,
@@ -152,7 +178,7 @@ mod tests {
             disk_mib: 4096,
             started_ms: 1,
             end_ms: 2,
-            state: "running".into(),
+            state: SandboxState::Running,
             allow_internet: true,
         }
     }
@@ -164,12 +190,12 @@ mod tests {
         store.insert_sandbox(&record("b")).unwrap();
         assert!(store.insert_sandbox(&record("a")).is_err(), "ids are unique");
         store.set_sandbox_end("a", 99).unwrap();
-        store.set_sandbox_state("b", "paused").unwrap();
+        store.set_sandbox_state("b", SandboxState::Paused).unwrap();
         store.delete_sandbox("c").unwrap();
         let all = store.sandboxes().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0], SandboxRecord { end_ms: 99, ..record("a") });
-        assert_eq!(all[1].state, "paused");
+        assert_eq!(all[1].state, SandboxState::Paused);
         store.delete_sandbox("a").unwrap();
         assert_eq!(store.sandboxes().unwrap().len(), 1);
     }

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember_runtime::Sandbox;
-use ember_store::SandboxRecord;
 
-use super::{Manager, PAUSED, RUNNING};
+use ember_store::SandboxState;
+
+use super::Manager;
 
 /// How long an adopted sandbox's agent may take to answer (with retries and backoff) before
 /// the sandbox is given up: a loaded host can be slow right after a restart.
@@ -30,14 +31,14 @@ impl Manager {
             let id = record.id.clone();
             if self.runtime.is_paused(&id) && !self.runtime.vm_recorded_alive(&id) {
                 // Paused, or a pause that saved its state completely before the daemon died.
-                if record.state != PAUSED {
-                    if let Err(e) = self.store.set_sandbox_state(&id, PAUSED) {
+                if record.state != SandboxState::Paused {
+                    if let Err(e) = self.store.set_sandbox_state(&id, SandboxState::Paused) {
                         tracing::error!(sandbox = %id, error = %e, "recording a paused sandbox");
                     }
                 }
                 tracing::info!(sandbox = %id, "kept paused sandbox");
                 kept.insert(id);
-                self.insert(SandboxRecord { state: PAUSED.into(), ..record }, None);
+                self.insert(record, None);
                 continue;
             }
             let this = Arc::clone(self);
@@ -52,11 +53,11 @@ impl Manager {
             match adopted {
                 Ok(sandbox) => {
                     tracing::info!(sandbox = %id, "adopted sandbox left running by an earlier daemon");
-                    if record.state != RUNNING {
-                        let _ = self.store.set_sandbox_state(&id, RUNNING);
+                    if record.state != SandboxState::Running {
+                        let _ = self.store.set_sandbox_state(&id, SandboxState::Running);
                     }
                     kept.insert(id);
-                    self.insert(SandboxRecord { state: RUNNING.into(), ..record }, Some(sandbox));
+                    self.insert(record, Some(sandbox));
                 }
                 Err(e) => {
                     tracing::warn!(sandbox = %id, error = %e, "sandbox from an earlier daemon is gone; removing it");

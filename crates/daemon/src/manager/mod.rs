@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use ember_api::NewSandbox;
 use ember_envd_proto::init::InitRequest;
 use ember_runtime::{AgentClient, Runtime, RuntimeConfig, Sandbox, SandboxSpec};
-use ember_store::{now_ms, SandboxRecord, Store};
+use ember_store::{now_ms, SandboxRecord, SandboxState, Store};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -39,10 +39,9 @@ const MAX_ENTRIES: usize = 100;
 const MAX_KEY: usize = 256;
 const MAX_VALUE: usize = 8192;
 
-pub const RUNNING: &str = "running";
-pub const PAUSED: &str = "paused";
-
-/// One sandbox the daemon knows: running (its VM in `vm`) or paused (`vm` empty).
+/// One sandbox the daemon knows. Its state has one source: whether `vm` holds a VM (running)
+/// or not (paused). The record's `state` mirrors it for readers that cannot wait for the lock,
+/// and both change only in [`Manager::transition`], under that lock, after the database.
 pub struct Live {
     pub record: Mutex<SandboxRecord>,
     pub agent: AgentClient,
@@ -61,8 +60,8 @@ impl Live {
         self.record.lock().unwrap_or_else(|e| e.into_inner()).id.clone()
     }
 
-    fn is_paused(&self) -> bool {
-        self.record.lock().unwrap_or_else(|e| e.into_inner()).state == PAUSED
+    pub fn is_paused(&self) -> bool {
+        self.record.lock().unwrap_or_else(|e| e.into_inner()).state == SandboxState::Paused
     }
 
     /// A client for guest port `port` of this sandbox.
@@ -133,7 +132,10 @@ impl Manager {
         &self.runtime
     }
 
+    /// Adds a sandbox to the table; its state is what `sandbox` says (a VM: running).
     fn insert(&self, record: SandboxRecord, sandbox: Option<Sandbox>) -> Arc<Live> {
+        let state = if sandbox.is_some() { SandboxState::Running } else { SandboxState::Paused };
+        let record = SandboxRecord { state, ..record };
         let live = Arc::new(Live {
             agent: self.runtime.agent_for(&record.id),
             dir: self.runtime.sandbox_dir(&record.id),
@@ -209,7 +211,7 @@ impl Manager {
                 disk_mib: ember_runtime::disk_size_mib(),
                 started_ms,
                 end_ms: started_ms + timeout * 1000,
-                state: RUNNING.into(),
+                state: SandboxState::Running,
                 allow_internet: req.allow_internet_access.unwrap_or(true),
             };
             let held = match &source {
@@ -325,10 +327,16 @@ impl Manager {
         tracing::info!(sandbox = %id, why, "sandbox ended");
     }
 
-    fn set_state(&self, live: &Live, state: &str) -> Result<(), LifecycleError> {
+    /// The one way a sandbox changes state: `slot` (the held lock on its VM) gets `to`, and the
+    /// state that follows from it (a VM: running; none: paused) goes to the database first,
+    /// then to the record. If the database refuses, nothing changes and a VM in `to` is torn
+    /// down (dropped).
+    fn transition(&self, live: &Live, slot: &mut Option<Sandbox>, to: Option<Sandbox>) -> Result<(), LifecycleError> {
+        let state = if to.is_some() { SandboxState::Running } else { SandboxState::Paused };
         let mut record = live.record.lock().unwrap_or_else(|e| e.into_inner());
         self.store.set_sandbox_state(&record.id, state)?;
-        record.state = state.into();
+        record.state = state;
+        *slot = to;
         Ok(())
     }
 
@@ -389,11 +397,7 @@ pub fn random_hex(bytes: usize) -> String {
 }
 
 /// Bounds a client-supplied map; env var names must be usable as names.
-fn check_map(
-    what: &str,
-    map: BTreeMap<String, String>,
-    env: bool,
-) -> Result<BTreeMap<String, String>, LifecycleError> {
+fn check_map(what: &str, map: BTreeMap<String, String>, env: bool) -> Result<BTreeMap<String, String>, LifecycleError> {
     if map.len() > MAX_ENTRIES {
         return Err(LifecycleError::Invalid(format!("{what} has {} entries; at most {MAX_ENTRIES}", map.len())));
     }

@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use ember_store::now_ms;
 
-use super::{init_agent, Live, LifecycleError, Manager, PAUSED, RUNNING};
+use super::{init_agent, LifecycleError, Live, Manager};
 
 impl Manager {
     /// Pauses a running sandbox (409 if it is paused already; 429 past the team's limit of
     /// paused sandboxes).
     pub async fn pause(self: &Arc<Self>, live: Arc<Live>) -> Result<(), LifecycleError> {
         let team = live.record().team;
-        let paused = self.list(&team).iter().filter(|r| r.state == PAUSED).count();
+        let paused = self.list(&team).iter().filter(|r| r.state == ember_store::SandboxState::Paused).count();
         if paused >= self.config.max_paused_per_team {
             return Err(LifecycleError::Quota(format!(
                 "team has {paused} paused sandboxes, the most it may keep; kill or resume one first"
@@ -40,7 +40,12 @@ impl Manager {
             *slot = Some(sandbox);
             return Err(e.into());
         }
-        self.set_state(live, PAUSED)?;
+        // The VM is gone and its state saved: paused, whatever the database says; a daemon that
+        // restarts finds `pause.state` and agrees.
+        if let Err(e) = self.transition(live, &mut slot, None) {
+            tracing::error!(sandbox = %id, error = %e, "recording a pause; the next start will see it");
+            live.record.lock().unwrap_or_else(|e| e.into_inner()).state = ember_store::SandboxState::Paused;
+        }
         tracing::info!(sandbox = %id, ms = started.elapsed().as_millis() as u64, "sandbox paused");
         Ok(())
     }
@@ -76,9 +81,9 @@ impl Manager {
         let sandbox = self.runtime.resume(&record.id, false).await?;
         // The resumed agent holds the sandbox's token; this sets the clock and reseeds the RNG.
         init_agent(sandbox.agent(), &record, record.access_token.as_deref()).await?;
-        *slot = Some(sandbox);
-        self.set_state(live, RUNNING)?;
         self.set_end(live, now_ms() + timeout_secs * 1000, false)?;
+        // Not recorded as running: the VM is torn down, and the caller ends the sandbox.
+        self.transition(live, &mut slot, Some(sandbox))?;
         tracing::info!(sandbox = %record.id, ms = started.elapsed().as_millis() as u64, "sandbox resumed");
         Ok(true)
     }

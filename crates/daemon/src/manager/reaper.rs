@@ -27,7 +27,7 @@ impl Manager {
             for live in self.all() {
                 let (paused, end_ms) = {
                     let record = live.record.lock().unwrap_or_else(|e| e.into_inner());
-                    (record.state == super::PAUSED, record.end_ms)
+                    (record.state == ember_store::SandboxState::Paused, record.end_ms)
                 };
                 if paused {
                     continue;
@@ -42,7 +42,7 @@ impl Manager {
                 };
                 if dead {
                     self.kill_in_background(live, "its VM exited");
-                } else if round % AGENT_CHECK_EVERY == 0 {
+                } else if round.is_multiple_of(AGENT_CHECK_EVERY) {
                     tokio::spawn(reinit_if_needed(live));
                 }
             }

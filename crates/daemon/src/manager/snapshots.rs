@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ember_store::{now_ms, SnapshotRecord};
 
-use super::{random_hex, Live, LifecycleError, Manager};
+use super::{random_hex, LifecycleError, Live, Manager};
 
 impl Manager {
     /// Where every snapshot's files live.
@@ -40,7 +40,11 @@ impl Manager {
     }
 
     /// Saves a running sandbox as a snapshot that creates can start from; it runs on.
-    pub async fn snapshot(self: &Arc<Self>, live: Arc<Live>, name: Option<String>) -> Result<SnapshotRecord, LifecycleError> {
+    pub async fn snapshot(
+        self: &Arc<Self>,
+        live: Arc<Live>,
+        name: Option<String>,
+    ) -> Result<SnapshotRecord, LifecycleError> {
         self.check_snapshot_quota(&live.record().team)?;
         let this = Arc::clone(self);
         tokio::spawn(async move {

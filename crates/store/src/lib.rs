@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::Connection;
 
 pub use keys::{KeyInfo, NewKey};
-pub use sandboxes::SandboxRecord;
+pub use sandboxes::{SandboxRecord, SandboxState};
 pub use snapshots::SnapshotRecord;
 
 /// Errors of the store.

@@ -44,9 +44,9 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let num = |r: std::ops::Range<usize>| digits(s, r);
     let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 60 {
         return None;
     }
     let mut rest = &s[19..];
@@ -62,14 +62,32 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     }
     let offset = match rest {
         "Z" | "z" => 0,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && o.as_bytes()[3] == b':' => {
             let sign = if o.starts_with('-') { -1 } else { 1 };
-            sign * (o[1..3].parse::<i64>().ok()? * 3600 + o[4..6].parse::<i64>().ok()? * 60)
+            let (oh, om) = (digits(o, 1..3)?, digits(o, 4..6)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 3600 + om * 60)
         }
         _ => return None,
     };
     let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset;
     UNIX_EPOCH.checked_add(Duration::new(u64::try_from(secs).ok()?, nanos))
+}
+
+/// The number in `s[r]`, all ASCII digits (no sign), if `r` is within `s` on char boundaries.
+fn digits(s: &str, r: std::ops::Range<usize>) -> Option<i64> {
+    s.get(r).filter(|t| t.bytes().all(|c| c.is_ascii_digit()))?.parse().ok()
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
@@ -103,5 +121,18 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(parse_rfc3339("2026-11-28T05:24:05.+02:00"), None);
+    }
+
+    #[test]
+    fn malformed_fields_are_refused_without_panicking() {
+        // Found by ember-fuzz: a multi-byte character in the offset panicked on slicing, and
+        // signs were taken as part of numbers.
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00-Z€+"), None);
+        assert_eq!(parse_rfc3339("2026-11-28T05:24:05+0€0"), None);
+        assert_eq!(parse_rfc3339("2260-11-01T00:00:+0.000000000Z"), None);
+        assert_eq!(parse_rfc3339("2026-11-28T05:24:05+-1:00"), None);
+        assert_eq!(parse_rfc3339("2026-11-28T05:24:05+24:00"), None);
+        assert_eq!(parse_rfc3339("2026-02-29T00:00:00Z"), None);
+        assert!(parse_rfc3339("2024-02-29T00:00:00Z").is_some());
     }
 }

@@ -1,21 +1,23 @@
 //! Sandbox traffic on the API's port: a request with `E2b-Sandbox-Id` (or a signed `/files` URL
 //! with none) is forwarded to the guest port named by `E2b-Sandbox-Port` (49983 envd, 49999 the
 //! code interpreter, any other port as is), bodies streamed both ways without buffering.
-//! Unknown or dead sandboxes get the 502 JSON the SDKs recognise; envd's internal endpoints are
-//! not reachable from outside.
+//! Hop-by-hop headers, the client's daemon credentials (`X-API-Key`, cookies) and the routing
+//! headers are not passed to the guest. Unknown or dead sandboxes get the 502 JSON the SDKs
+//! recognise; envd's internal endpoints are not reachable from outside.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderName, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ember_envd_proto::signature::{constant_eq, sign, FileOp};
 use ember_envd_proto::ENVD_PORT;
 use ember_runtime::AgentError;
+use serde::Deserialize;
 
 use crate::manager::Manager;
 
@@ -25,6 +27,85 @@ pub const SANDBOX_PORT: &str = "e2b-sandbox-port";
 const INTERNAL_PATHS: &[&str] = &["/init", "/freeze", "/unfreeze", "/collapse", "/fsfreeze", "/fsthaw"];
 const HOP_BY_HOP: &[&str] =
     &["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host"];
+/// Request headers that are the client's credentials for the daemon or routing for the proxy,
+/// never passed to the untrusted guest. `X-Access-Token` and `Authorization` (Basic auth names
+/// the user) are envd's own and pass through.
+const NOT_FORWARDED: &[&str] = &["x-api-key", "cookie", "proxy-authorization", SANDBOX_ID, SANDBOX_PORT];
+
+/// `E2b-Sandbox-Port` is not a port number from 1 to 65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid E2b-Sandbox-Port")]
+pub struct InvalidPort;
+
+/// The guest port named by `E2b-Sandbox-Port` (envd's without the header): decimal digits only,
+/// 1 to 65535.
+pub fn parse_port(header: Option<&[u8]>) -> Result<u16, InvalidPort> {
+    let Some(digits) = header else {
+        return Ok(ENVD_PORT);
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(InvalidPort);
+    }
+    match std::str::from_utf8(digits).map(str::parse::<u16>) {
+        Ok(Ok(port)) if port > 0 => Ok(port),
+        _ => Err(InvalidPort),
+    }
+}
+
+/// The query of a signed `/files` URL, read as envd reads it (one of each key at most).
+#[derive(Debug, Clone, Deserialize)]
+struct FilesQuery {
+    path: Option<String>,
+    username: Option<String>,
+    signature: Option<String>,
+    signature_expiration: Option<String>,
+}
+
+/// What a `/files` URL's v1 signature covers, and the signature.
+#[derive(Debug, Clone)]
+pub struct SignedQuery {
+    pub path: String,
+    pub op: FileOp,
+    pub user: String,
+    pub expiration: Option<i64>,
+    pub signature: String,
+}
+
+impl SignedQuery {
+    /// Whether `token` produces this URL's signature.
+    pub fn matches(&self, token: &str) -> bool {
+        let expected = sign(&self.path, self.op, &self.user, token, self.expiration);
+        constant_eq(expected.as_bytes(), self.signature.as_bytes())
+    }
+}
+
+/// The signed part of a request to `path` with `query`: `None` unless the path is `/files` and
+/// the query has a signature and is one envd would read (no repeated keys, a numeric expiration).
+pub fn parse_signed_query(method_is_post: bool, path: &str, query: &str) -> Option<SignedQuery> {
+    if path != "/files" {
+        return None;
+    }
+    let q: FilesQuery = serde_urlencoded::from_str(query).ok()?;
+    let expiration = match q.signature_expiration {
+        Some(e) => Some(e.parse::<i64>().ok()?),
+        None => None,
+    };
+    Some(SignedQuery {
+        path: q.path.unwrap_or_default(),
+        op: if method_is_post { FileOp::Write } else { FileOp::Read },
+        user: q.username.unwrap_or_default(),
+        expiration,
+        signature: q.signature?,
+    })
+}
+
+/// Removes hop-by-hop headers and the client's credentials and routing headers from a request
+/// about to be forwarded to a guest.
+pub fn strip_request_headers(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP.iter().chain(NOT_FORWARDED) {
+        headers.remove(*name);
+    }
+}
 
 /// Sends sandbox traffic to the proxy and everything else on to the REST API.
 pub async fn route(State(manager): State<Arc<Manager>>, req: Request, next: Next) -> Response {
@@ -40,25 +121,17 @@ pub async fn route(State(manager): State<Arc<Manager>>, req: Request, next: Next
 
 /// The sandbox a header-less signed `/files` URL is for: the one whose token signs it.
 fn signed_files_target(manager: &Manager, req: &Request) -> Option<String> {
-    if req.uri().path() != "/files" {
-        return None;
-    }
-    let query: Vec<(String, String)> = serde_urlencoded::from_str(req.uri().query()?).ok()?;
-    let get = |k: &str| query.iter().find(|(name, _)| name == k).map(|(_, v)| v.as_str());
-    let signature = get("signature")?;
-    let path = get("path").unwrap_or_default();
-    let user = get("username").unwrap_or_default();
-    let expiration = get("signature_expiration").and_then(|e| e.parse().ok());
-    let op = if req.method() == axum::http::Method::POST { FileOp::Write } else { FileOp::Read };
-    manager.all().into_iter().map(|l| l.record()).find_map(|r| {
-        let token = r.access_token.as_deref()?;
-        constant_eq(sign(path, op, user, token, expiration).as_bytes(), signature.as_bytes()).then_some(r.id)
-    })
+    let signed = parse_signed_query(req.method() == axum::http::Method::POST, req.uri().path(), req.uri().query()?)?;
+    manager
+        .all()
+        .into_iter()
+        .map(|l| l.record())
+        .find_map(|r| signed.matches(r.access_token.as_deref()?).then_some(r.id))
 }
 
 /// The proxy's own error answers, in the shape the SDKs match on.
 fn bad_gateway(id: &str, message: &str) -> Response {
-    let body = serde_json::json!({ "sandboxId": id, "message": message, "code": 502 });
+    let body = ember_api::ProxyError { sandbox_id: id.into(), message: message.into(), code: 502 };
     (StatusCode::BAD_GATEWAY, Json(body)).into_response()
 }
 
@@ -66,17 +139,13 @@ async fn forward(manager: &Manager, id: &str, req: Request) -> Response {
     let Some(live) = manager.get_any(id) else {
         return bad_gateway(id, "The sandbox was not found");
     };
-    if live.record().state == crate::manager::PAUSED {
+    if live.is_paused() {
         return bad_gateway(id, "The sandbox was not found: it is paused (connect to resume it)");
     }
-    let port = match req.headers().get(SANDBOX_PORT).map(|v| v.to_str().unwrap_or_default().parse::<u16>()) {
-        None => ENVD_PORT,
-        Some(Ok(p)) if p > 0 => p,
-        Some(_) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(ember_api::Error { code: 400, message: "invalid E2b-Sandbox-Port".into() }),
-            )
+    let port = match parse_port(req.headers().get(SANDBOX_PORT).map(|v| v.as_bytes())) {
+        Ok(p) => p,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, Json(ember_api::Error { code: 400, message: e.to_string() }))
                 .into_response()
         }
     };
@@ -85,9 +154,7 @@ async fn forward(manager: &Manager, id: &str, req: Request) -> Response {
         return (StatusCode::FORBIDDEN, Json(error)).into_response();
     }
     let (mut parts, body) = req.into_parts();
-    for name in HOP_BY_HOP {
-        parts.headers.remove(*name);
-    }
+    strip_request_headers(&mut parts.headers);
     let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     parts.uri = match path.parse() {
         Ok(uri) => uri,
@@ -114,5 +181,67 @@ async fn forward(manager: &Manager, id: &str, req: Request) -> Response {
                 bad_gateway(id, "The sandbox did not answer")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn credentials_and_routing_headers_are_not_forwarded() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("X-API-Key", "e2b_secret"),
+            ("Cookie", "session=1"),
+            ("Proxy-Authorization", "Basic eDp5"),
+            ("E2b-Sandbox-Id", "abc"),
+            ("E2b-Sandbox-Port", "49983"),
+            ("Connection", "keep-alive"),
+            ("Transfer-Encoding", "chunked"),
+            ("Host", "127.0.0.1:3000"),
+            ("X-Access-Token", "envd-token"),
+            ("Authorization", "Basic dXNlcjo="),
+            ("Content-Type", "application/connect+json"),
+            ("Keepalive-Ping-Interval", "50"),
+        ] {
+            headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static(value));
+        }
+        headers.append("cookie", HeaderValue::from_static("second=2"));
+        strip_request_headers(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "content-type", "keepalive-ping-interval", "x-access-token"]);
+        assert_eq!(headers["authorization"], "Basic dXNlcjo=");
+        assert_eq!(headers["x-access-token"], "envd-token");
+    }
+
+    #[test]
+    fn ports_are_decimal_and_nonzero() {
+        assert_eq!(parse_port(None), Ok(ENVD_PORT));
+        assert_eq!(parse_port(Some(b"49999")), Ok(49999));
+        assert_eq!(parse_port(Some(b"0080")), Ok(80));
+        for bad in [&b""[..], b"0", b"65536", b"+80", b"-1", b" 80", b"80 ", b"8o", b"\xff"] {
+            assert_eq!(parse_port(Some(bad)), Err(InvalidPort), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn signed_queries_are_read_as_envd_reads_them() {
+        let sig = sign("/a", FileOp::Read, "user", "tok", Some(99));
+        let query = format!("path=%2Fa&username=user&signature_expiration=99&signature={sig}");
+        let signed = parse_signed_query(false, "/files", &query).unwrap();
+        assert!(signed.matches("tok"));
+        assert!(!signed.matches("other"));
+        assert!(!parse_signed_query(true, "/files", &query).unwrap().matches("tok"));
+        assert!(parse_signed_query(false, "/filesx", &query).is_none());
+        assert!(parse_signed_query(false, "/files", "path=%2Fa").is_none());
+        // envd refuses a repeated key and a non-numeric expiration, so neither is routed.
+        assert!(parse_signed_query(false, "/files", &format!("{query}&signature=x")).is_none());
+        assert!(parse_signed_query(false, "/files", &format!("{query}&path=%2Fb")).is_none());
+        let unsigned_exp =
+            format!("path=%2Fa&signature_expiration=soon&signature={}", sign("/a", FileOp::Read, "", "tok", None));
+        assert!(parse_signed_query(false, "/files", &unsigned_exp).is_none());
     }
 }

@@ -20,7 +20,7 @@ mirror=${EMBER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 security=${EMBER_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 cache=${EMBER_CACHE_DIR:-/var/cache/ember}/fresh-host
 mkdir -p "$cache/debs"
-chmod 0700 "${EMBER_CACHE_DIR:-/var/cache/ember}" "$cache" 2>/dev/null || true
+chmod 0700 "$cache"
 if ! command -v debootstrap >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null

@@ -9,9 +9,9 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ember_envd_proto::envelope::{encode_end, encode_message};
+use ember_envd_proto::stream::{FrameReader, StreamError};
 use ember_envd_proto::{Code, ConnectError, Decoder, CONNECT_JSON};
 use futures_util::StreamExt;
-use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -162,8 +162,7 @@ pub fn stream(rx: mpsc::Receiver<Bytes>, opts: StreamOptions) -> Response {
 
 /// A client-stream request body, read one message at a time with a bounded buffer.
 pub struct ClientStream {
-    body: Body,
-    decoder: Decoder,
+    frames: FrameReader<Body>,
 }
 
 impl ClientStream {
@@ -171,33 +170,21 @@ impl ClientStream {
         if !is_stream(headers) {
             return Err(invalid(format!("content-type must be {CONNECT_JSON}")));
         }
-        Ok(Self { body, decoder: Decoder::new() })
+        Ok(Self { frames: FrameReader::new(body) })
     }
 
     /// The next message; `None` at the end of the stream.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectError> {
-        loop {
-            if let Some(frame) = self.decoder.next_frame().map_err(|e| invalid(e.to_string()))? {
-                if frame.is_end_stream() {
-                    return Ok(None);
-                }
-                return serde_json::from_slice(&frame.payload)
-                    .map(Some)
-                    .map_err(|e| invalid(format!("invalid message: {e}")));
-            }
-            match self.body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.decoder.push(&data);
-                    }
-                }
-                Some(Err(e)) => return Err(ConnectError::new(Code::Canceled, format!("request body: {e}"))),
-                None => {
-                    self.decoder.finish().map_err(|e| invalid(e.to_string()))?;
-                    return Ok(None);
-                }
-            }
+        let frame = match self.frames.next_frame().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(None),
+            Err(StreamError::Body(e)) => return Err(ConnectError::new(Code::Canceled, format!("request body: {e}"))),
+            Err(StreamError::Envelope(e)) => return Err(invalid(e.to_string())),
+        };
+        if frame.is_end_stream() {
+            return Ok(None);
         }
+        serde_json::from_slice(&frame.payload).map(Some).map_err(|e| invalid(format!("invalid message: {e}")))
     }
 }
 

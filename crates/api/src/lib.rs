@@ -134,6 +134,30 @@ pub struct Error {
     pub message: String,
 }
 
+/// The proxy's own answer for sandbox traffic it cannot deliver (the shape the SDKs match).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyError {
+    pub sandbox_id: String,
+    pub message: String,
+    pub code: u16,
+}
+
+/// `POST /sandboxes/{id}/snapshots`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A snapshot in `POST /sandboxes/{id}/snapshots` and `GET /snapshots`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    #[serde(rename = "snapshotID")]
+    pub snapshot_id: String,
+    pub names: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

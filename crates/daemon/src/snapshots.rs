@@ -9,24 +9,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::{Deserialize, Serialize};
+use ember_api::{SnapshotInfo, SnapshotRequest};
+use serde::Deserialize;
 
 use crate::auth::Team;
 use crate::error::{parse_json, ApiError};
 use crate::manager::Manager;
 
-#[derive(Debug, Default, Deserialize)]
-pub struct SnapshotRequest {
-    #[serde(default)]
-    name: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct SnapshotInfo {
-    #[serde(rename = "snapshotID")]
-    snapshot_id: String,
-    names: Vec<String>,
-}
 
 fn info(r: &ember_store::SnapshotRecord) -> SnapshotInfo {
     SnapshotInfo { snapshot_id: r.id.clone(), names: vec![r.name.clone()] }

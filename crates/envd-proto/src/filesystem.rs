@@ -150,6 +150,13 @@ pub struct WatcherRequest {
     pub watcher_id: String,
 }
 
+/// `CreateWatcher`'s answer: the id later calls name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateWatcherResponse {
+    pub watcher_id: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatcherEvents {
     pub events: Vec<FilesystemEvent>,

@@ -10,6 +10,7 @@ pub mod init;
 pub mod metrics;
 pub mod process;
 pub mod signature;
+pub mod stream;
 pub mod time;
 
 pub use code::{Code, ConnectError};

@@ -10,7 +10,8 @@ use base64::Engine;
 use bytes::Bytes;
 use ember_envd_proto::envelope::{encode_message, EndStream};
 use ember_envd_proto::process::{ProcessEvent, StartRequest, StartResponse, START_PATH};
-use ember_envd_proto::{ConnectError, Decoder, EnvelopeError, CONNECT_JSON};
+use ember_envd_proto::stream::{FrameReader, StreamError};
+use ember_envd_proto::{ConnectError, EnvelopeError, CONNECT_JSON};
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -205,7 +206,7 @@ impl AgentClient {
         if resp.status() != StatusCode::OK {
             return Err(AgentError::Status(resp.status()));
         }
-        Ok(ProcessStream { body: resp.into_body(), decoder: Decoder::new(), done: false })
+        Ok(ProcessStream { frames: FrameReader::new(resp.into_body()), done: false })
     }
 }
 
@@ -219,41 +220,31 @@ async fn deadline<T>(
 
 /// The events of a started process, in order: start, output, end.
 pub struct ProcessStream {
-    body: Incoming,
-    decoder: Decoder,
+    frames: FrameReader<Incoming>,
     done: bool,
 }
 
 impl ProcessStream {
     /// The next event; `None` after the end-of-stream frame.
     pub async fn next(&mut self) -> Result<Option<ProcessEvent>, AgentError> {
-        loop {
-            if self.done {
-                return Ok(None);
-            }
-            if let Some(frame) = self.decoder.next_frame()? {
-                if frame.is_end_stream() {
-                    self.done = true;
-                    let end: EndStream = serde_json::from_slice(&frame.payload)?;
-                    return match end.error {
-                        Some(err) => Err(AgentError::Rpc(err)),
-                        None => Ok(None),
-                    };
-                }
-                let msg: StartResponse = serde_json::from_slice(&frame.payload)?;
-                return Ok(Some(msg.event));
-            }
-            match self.body.frame().await {
-                Some(frame) => {
-                    if let Ok(data) = frame?.into_data() {
-                        self.decoder.push(&data);
-                    }
-                }
-                None => {
-                    self.decoder.finish()?;
-                    return Err(AgentError::Truncated);
-                }
-            }
+        if self.done {
+            return Ok(None);
         }
+        let frame = match self.frames.next_frame().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Err(AgentError::Truncated),
+            Err(StreamError::Envelope(e)) => return Err(e.into()),
+            Err(StreamError::Body(e)) => return Err(AgentError::Other(format!("stream: {e}"))),
+        };
+        if frame.is_end_stream() {
+            self.done = true;
+            let end: EndStream = serde_json::from_slice(&frame.payload)?;
+            return match end.error {
+                Some(err) => Err(AgentError::Rpc(err)),
+                None => Ok(None),
+            };
+        }
+        let msg: StartResponse = serde_json::from_slice(&frame.payload)?;
+        Ok(Some(msg.event))
     }
 }

@@ -142,7 +142,7 @@ pub async fn handle(
             "CreateWatcher" => {
                 let req: WatchRequest = connect::decode_unary(&headers, &bytes)?;
                 let id = watch::create_watcher(&agent, user, req).await?;
-                Ok(unary(&serde_json::json!({ "watcherId": id })))
+                Ok(unary(&ember_envd_proto::filesystem::CreateWatcherResponse { watcher_id: id }))
             }
             "GetWatcherEvents" => {
                 let req: WatcherRequest = connect::decode_unary(&headers, &bytes)?;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
@@ -22,7 +22,7 @@ fn command_line(command: &str, arguments: Option<Value>) -> Result<Vec<u8>, QmpE
 }
 
 /// Longest QMP line accepted from QEMU (1 MiB).
-const MAX_LINE: usize = 1 << 20;
+pub const MAX_LINE: usize = 1 << 20;
 
 /// QMP failures.
 #[derive(Debug, thiserror::Error)]
@@ -126,29 +126,34 @@ impl Qmp {
     }
 
     async fn read_message(&mut self) -> Result<Value, QmpError> {
-        let mut line = Vec::new();
-        loop {
-            let buf = self.reader.fill_buf().await?;
-            if buf.is_empty() {
-                return Err(QmpError::Closed);
+        read_message(&mut self.reader).await
+    }
+}
+
+/// Reads one QMP message: a line of JSON of at most [`MAX_LINE`] bytes.
+pub async fn read_message<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Value, QmpError> {
+    let mut line = Vec::new();
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Err(QmpError::Closed);
+        }
+        let (used, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                line.extend_from_slice(&buf[..i]);
+                (i + 1, true)
             }
-            let (used, done) = match buf.iter().position(|&b| b == b'\n') {
-                Some(i) => {
-                    line.extend_from_slice(&buf[..i]);
-                    (i + 1, true)
-                }
-                None => {
-                    line.extend_from_slice(buf);
-                    (buf.len(), false)
-                }
-            };
-            self.reader.consume(used);
-            if line.len() > MAX_LINE {
-                return Err(QmpError::Malformed(format!("line longer than {MAX_LINE} bytes")));
+            None => {
+                line.extend_from_slice(buf);
+                (buf.len(), false)
             }
-            if done {
-                return serde_json::from_slice(&line).map_err(|e| QmpError::Malformed(e.to_string()));
-            }
+        };
+        reader.consume(used);
+        if line.len() > MAX_LINE {
+            return Err(QmpError::Malformed(format!("line longer than {MAX_LINE} bytes")));
+        }
+        if done {
+            return serde_json::from_slice(&line).map_err(|e| QmpError::Malformed(e.to_string()));
         }
     }
 }

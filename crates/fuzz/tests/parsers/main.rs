@@ -1,0 +1,9 @@
+//! Properties of the parsers that read hostile bytes, one module per parser. Each property
+//! runs `PROPTEST_CASES` cases (see the crate's `README.md`).
+
+mod envelope;
+mod proxy;
+mod qmp;
+mod range;
+mod rest;
+mod time;

@@ -136,6 +136,16 @@ impl Runtime {
         Ok(Self { accel: ember_vmm::accel::choose(config.accel), config, qemu_ids, slots })
     }
 
+    /// A runtime for tests of the code around it (the daemon's HTTP layer, without QEMU or
+    /// root): no check for root or QEMU, nothing prepared but an empty `DATA/slots`, QEMU left
+    /// as root, no network slots made ahead. Not for creating sandboxes; [`Runtime::new`] is the
+    /// one constructor for that.
+    #[cfg(feature = "test-support")]
+    pub fn unchecked(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let slots = slots::Slots::new(&config.data_dir, 0)?;
+        Ok(Self { accel: ember_vmm::accel::choose(config.accel), config, qemu_ids: None, slots })
+    }
+
     pub fn accel(&self) -> &AccelInfo {
         &self.accel
     }

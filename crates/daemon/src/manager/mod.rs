@@ -120,6 +120,21 @@ impl Manager {
         Ok(manager)
     }
 
+    /// A manager over `store` and `runtime` that adopts nothing and starts no background work
+    /// (no reaper, no pool): for tests of the HTTP layer with a runtime that cannot run guests
+    /// (`Runtime::unchecked`). The daemon uses [`Manager::start`].
+    pub fn for_tests(config: ServeConfig, store: Store, runtime: Runtime) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            runtime,
+            store,
+            live: RwLock::default(),
+            creating: Mutex::new(0),
+            pool: Default::default(),
+            refill: Default::default(),
+        })
+    }
+
     pub fn config(&self) -> &ServeConfig {
         &self.config
     }

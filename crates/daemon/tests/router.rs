@@ -1,0 +1,410 @@
+//! The daemon's HTTP surface in process, through `Router::oneshot`: API keys, request
+//! validation, error shapes, team isolation and the proxy's answers for sandboxes that do not
+//! exist. No QEMU and no root: the runtime is `Runtime::unchecked` and the daemon may run no
+//! sandbox at all (`max_sandboxes` 0), so a create that passes validation stops at the limit
+//! (429) and nothing is ever started. Every answer is checked for internal detail (database
+//! text, host paths) that must not reach clients.
+
+// The helpers below are test code too.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, Request, StatusCode};
+use axum::Router;
+use ember_daemon::error::ApiError;
+use ember_daemon::manager::{LifecycleError, Manager};
+use ember_daemon::ServeConfig;
+use ember_runtime::{Runtime, RuntimeConfig, RuntimeError};
+use ember_store::{SnapshotRecord, Store, StoreError};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+/// The key in `EMBER_API_KEY` (team `default`).
+const ENV_KEY: &str = "e2b_53ae1fa40ba5d1d8e9b0fe4d0a4e1f5a3c2b6d7e";
+const MAX_TIMEOUT: i64 = 3600;
+const MIB: usize = 1 << 20;
+
+struct Daemon {
+    app: Router,
+    manager: Arc<Manager>,
+    data: tempfile::TempDir,
+    /// A stored key of team `other`.
+    other: String,
+}
+
+struct Answer {
+    status: StatusCode,
+    content_type: String,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+
+    /// An error answer: `status`, JSON `{code, message}` with `code` the status, nothing else.
+    fn assert_error(&self, status: StatusCode, what: &str) -> String {
+        assert_eq!(self.status, status, "{what}: {}", self.text);
+        assert_eq!(self.content_type, "application/json", "{what}");
+        let v = self.json();
+        let obj = v.as_object().unwrap_or_else(|| panic!("{what}: not an object: {v}"));
+        assert_eq!(obj.len(), 2, "{what}: {v}");
+        assert_eq!(v["code"], json!(status.as_u16()), "{what}: {v}");
+        let message = v["message"].as_str().unwrap_or_else(|| panic!("{what}: no message: {v}"));
+        assert!(!message.is_empty(), "{what}");
+        message.to_string()
+    }
+}
+
+impl Daemon {
+    fn new() -> Self {
+        let data = tempfile::Builder::new().prefix("ember-router-").tempdir().unwrap();
+        let config = ServeConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            data_dir: data.path().to_path_buf(),
+            default_timeout_secs: 300,
+            max_timeout_secs: MAX_TIMEOUT as u64,
+            max_sandboxes: 0,
+            vcpus: 1,
+            memory_mib: 256,
+            env_api_key: Some(ENV_KEY.into()),
+            destroy_on_exit: false,
+            snapshots: false,
+            pool_size: 0,
+            max_paused_per_team: 16,
+            max_snapshots_per_team: 10,
+            max_snapshot_bytes: 1 << 30,
+        };
+        let runtime_config = RuntimeConfig::new(
+            data.path().to_path_buf(),
+            ember_image::Cache::new(data.path().join("cache")),
+            data.path().join("no-agent"),
+        );
+        let runtime = Runtime::unchecked(runtime_config).unwrap();
+        let store = Store::open_in_memory().unwrap();
+        let other = store.create_key("other", "test").unwrap().key;
+        let manager = Manager::for_tests(config, store, runtime);
+        let app = ember_daemon::router(Arc::clone(&manager));
+        Self { app, manager, data, other }
+    }
+
+    async fn call(&self, req: Request<Body>) -> Answer {
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let content_type =
+            resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        // Nothing internal in any answer.
+        let lower = text.to_lowercase();
+        for leak in ["database", "sqlite", "/tmp", "/var", "/root", "ember-router-", "panicked"] {
+            assert!(!lower.contains(leak), "an answer leaks {leak:?}: {text}");
+        }
+        assert!(!text.contains(&self.data.path().display().to_string()), "an answer leaks the data directory: {text}");
+        Answer { status, content_type, text }
+    }
+
+    /// `method path` with `key` as `X-API-Key` (none when `None`) and a JSON body.
+    async fn send(&self, method: Method, path: &str, key: Option<&str>, body: impl Into<Body>) -> Answer {
+        let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        self.call(req.body(body.into()).unwrap()).await
+    }
+
+    async fn get(&self, path: &str, key: &str) -> Answer {
+        self.send(Method::GET, path, Some(key), Body::empty()).await
+    }
+
+    async fn create(&self, body: &str) -> Answer {
+        self.send(Method::POST, "/sandboxes", Some(ENV_KEY), body.to_string()).await
+    }
+}
+
+/// Every REST endpoint, with a sandbox or snapshot id that does not exist.
+const ENDPOINTS: &[(&str, &str)] = &[
+    ("POST", "/sandboxes"),
+    ("GET", "/sandboxes"),
+    ("POST", "/v2/sandboxes"),
+    ("GET", "/v2/sandboxes"),
+    ("GET", "/sandboxes/nope"),
+    ("DELETE", "/sandboxes/nope"),
+    ("POST", "/sandboxes/nope/timeout"),
+    ("POST", "/sandboxes/nope/refreshes"),
+    ("POST", "/sandboxes/nope/connect"),
+    ("POST", "/v2/sandboxes/nope/connect"),
+    ("POST", "/sandboxes/nope/resume"),
+    ("POST", "/sandboxes/nope/pause"),
+    ("GET", "/sandboxes/nope/metrics"),
+    ("GET", "/sandboxes/nope/logs"),
+    ("POST", "/sandboxes/nope/snapshots"),
+    ("GET", "/snapshots"),
+    ("DELETE", "/templates/nope"),
+];
+
+fn method(m: &str) -> Method {
+    Method::from_bytes(m.as_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn rest_calls_need_a_valid_key() {
+    let d = Daemon::new();
+    let revoked = d.manager.store().create_key("default", "gone").unwrap();
+    assert!(d.manager.store().revoke_key(&revoked.id).unwrap());
+    let too_long = format!("{ENV_KEY}{}", "0".repeat(256));
+    let keys: [Option<&str>; 7] = [
+        None,
+        Some(""),
+        Some("e2b_wrong"),
+        Some(&ENV_KEY[..ENV_KEY.len() - 1]),
+        Some(&too_long),
+        Some(&revoked.key),
+        Some(&ENV_KEY.to_uppercase()),
+    ];
+    for (m, path) in ENDPOINTS {
+        for key in keys {
+            let a = d.send(method(m), path, key, r#"{"templateID":"base"}"#).await;
+            let message = a.assert_error(StatusCode::UNAUTHORIZED, &format!("{m} {path} with {key:?}"));
+            assert_eq!(message, "invalid API key");
+        }
+    }
+    // A key that is not text.
+    let mut req = Request::get("/sandboxes").body(Body::empty()).unwrap();
+    req.headers_mut().insert("x-api-key", HeaderValue::from_bytes(b"e2b_\xff\xfe").unwrap());
+    d.call(req).await.assert_error(StatusCode::UNAUTHORIZED, "non-UTF-8 key");
+    // The health check needs none; valid keys of both kinds work.
+    assert_eq!(d.send(Method::GET, "/health", None, Body::empty()).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(d.get("/sandboxes", ENV_KEY).await.status, StatusCode::OK);
+    assert_eq!(d.get("/sandboxes", &d.other).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn create_refuses_invalid_requests_with_400() {
+    let d = Daemon::new();
+    let many: serde_json::Map<String, Value> = (0..101).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let long_value = "v".repeat(8193);
+    let long_key = "k".repeat(257);
+    let cases: Vec<(&str, String)> = vec![
+        ("empty body", String::new()),
+        ("invalid JSON", "{\"templateID\":".into()),
+        ("not an object", "[]".into()),
+        ("missing templateID", "{}".into()),
+        ("templateID not a string", r#"{"templateID":7}"#.into()),
+        ("unknown template", r#"{"templateID":"no-such-template"}"#.into()),
+        ("timeout 0", r#"{"templateID":"base","timeout":0}"#.into()),
+        ("negative timeout", r#"{"templateID":"base","timeout":-5}"#.into()),
+        ("timeout over the maximum", format!(r#"{{"templateID":"base","timeout":{}}}"#, MAX_TIMEOUT + 1)),
+        ("timeout not a number", r#"{"templateID":"base","timeout":"60"}"#.into()),
+        ("101 metadata entries", json!({"templateID": "base", "metadata": many}).to_string()),
+        ("101 env vars", json!({"templateID": "base", "envVars": many}).to_string()),
+        ("metadata value too long", json!({"templateID": "base", "metadata": {"k": long_value}}).to_string()),
+        ("metadata key too long", json!({"templateID": "base", "metadata": {long_key: "v"}}).to_string()),
+        ("empty metadata key", json!({"templateID": "base", "metadata": {"": "v"}}).to_string()),
+        ("env var name with =", json!({"templateID": "base", "envVars": {"A=B": "1"}}).to_string()),
+        ("env var with NUL", json!({"templateID": "base", "envVars": {"A": "x\u{0}y"}}).to_string()),
+        ("metadata not strings", r#"{"templateID":"base","metadata":{"k":1}}"#.into()),
+    ];
+    for path in ["/sandboxes", "/v2/sandboxes"] {
+        for (what, body) in &cases {
+            let a = d.send(Method::POST, path, Some(ENV_KEY), body.clone()).await;
+            a.assert_error(StatusCode::BAD_REQUEST, &format!("{path}: {what}"));
+        }
+    }
+    let unknown = d.create(r#"{"templateID":"no-such-template"}"#).await;
+    assert!(unknown.assert_error(StatusCode::BAD_REQUEST, "unknown").contains("no-such-template"));
+    let timeout = d.create(r#"{"templateID":"base","timeout":0}"#).await;
+    assert!(timeout.assert_error(StatusCode::BAD_REQUEST, "timeout").contains("between 1 and 3600"));
+}
+
+#[tokio::test]
+async fn valid_creates_stop_at_the_sandbox_limit() {
+    let d = Daemon::new();
+    let full = json!({
+        "templateID": "code-interpreter-v1",
+        "timeout": MAX_TIMEOUT,
+        "metadata": (0..100).map(|i| (format!("k{i}"), json!("v".repeat(8192)))).collect::<serde_json::Map<_, _>>(),
+        "envVars": {"PATH_EXTRA": "/opt/bin", "EMPTY": ""},
+        "secure": true,
+        "allow_internet_access": false,
+        "autoPause": false,
+        "someFieldFromANewerSdk": 1,
+    });
+    for body in
+        [r#"{"templateID":"base"}"#.to_string(), r#"{"templateID":"base","timeout":1}"#.into(), full.to_string()]
+    {
+        assert!(body.len() < MIB);
+        let a = d.create(&body).await;
+        a.assert_error(StatusCode::TOO_MANY_REQUESTS, &body[..body.len().min(60)]);
+    }
+    assert!(d.manager.all().is_empty());
+    assert!(d.manager.store().sandboxes().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bodies_over_one_mib_are_413() {
+    let d = Daemon::new();
+    let big = format!(r#"{{"templateID":"base","metadata":{{"k":"{}"}}}}"#, "v".repeat(MIB));
+    for path in ["/sandboxes", "/v2/sandboxes", "/sandboxes/nope/timeout", "/sandboxes/nope/connect"] {
+        let a = d.send(Method::POST, path, Some(ENV_KEY), big.clone()).await;
+        a.assert_error(StatusCode::PAYLOAD_TOO_LARGE, path);
+    }
+    // Just under the limit is read (and refused for what it says).
+    let under = format!(r#"{{"templateID":"base","metadata":{{"k":"{}"}}}}"#, "v".repeat(MIB - 100));
+    d.create(&under).await.assert_error(StatusCode::BAD_REQUEST, "value too long");
+}
+
+#[tokio::test]
+async fn unknown_sandboxes_are_404() {
+    let d = Daemon::new();
+    for (m, path) in ENDPOINTS.iter().filter(|(_, p)| p.contains("/nope")) {
+        let expected = if path.starts_with("/templates") { "snapshot \"nope\"" } else { "sandbox \"nope\"" };
+        for body in ["", "{}", r#"{"timeout":60}"#] {
+            let a = d.send(method(m), path, Some(ENV_KEY), body.to_string()).await;
+            let message = a.assert_error(StatusCode::NOT_FOUND, &format!("{m} {path} {body}"));
+            assert!(message.contains(expected), "{m} {path}: {message}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn teams_see_only_their_own() {
+    let d = Daemon::new();
+    for key in [ENV_KEY, d.other.as_str()] {
+        for path in ["/sandboxes", "/v2/sandboxes", "/sandboxes?state=running,paused", "/v2/sandboxes?limit=1"] {
+            let a = d.get(path, key).await;
+            assert_eq!((a.status, a.json()), (StatusCode::OK, json!([])), "{path}");
+            assert_eq!(a.content_type, "application/json");
+        }
+        for path in ["/sandboxes?state=bogus", "/v2/sandboxes?state=running,bogus", "/v2/sandboxes?limit=0"] {
+            d.get(path, key).await.assert_error(StatusCode::BAD_REQUEST, path);
+        }
+        assert_eq!(d.get("/snapshots", key).await.json(), json!([]));
+    }
+
+    // A snapshot of team `default` (as a finished snapshot leaves it, without a guest).
+    let snapshot = SnapshotRecord {
+        id: "0123456789abcdef0123".into(),
+        team: "default".into(),
+        name: "saved".into(),
+        sandbox_id: "sbx".into(),
+        created_ms: 1,
+        agent_token: Some("token".into()),
+    };
+    d.manager.store().insert_snapshot(&snapshot).unwrap();
+    let dir = d.manager.snapshot_dir(&snapshot.id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let listed = json!([{"snapshotID": snapshot.id, "names": ["saved"]}]);
+    assert_eq!(d.get("/snapshots", ENV_KEY).await.json(), listed);
+    assert_eq!(d.get("/snapshots?name=saved", ENV_KEY).await.json(), listed);
+    assert_eq!(d.get("/snapshots?name=other", ENV_KEY).await.json(), json!([]));
+    assert_eq!(d.get("/snapshots", &d.other).await.json(), json!([]));
+    // Another team can neither start from it (by id or name) nor delete it.
+    for template in [snapshot.id.as_str(), "saved"] {
+        let body = json!({ "templateID": template }).to_string();
+        let a = d.send(Method::POST, "/sandboxes", Some(&d.other), body.clone()).await;
+        a.assert_error(StatusCode::BAD_REQUEST, "another team's snapshot");
+        // Its owner gets past validation (and stops at the limit).
+        d.create(&body).await.assert_error(StatusCode::TOO_MANY_REQUESTS, "own snapshot");
+    }
+    let path = format!("/templates/{}", snapshot.id);
+    d.send(Method::DELETE, &path, Some(&d.other), Body::empty()).await.assert_error(StatusCode::NOT_FOUND, &path);
+    assert!(dir.exists());
+    // By name is not by id.
+    d.send(Method::DELETE, "/templates/saved", Some(ENV_KEY), Body::empty())
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "by name");
+    let deleted = d.send(Method::DELETE, &path, Some(ENV_KEY), Body::empty()).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert!(!dir.exists());
+    d.send(Method::DELETE, &path, Some(ENV_KEY), Body::empty()).await.assert_error(StatusCode::NOT_FOUND, "again");
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_json() {
+    let d = Daemon::new();
+    for key in [None, Some(ENV_KEY)] {
+        for path in ["/nope", "/sandboxes/a/b/c", "/v3/sandboxes", "/files", "/files?path=%2Fetc&signature=v1_x"] {
+            let a = d.send(Method::GET, path, key, Body::empty()).await;
+            a.assert_error(StatusCode::NOT_FOUND, &format!("{path} with {key:?}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_proxy_answers_502_for_unknown_sandboxes() {
+    let d = Daemon::new();
+    let not_found = |id: &str| json!({"sandboxId": id, "message": "The sandbox was not found", "code": 502});
+    for key in [None, Some(ENV_KEY)] {
+        for (port, path) in
+            [(None, "/health"), (Some("49983"), "/init"), (Some("49999"), "/execute"), (Some("8080"), "/")]
+        {
+            let mut req = Request::post(path).header("e2b-sandbox-id", "nope");
+            if let Some(port) = port {
+                req = req.header("e2b-sandbox-port", port);
+            }
+            if let Some(key) = key {
+                req = req.header("x-api-key", key);
+            }
+            let a = d.call(req.body(Body::from("{}")).unwrap()).await;
+            assert_eq!((a.status, a.json()), (StatusCode::BAD_GATEWAY, not_found("nope")), "{path}");
+            assert_eq!(a.content_type, "application/json");
+        }
+    }
+    // The sandbox is looked up first: a bad port for a sandbox that does not exist is still 502.
+    // (A bad port for a running one is 400; that needs a guest.)
+    for port in ["0", "65536", "http", "", "+80"] {
+        let req = Request::get("/").header("e2b-sandbox-id", "nope").header("e2b-sandbox-port", port);
+        let a = d.call(req.body(Body::empty()).unwrap()).await;
+        assert_eq!((a.status, a.json()), (StatusCode::BAD_GATEWAY, not_found("nope")), "port {port:?}");
+    }
+    let mut req = Request::get("/").body(Body::empty()).unwrap();
+    req.headers_mut().insert("e2b-sandbox-id", HeaderValue::from_bytes(b"\xff").unwrap());
+    let a = d.call(req).await;
+    assert_eq!((a.status, a.json()), (StatusCode::BAD_GATEWAY, not_found("")));
+}
+
+#[test]
+fn internal_errors_become_500_without_detail() {
+    let io = || std::io::Error::new(std::io::ErrorKind::PermissionDenied, "/var/lib/ember/snapshots/x: denied");
+    let internal = [
+        LifecycleError::Store(StoreError::Io { context: "open /var/lib/ember/ember.db".into(), source: io() }),
+        LifecycleError::Store(StoreError::Corrupt("sandbox abc".into(), "database disk image is malformed".into())),
+        LifecycleError::Store(StoreError::TooNew(9, 2)),
+        LifecycleError::Io("publish /var/lib/ember/snapshots/x".into(), io()),
+        LifecycleError::Task("task panicked at crates/daemon/src/manager/mod.rs:1".into()),
+        LifecycleError::from(RuntimeError::Io { context: "create /var/lib/ember/sandboxes/x".into(), source: io() }),
+        LifecycleError::from(RuntimeError::BootTimeout { secs: 60, serial: "secret console text".into() }),
+    ];
+    for e in internal {
+        let shown = format!("{e:?}");
+        let api = ApiError::from(e);
+        assert_eq!(api.status(), StatusCode::INTERNAL_SERVER_ERROR, "{shown}");
+        let message = api.to_string();
+        for leak in ["/var", "database", "crates/", "panicked", "secret", "denied", "schema"] {
+            assert!(!message.contains(leak), "{shown} became {message:?}");
+        }
+    }
+    // Client errors keep their message.
+    let api = ApiError::from(LifecycleError::Invalid("timeout must be between 1 and 10 seconds, got 0".into()));
+    assert_eq!((api.status(), api.to_string().contains("got 0")), (StatusCode::BAD_REQUEST, true));
+    assert_eq!(ApiError::from(LifecycleError::NotFound("x".into())).status(), StatusCode::NOT_FOUND);
+    assert_eq!(ApiError::from(LifecycleError::Ended("x".into())).status(), StatusCode::NOT_FOUND);
+    assert_eq!(ApiError::from(LifecycleError::Quota("q".into())).status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(ApiError::from(LifecycleError::Conflict("c".into())).status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn a_500_answer_is_json_with_a_summary() {
+    use axum::response::IntoResponse;
+    let e = LifecycleError::Store(StoreError::Corrupt("row".into(), "database disk image is malformed".into()));
+    let resp = ApiError::from(e).into_response();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body, json!({"code": 500, "message": "the sandbox operation failed; see the daemon's log"}));
+}

@@ -4,6 +4,8 @@
 //! the QEMU user exactly the disk images it reopens: sandboxes' overlays and the images behind
 //! them. Needs root (chown, setpriv); skips otherwise. No guest is started.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,8 +93,7 @@ fn sandbox(sandboxes: &Path, id: &str, backing: &Path, ids: Option<(private::Uid
 
 #[test]
 fn host_state_is_readable_by_root_and_qemu_reads_only_its_images() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root (chown, setpriv)");
+    if common::skip_without_root("chown, setpriv") {
         return;
     }
     let base = tempfile::Builder::new().prefix("ember-host-files-").tempdir().unwrap();

@@ -37,13 +37,28 @@ pub struct Running {
     pub seen: Vec<Line>,
 }
 
+/// True, after printing that the test is skipped, when not running as root: guests need
+/// network namespaces and taps, host-file tests chown and switch users. Everything else runs
+/// unprivileged.
+pub fn skip_without_root(what: &str) -> bool {
+    let skip = !nix::unistd::geteuid().is_root();
+    if skip {
+        eprintln!("skipped: needs root ({what})");
+    }
+    skip
+}
+
 impl Ember {
-    pub fn new() -> Self {
-        assert!(nix::unistd::geteuid().is_root(), "guest tests need root (network namespaces, taps); run them as root");
+    /// A data directory for one guest test; `None`, after printing that the test is skipped,
+    /// when not root.
+    pub fn new() -> Option<Self> {
+        if skip_without_root("QEMU guests in network namespaces") {
+            return None;
+        }
         let data = tempfile::Builder::new().prefix("ember-test-").tempdir().unwrap();
         // The unprivileged QEMU user must be able to reach the sandboxes' disks.
         std::fs::set_permissions(data.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        Self { data }
+        Some(Self { data })
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -108,8 +108,10 @@ pub fn check_file_access(
         return Err(HttpError(StatusCode::UNAUTHORIZED, "invalid signature".into()));
     }
     if let Some(exp) = expiration {
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
         if exp < now {
             return Err(HttpError(StatusCode::UNAUTHORIZED, "signature is already expired".into()));
         }

@@ -66,7 +66,9 @@ pub fn run() -> ! {
     let mut agent = spawn_agent(&exe);
     loop {
         match waitpid(Pid::from_raw(-1), None) {
-            Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) if Some(pid.as_raw() as u32) == agent => {
+            Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _))
+                if u32::try_from(pid.as_raw()).ok() == agent =>
+            {
                 log("ember-init: agent exited; restarting it");
                 std::thread::sleep(Duration::from_millis(200));
                 agent = spawn_agent(&exe);

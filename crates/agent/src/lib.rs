@@ -4,6 +4,9 @@
 //! system endpoints ([`system`]). What `/init` sets is saved ([`statefile`]) so a restarted
 //! server keeps its token; a server without one refuses every call but `/health` and `/init`.
 
+// Values from guests and clients are bounded before use: no silent truncation or sign change.
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
+
 pub mod auth;
 pub mod connect;
 pub mod creds;

@@ -11,9 +11,12 @@ pub fn set_clock(t: SystemTime) {
         return;
     }
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let ts = nix::sys::time::TimeSpec::new(d.as_secs() as i64, d.subsec_nanos() as i64);
+    let ts = nix::sys::time::TimeSpec::new(i64::try_from(d.as_secs()).unwrap_or(i64::MAX), i64::from(d.subsec_nanos()));
     match nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts) {
-        Ok(()) => tracing::info!(off_ms = off.as_millis() as u64, "guest clock set from host time"),
+        Ok(()) => tracing::info!(
+            off_ms = u64::try_from(off.as_millis()).unwrap_or(u64::MAX),
+            "guest clock set from host time"
+        ),
         Err(e) => tracing::warn!(error = %e, "cannot set the clock"),
     }
 }
@@ -31,7 +34,9 @@ pub fn reseed(bytes: &[u8]) {
     const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
     const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
     let n = bytes.len().min(512);
-    let mut info = RandPoolInfo { entropy_count: (n * 8) as libc::c_int, buf_size: n as libc::c_int, buf: [0; 512] };
+    // n is at most 512, so both fit a c_int.
+    let n_int = libc::c_int::try_from(n).unwrap_or(512);
+    let mut info = RandPoolInfo { entropy_count: n_int * 8, buf_size: n_int, buf: [0; 512] };
     info.buf[..n].copy_from_slice(&bytes[..n]);
     let Ok(random) = std::fs::OpenOptions::new().write(true).open("/dev/random") else {
         tracing::warn!("cannot open /dev/random to reseed");

@@ -3,6 +3,8 @@
 //! state file that cannot be trusted leaves the agent refusing. Each test drives
 //! `server::router` over a real socket on 127.0.0.1.
 
+#![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,6 +2,10 @@
 //! create body's `allow_internet_access`; required fields always present; `null` where the SDK
 //! accepts null).
 
+#![forbid(unsafe_code)]
+// Values from guests and clients are bounded before use: no silent truncation or sign change.
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

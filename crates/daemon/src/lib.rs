@@ -1,6 +1,10 @@
 //! `ember serve`: one HTTP/1.1 port serving E2B's REST API ([`sandboxes`], behind [`auth`]) and
 //! all sandbox traffic ([`proxy`]), with the sandboxes' lifecycle and state in [`manager`].
 
+#![forbid(unsafe_code)]
+// Values from guests and clients are bounded before use: no silent truncation or sign change.
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
+
 pub mod auth;
 pub mod error;
 pub mod manager;

@@ -35,7 +35,7 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 fn rfc3339(ms: i64) -> String {
-    ember_envd_proto::time::rfc3339(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+    ember_envd_proto::time::rfc3339(UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
 }
 
 fn sandbox_json(r: &SandboxRecord) -> ember_api::Sandbox {
@@ -128,7 +128,7 @@ fn sandbox_and_timeout(
     let body = body_bytes(body)?;
     let live = m.get(&team.0, id)?;
     let req: ConnectRequest = parse_json(&body, false)?;
-    let secs = m.check_timeout(pick(&req).unwrap_or(m.config().default_timeout_secs as i64))?;
+    let secs = m.check_timeout(pick(&req).unwrap_or(m.default_timeout()))?;
     Ok((live, secs))
 }
 

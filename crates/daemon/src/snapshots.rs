@@ -16,7 +16,6 @@ use crate::auth::Team;
 use crate::error::{parse_json, ApiError};
 use crate::manager::Manager;
 
-
 fn info(r: &ember_store::SnapshotRecord) -> SnapshotInfo {
     SnapshotInfo { snapshot_id: r.id.clone(), names: vec![r.name.clone()] }
 }

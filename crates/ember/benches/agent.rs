@@ -2,6 +2,8 @@
 //! 100), and `/files` upload and download throughput for a 256 MiB file, with the accelerator
 //! named. Needs root and built guest images; run with `cargo bench -p ember --bench agent`.
 
+#![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

@@ -2,6 +2,8 @@
 //! first answer (the "ready" line), with the accelerator named. Needs root and built guest
 //! images; run with `cargo bench -p ember --bench cold_boot`.
 
+#![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -4,6 +4,8 @@
 //! guests, and proportional memory (PSS) per idle sandbox with 20 running. Needs root and built
 //! guest images; run with `cargo bench -p ember --bench snapshots`.
 
+#![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! `ember`: the command-line entry point. Subcommands live in their own modules; this file
 //! parses arguments, sets up logging and maps errors to messages and exit codes.
 
+#![forbid(unsafe_code)]
+
 mod apikey;
 mod run;
 mod serve;

@@ -3,6 +3,8 @@
 //! `ember-agent` as an ordinary process on the host, and against the agent inside a real guest
 //! (pytest runs inside the sandbox's network namespace).
 
+#![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
+
 mod common;
 
 use std::path::PathBuf;

@@ -1,6 +1,8 @@
 //! `ember run` against real guests (QEMU; TCG on hosts without VMX/SVM): output, exit codes,
 //! user and sizes, bad input, and that nothing is left after success, failure or interruption.
 
+#![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
+
 mod common;
 
 use std::time::Duration;

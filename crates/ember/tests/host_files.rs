@@ -4,6 +4,8 @@
 //! the QEMU user exactly the disk images it reopens: sandboxes' overlays and the images behind
 //! them. Needs root (chown, setpriv); skips otherwise. No guest is started.
 
+#![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

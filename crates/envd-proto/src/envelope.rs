@@ -46,11 +46,13 @@ pub struct EndStream {
     pub error: Option<ConnectError>,
 }
 
-/// Encodes one frame.
+/// Encodes one frame. Payloads are Ember's own messages, far below [`MAX_FRAME_LEN`]; one that
+/// is not could not be represented and is a bug.
 pub fn encode(flags: u8, payload: &[u8]) -> Bytes {
+    debug_assert!(payload.len() <= MAX_FRAME_LEN, "frame of {} bytes", payload.len());
     let mut out = BytesMut::with_capacity(5 + payload.len());
     out.put_u8(flags);
-    out.put_u32(payload.len() as u32);
+    out.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
     out.put_slice(payload);
     out.freeze()
 }

@@ -2,6 +2,10 @@
 //! `process` and `filesystem` services and the bodies of `/init` and `/metrics`, shared by
 //! `ember-agent` (server) and the host (client).
 
+#![forbid(unsafe_code)]
+// Values from guests and clients are bounded before use: no silent truncation or sign change.
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
+
 pub mod b64;
 pub mod code;
 pub mod envelope;

@@ -4,6 +4,8 @@
 //! Case counts are small by default so that the tests run in CI in a few seconds; set
 //! `PROPTEST_CASES` for a long run (see `README.md`).
 
+#![forbid(unsafe_code)]
+
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 

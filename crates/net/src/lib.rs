@@ -2,6 +2,8 @@
 //! that QEMU attaches to; every guest has the same address and MAC (so a snapshot restores into
 //! any namespace), and the host reaches the guest by opening sockets from inside the namespace.
 
+#![forbid(unsafe_code)]
+
 mod netns;
 
 pub use netns::{connect_in, name_for, path_of, Netns, NAME_PREFIX};

@@ -2,6 +2,10 @@
 //! agent inside it, created as one ([`Runtime::create`]) and torn down as one, in reverse order,
 //! on every path ([`sandbox`]). [`reconcile`] removes what a crashed `ember` left behind.
 
+#![forbid(unsafe_code)]
+// Values from guests and clients are bounded before use: no silent truncation or sign change.
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
+
 pub mod agent;
 pub mod private;
 pub mod reconcile;

@@ -141,7 +141,12 @@ impl Runtime {
         };
         let agent = agent.with_token(token);
         let boot_time = started.elapsed();
-        tracing::info!(ms = boot_time.as_millis() as u64, pid = vm.pid(), start = start.name(), "sandbox ready");
+        tracing::info!(
+            ms = u64::try_from(boot_time.as_millis()).unwrap_or(u64::MAX),
+            pid = vm.pid(),
+            start = start.name(),
+            "sandbox ready"
+        );
         Ok(Sandbox { id, agent, boot_time, shape, vm, netns, dir })
     }
 }

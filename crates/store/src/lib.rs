@@ -3,6 +3,8 @@
 //! so that a restarted daemon knows what to adopt. Schema changes are numbered migrations.
 //! The database holds sandboxes' access tokens: its files are root's alone (0600).
 
+#![forbid(unsafe_code)]
+
 mod keys;
 mod sandboxes;
 mod snapshots;

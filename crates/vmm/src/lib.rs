@@ -2,6 +2,9 @@
 //! validated [`config::VmConfig`], the accelerator chosen at run time ([`accel`]), and QMP
 //! control ([`qmp`]).
 
+// Values from guests and clients are bounded before use: no silent truncation or sign change.
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
+
 pub mod accel;
 pub mod config;
 pub mod disk;

@@ -121,8 +121,9 @@ impl CappedLog {
     /// Appends `data`, rotating first when the file would pass the cap; a single write larger
     /// than the cap keeps only its last `cap` bytes.
     pub fn write(&mut self, mut data: &[u8]) -> std::io::Result<()> {
-        if data.len() as u64 > self.cap {
-            data = &data[data.len() - self.cap as usize..];
+        let cap = usize::try_from(self.cap).unwrap_or(usize::MAX);
+        if data.len() > cap {
+            data = &data[data.len() - cap..];
         }
         if self.len + data.len() as u64 > self.cap {
             std::fs::rename(&self.path, rotated_path(&self.path))?;
@@ -172,7 +173,7 @@ mod tests {
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         assert!(size(&log) <= 100 && size(&rotated_path(&log)) <= 100, "both files stay under the cap");
         let t = tail(&log, 150);
-        assert_eq!(t.len(), 150.min(size(&log) + size(&rotated_path(&log))) as usize);
+        assert_eq!(t.len() as u64, 150.min(size(&log) + size(&rotated_path(&log))));
         assert!(t.ends_with(&String::from_utf8(vec![b'a' + (49 % 26); 7]).unwrap()), "{t}");
         // One write larger than the cap keeps its end.
         w.write(&[b'z'; 500]).unwrap();

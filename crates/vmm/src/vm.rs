@@ -100,7 +100,8 @@ impl Vm {
         drop(netns);
         let pid = child.id().unwrap_or_default();
         tracing::debug!(pid, "QEMU started");
-        let console = Pump::start(serial::socket_path(&config.serial_log), config.serial_log.clone(), serial::DEFAULT_LOG_CAP);
+        let console =
+            Pump::start(serial::socket_path(&config.serial_log), config.serial_log.clone(), serial::DEFAULT_LOG_CAP);
         Ok(Self {
             proc: Proc::Child(child),
             pid,
@@ -196,7 +197,7 @@ impl Vm {
             _ => {
                 // SAFETY: kill(2) on the pid whose identity (pid and start time) was just
                 // checked to be our QEMU; no memory is involved.
-                unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+                unsafe { libc::kill(self.pid.cast_signed(), libc::SIGKILL) };
             }
         }
         for _ in 0..400 {

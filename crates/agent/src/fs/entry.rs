@@ -51,7 +51,7 @@ pub fn entry_info(path: &Path, names: &Names) -> std::io::Result<EntryInfo> {
         name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into()),
         kind,
         path: path.to_string_lossy().into_owned(),
-        size: meta.len() as i64,
+        size: i64::try_from(meta.len()).unwrap_or(i64::MAX),
         mode: meta.mode() & 0o7777,
         permissions: mode_string(lmeta.mode()),
         owner: names.user(lmeta.uid()),

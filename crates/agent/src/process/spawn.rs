@@ -256,8 +256,9 @@ fn prepare_child(cmd: &mut tokio::process::Command, user: &User, pty: bool) {
 
 /// Sends `signal` to the process's group (its session), or to the process alone.
 pub fn signal_group(pid: u32, signal: i32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return false };
     // SAFETY: kill(2) with a pid we started; no memory is involved.
-    unsafe { libc::kill(-(pid as i32), signal) == 0 || libc::kill(pid as i32, signal) == 0 }
+    unsafe { libc::kill(-pid, signal) == 0 || libc::kill(pid, signal) == 0 }
 }
 
 fn resolve_cwd(cwd: Option<&str>, default: Option<&Path>, home: &Path) -> Result<PathBuf, ConnectError> {

@@ -196,7 +196,7 @@ impl Manager {
 
     async fn create_now(&self, team: &str, req: NewSandbox) -> Result<Arc<Live>, LifecycleError> {
         let source = self.resolve_template(team, &req.template_id)?;
-        let timeout = self.check_timeout(req.timeout.unwrap_or(self.config.default_timeout_secs as i64))?;
+        let timeout = self.check_timeout(req.timeout.unwrap_or(self.default_timeout()))?;
         let metadata = check_map("metadata", req.metadata.unwrap_or_default(), false)?;
         let env_vars = check_map("envVars", req.env_vars.unwrap_or_default(), true)?;
         let _slot = self.reserve_slot()?;
@@ -295,9 +295,14 @@ impl Manager {
         Ok(SlotGuard(&self.creating))
     }
 
+    /// The time-out of a sandbox whose create or connect names none, in seconds.
+    pub fn default_timeout(&self) -> i64 {
+        i64::try_from(self.config.default_timeout_secs).unwrap_or(i64::MAX)
+    }
+
     /// Checks a time-out in seconds against the configured bounds.
     pub fn check_timeout(&self, secs: i64) -> Result<i64, LifecycleError> {
-        let max = self.config.max_timeout_secs as i64;
+        let max = i64::try_from(self.config.max_timeout_secs).unwrap_or(i64::MAX);
         if secs < 1 || secs > max {
             return Err(LifecycleError::Invalid(format!("timeout must be between 1 and {max} seconds, got {secs}")));
         }
@@ -402,6 +407,11 @@ async fn init_agent(agent: &AgentClient, record: &SandboxRecord, token: Option<&
         ..Default::default()
     };
     agent.post_json("/init", &request, token).await.map_err(|e| ember_runtime::RuntimeError::from(e).into())
+}
+
+/// A duration in whole milliseconds, for logs.
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 pub fn random_hex(bytes: usize) -> String {

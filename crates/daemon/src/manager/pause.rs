@@ -46,7 +46,7 @@ impl Manager {
             tracing::error!(sandbox = %id, error = %e, "recording a pause; the next start will see it");
             live.record.lock().unwrap_or_else(|e| e.into_inner()).state = ember_store::SandboxState::Paused;
         }
-        tracing::info!(sandbox = %id, ms = started.elapsed().as_millis() as u64, "sandbox paused");
+        tracing::info!(sandbox = %id, ms = super::millis(started.elapsed()), "sandbox paused");
         Ok(())
     }
 
@@ -84,7 +84,7 @@ impl Manager {
         self.set_end(live, now_ms() + timeout_secs * 1000, false)?;
         // Not recorded as running: the VM is torn down, and the caller ends the sandbox.
         self.transition(live, &mut slot, Some(sandbox))?;
-        tracing::info!(sandbox = %record.id, ms = started.elapsed().as_millis() as u64, "sandbox resumed");
+        tracing::info!(sandbox = %record.id, ms = super::millis(started.elapsed()), "sandbox resumed");
         Ok(true)
     }
 }

@@ -1,7 +1,7 @@
 //! Helpers for tests that run the real `ember` binary against real guests: each test gets its
 //! own data directory, and [`Ember::assert_clean`] checks that nothing of any sandbox it saw is
 //! left (directory, network namespace, QEMU process).
-
+#![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;

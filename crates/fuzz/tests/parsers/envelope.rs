@@ -1,6 +1,8 @@
 //! The Connect envelope decoder (`envd-proto`), fed by the agent with request bodies and by the
 //! host with the guest's response bodies.
 
+#![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;

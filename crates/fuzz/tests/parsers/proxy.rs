@@ -1,6 +1,8 @@
 //! The proxy's routing: `E2b-Sandbox-Port`, signed `/files` URLs, and the headers it forwards
 //! (`daemon::proxy`).
 
+#![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
+
 use ember_agent::files::FileQuery;
 use ember_daemon::proxy::{parse_port, parse_signed_query, strip_request_headers, SANDBOX_ID, SANDBOX_PORT};
 use ember_envd_proto::signature::{sign, FileOp};

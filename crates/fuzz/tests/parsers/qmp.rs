@@ -1,5 +1,7 @@
 //! QMP messages from QEMU (`vmm::qmp::read_message`): JSON lines of at most 1 MiB.
 
+#![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
+
 use ember_fuzz::{config, text_bytes};
 use ember_vmm::qmp::{read_message, QmpError, MAX_LINE};
 use futures_util::FutureExt;

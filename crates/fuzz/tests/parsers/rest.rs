@@ -1,5 +1,7 @@
 //! REST JSON bodies (`api` types through `daemon::error::parse_json`, as the handlers read them).
 
+#![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
+
 use std::collections::BTreeMap;
 
 use ember_api::{ConnectRequest, NewSandbox, TimeoutRequest};

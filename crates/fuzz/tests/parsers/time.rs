@@ -1,5 +1,7 @@
 //! RFC 3339 timestamps (`envd-proto::time`): the agent parses the host's time in `/init`.
 
+#![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ember_envd_proto::time::{parse_rfc3339, rfc3339};

@@ -21,6 +21,8 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     NotImplemented(String),
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
     /// Detail is logged, not sent.
     #[error("{0}")]
     Internal(String),
@@ -36,6 +38,7 @@ impl ApiError {
             ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

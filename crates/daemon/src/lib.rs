@@ -80,6 +80,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/health", get(|| async { StatusCode::NO_CONTENT }))
         .merge(api)
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_REST_BODY))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), proxy::route))
         .with_state(manager)

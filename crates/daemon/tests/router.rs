@@ -336,6 +336,15 @@ async fn unknown_paths_are_404_json() {
 }
 
 #[tokio::test]
+async fn wrong_methods_are_405_json() {
+    let d = Daemon::new();
+    for (method, path) in [(Method::PUT, "/sandboxes"), (Method::GET, "/templates/x"), (Method::PATCH, "/snapshots")] {
+        let a = d.send(method.clone(), path, Some(ENV_KEY), Body::empty()).await;
+        a.assert_error(StatusCode::METHOD_NOT_ALLOWED, &format!("{method} {path}"));
+    }
+}
+
+#[tokio::test]
 async fn the_proxy_answers_502_for_unknown_sandboxes() {
     let d = Daemon::new();
     let not_found = |id: &str| json!({"sandboxId": id, "message": "The sandbox was not found", "code": 502});

@@ -135,6 +135,13 @@ impl Runtime {
         ember_vmm::snapshot::save(&mut qmp, &dir.join("state")).await?;
         vm.kill().await;
         netns.delete()?;
+        // Published as `disk.qcow2` (the name `SnapshotMeta` gives restores); the sockets and
+        // the build's console log are not part of the snapshot.
+        std::fs::rename(dir.join(DISK), dir.join(crate::private::SNAPSHOT_DISK))
+            .map_err(io_err("keep the snapshot's disk"))?;
+        for leftover in ["qmp.sock", "serial.sock"] {
+            let _ = std::fs::remove_file(dir.join(leftover));
+        }
         crate::private::seal_snapshot(dir)?;
         Ok(token)
     }

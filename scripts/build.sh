@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v cargo >/dev/null; then
-    echo "build: cargo not found: install a Rust toolchain (1.80 or newer) with rustup" >&2
+    echo "build: cargo not found: install a Rust toolchain (1.88 or newer) with rustup" >&2
     exit 1
 fi
 

@@ -48,11 +48,11 @@ srv.serve_forever()
 """
 
 
-def envd(daemon, sbx_id, path, token=None, method="GET", **kw):
+def envd(daemon, sbx_id, path, token=None, method="GET", timeout_override=30, **kw):
     headers = {"E2b-Sandbox-Id": sbx_id, "E2b-Sandbox-Port": ENVD}
     if token:
         headers["X-Access-Token"] = token
-    return httpx.request(method, f"{daemon.url}{path}", headers=headers, timeout=30, **kw)
+    return httpx.request(method, f"{daemon.url}{path}", headers=headers, timeout=timeout_override, **kw)
 
 
 def api(daemon, method, path, **kw):
@@ -69,8 +69,23 @@ def wait_for(cond, timeout, what):
 
 
 def agent_pid(sbx):
-    out = sbx.commands.run("pgrep -f 'ember-agent serve' | head -1", user="root").stdout.strip()
-    return int(out)
+    """The pid of the agent's server in the guest (never the shell that asks)."""
+    out = sbx.commands.run("pgrep -f '^/usr/local/bin/ember-agent serve'", user="root").stdout.split()
+    assert len(out) == 1, out
+    return int(out[0])
+
+
+def wait_for_new_agent(sbx, before_pid, timeout=30):
+    """Waits until another agent server than `before_pid` answers the sandbox's calls."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if agent_pid(sbx) != before_pid:
+                return
+        except Exception:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("the agent server did not come back")
 
 
 def assert_gone(daemon, sbx_id):
@@ -81,9 +96,23 @@ def assert_gone(daemon, sbx_id):
     assert not os.path.exists(f"/run/netns/ember-{sbx_id}")
 
 
-def start_staller(sbx):
+def start_staller(daemon, sbx):
+    """Replaces the guest's agent server with the staller and waits until it answers /health
+    (without the real agent's `x-ember-initialised` header)."""
     sbx.files.write("/tmp/staller.py", STALLER)
-    sbx.commands.run("nohup python3 /tmp/staller.py >/dev/null 2>&1 &", user="root", timeout=30)
+    try:
+        sbx.commands.run("nohup python3 /tmp/staller.py >/dev/null 2>&1 &", user="root", timeout=30)
+    except Exception:
+        pass  # the staller may kill the server before this call's answer arrives
+
+    def stalling():
+        try:
+            r = envd(daemon, sbx.sandbox_id, "/health", timeout_override=3)
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 204 and "x-ember-initialised" not in r.headers
+
+    wait_for(stalling, 60, "the staller to take over")
 
 
 def test_agent_restarted_from_inside_keeps_its_token(daemon, sbx):
@@ -91,23 +120,32 @@ def test_agent_restarted_from_inside_keeps_its_token(daemon, sbx):
     before = agent_pid(sbx)
     sbx.commands.run(f"kill -9 {before}", user="root", background=True)
     # PID 1 restarts the server; it reloads the token and env vars from its root-only state.
-    wait_for(lambda: envd(daemon, sbx.sandbox_id, "/health").status_code == 204, 30, "the agent to restart")
+    wait_for_new_agent(sbx, before)
     assert envd(daemon, sbx.sandbox_id, "/envs").status_code == 401
     r = envd(daemon, sbx.sandbox_id, "/init", method="POST", json={"accessToken": "mine"})
     assert r.status_code == 403, "init is never reachable from outside"
     assert envd(daemon, sbx.sandbox_id, "/envs", token).json().get("FROM_CREATE") == "yes"
-    assert agent_pid(sbx) != before
     assert sbx.commands.run("echo $FROM_CREATE").stdout == "yes\n"
 
 
 def test_agent_that_lost_its_state_is_locked_then_reinitialised(daemon, sbx):
     token = sbx._envd_access_token
+    before = agent_pid(sbx)
     sbx.commands.run("rm -rf /run/ember; kill -9 $(pgrep -f 'ember-agent serve')", user="root", background=True)
-    # The restarted server has no token: it refuses (fails closed) until the daemon notices and
-    # initialises it again (its reaper asks every agent whether it holds a token).
-    wait_for(lambda: envd(daemon, sbx.sandbox_id, "/health").status_code == 204, 30, "the agent to restart")
-    assert envd(daemon, sbx.sandbox_id, "/envs").status_code == 401
-    wait_for(lambda: envd(daemon, sbx.sandbox_id, "/envs", token).status_code == 200, 30, "re-initialisation")
+    # The restarted server has no token: it refuses (fails closed), and says so on /health,
+    # until the daemon notices and initialises it again (its reaper asks every agent every 5 s).
+    locked = []
+
+    def restarted_locked():
+        r = envd(daemon, sbx.sandbox_id, "/health")
+        if r.status_code == 204 and r.headers.get("x-ember-initialised") == "false":
+            locked.append(envd(daemon, sbx.sandbox_id, "/envs", token).status_code)
+        return bool(locked) or envd(daemon, sbx.sandbox_id, "/envs", token).status_code == 200
+
+    wait_for(restarted_locked, 30, "the agent to restart")
+    assert not locked or locked[0] == 401, "an agent without its state must refuse even the old token"
+    wait_for_new_agent(sbx, before)
+    assert envd(daemon, sbx.sandbox_id, "/envs", token).json().get("FROM_CREATE") == "yes"
     assert envd(daemon, sbx.sandbox_id, "/envs").status_code == 401
     assert sbx.commands.run("echo $FROM_CREATE").stdout == "yes\n"
 
@@ -125,8 +163,7 @@ def test_console_flood_stops_at_the_cap(daemon, sbx):
 
 def test_a_stalled_guest_cannot_keep_its_vm_past_a_kill(daemon, sbx):
     sid = sbx.sandbox_id
-    start_staller(sbx)
-    wait_for(lambda: envd(daemon, sid, "/health").status_code == 204, 30, "the staller")
+    start_staller(daemon, sbx)
     # Calls into the stalled guest end at their deadline instead of hanging.
     started = time.time()
     assert api(daemon, "GET", f"/sandboxes/{sid}/metrics").status_code == 500
@@ -147,8 +184,7 @@ def test_a_stalled_guest_cannot_keep_its_vm_past_a_kill(daemon, sbx):
 
 def test_a_resume_that_stalls_ends_the_sandbox_and_the_database_agrees(daemon, sbx):
     sid = sbx.sandbox_id
-    start_staller(sbx)
-    wait_for(lambda: envd(daemon, sid, "/health").status_code == 204, 30, "the staller")
+    start_staller(daemon, sbx)
     assert api(daemon, "POST", f"/sandboxes/{sid}/pause").status_code == 204
     started = time.time()
     r = api(daemon, "POST", f"/sandboxes/{sid}/connect", json={})
@@ -159,8 +195,7 @@ def test_a_resume_that_stalls_ends_the_sandbox_and_the_database_agrees(daemon, s
 
 def test_a_stalled_guest_still_times_out(daemon, sbx):
     sid = sbx.sandbox_id
-    start_staller(sbx)
-    wait_for(lambda: envd(daemon, sid, "/health").status_code == 204, 30, "the staller")
+    start_staller(daemon, sbx)
     assert api(daemon, "POST", f"/sandboxes/{sid}/timeout", json={"timeout": 2}).status_code == 204
     wait_for(lambda: api(daemon, "GET", f"/sandboxes/{sid}").status_code == 404, 30, "the time-out")
     assert_gone(daemon, sid)
@@ -246,7 +281,13 @@ def assert_consistent(d):
 
 
 def crash_during(d, request, delay):
-    t = threading.Thread(target=request, daemon=True)
+    def quietly():
+        try:
+            request()
+        except httpx.HTTPError:
+            pass  # the daemon was killed under it
+
+    t = threading.Thread(target=quietly, daemon=True)
     t.start()
     time.sleep(delay)
     d.stop(signal.SIGKILL)

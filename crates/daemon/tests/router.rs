@@ -87,7 +87,7 @@ impl Daemon {
         let runtime = Runtime::unchecked(runtime_config).unwrap();
         let store = Store::open_in_memory().unwrap();
         let other = store.create_key("other", "test").unwrap().key;
-        let manager = Manager::for_tests(config, store, runtime);
+        let manager = Manager::new(config, store, runtime);
         let app = ember_daemon::router(Arc::clone(&manager));
         Self { app, manager, data, other }
     }

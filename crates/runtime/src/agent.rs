@@ -134,13 +134,7 @@ impl AgentClient {
     /// Whether the agent holds an access token (its `/health` says so); a restarted agent
     /// that lost its state answers false and must be initialised again.
     pub async fn initialised(&self, timeout: Duration) -> Result<bool, AgentError> {
-        let req = Request::get("/health")
-            .header(header::HOST, self.addr.to_string())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| AgentError::Other(e.to_string()))?;
-        let resp = tokio::time::timeout(timeout, self.send(req, timeout))
-            .await
-            .map_err(|_| AgentError::Timeout("/health".into()))??;
+        let resp = self.get_health(timeout).await?;
         if resp.status() != StatusCode::NO_CONTENT {
             return Err(AgentError::Status(resp.status()));
         }
@@ -176,14 +170,18 @@ impl AgentClient {
 
     /// `GET /health`; true when the agent answers 204.
     pub async fn health(&self, timeout: Duration) -> Result<bool, AgentError> {
+        Ok(self.get_health(timeout).await?.status() == StatusCode::NO_CONTENT)
+    }
+
+    /// `GET /health` within `timeout`, connect included.
+    async fn get_health(&self, timeout: Duration) -> Result<hyper::Response<Incoming>, AgentError> {
         let req = Request::get("/health")
             .header(header::HOST, self.addr.to_string())
             .body(Empty::<Bytes>::new())
             .map_err(|e| AgentError::Other(e.to_string()))?;
-        let resp = tokio::time::timeout(timeout, self.send(req, timeout))
+        tokio::time::timeout(timeout, self.send(req, timeout))
             .await
-            .map_err(|_| AgentError::Timeout("/health".into()))??;
-        Ok(resp.status() == StatusCode::NO_CONTENT)
+            .map_err(|_| AgentError::Timeout("/health".into()))?
     }
 
     /// Starts a process as `user` (the agent's default user if `None`) and streams its events.

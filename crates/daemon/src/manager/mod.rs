@@ -105,15 +105,7 @@ impl Manager {
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create {}", config.data_dir.display()))?;
         let store = Store::open(&config.data_dir.join("ember.db")).context("open the state database")?;
         let runtime = Runtime::new(runtime_config).context("start the sandbox runtime")?;
-        let manager = Arc::new(Self {
-            config,
-            runtime,
-            store,
-            live: RwLock::default(),
-            creating: Mutex::new(0),
-            pool: Default::default(),
-            refill: Default::default(),
-        });
+        let manager = Self::new(config, store, runtime);
         manager.adopt_all().await;
         tokio::spawn(Arc::clone(&manager).reap());
         tokio::spawn(Arc::clone(&manager).keep_pool_filled());
@@ -121,9 +113,10 @@ impl Manager {
     }
 
     /// A manager over `store` and `runtime` that adopts nothing and starts no background work
-    /// (no reaper, no pool): for tests of the HTTP layer with a runtime that cannot run guests
-    /// (`Runtime::unchecked`). The daemon uses [`Manager::start`].
-    pub fn for_tests(config: ServeConfig, store: Store, runtime: Runtime) -> Arc<Self> {
+    /// (no reaper, no pool). [`Manager::start`] is this plus adoption and the background tasks;
+    /// tests of the HTTP layer use it alone, with a runtime that cannot run guests
+    /// (`Runtime::unchecked`).
+    pub fn new(config: ServeConfig, store: Store, runtime: Runtime) -> Arc<Self> {
         Arc::new(Self {
             config,
             runtime,

@@ -326,3 +326,21 @@ def test_quotas_answer_4xx(crashy):
     assert r.status_code == 429 and "paused" in r.json()["message"], r.text
     assert api(d, "GET", f"/sandboxes/{b}").json()["state"] == "running"
     assert_consistent(d)
+
+
+def test_a_clean_stop_leaves_no_network_slots():
+    data_dir = tempfile.mkdtemp(prefix="ember-slots-test-")
+    d = Daemon(data_dir, free_port())
+    d.start("--pool", "0")
+    slots = os.path.join(data_dir, "slots")
+    wait_for(lambda: len(os.listdir(slots)) >= 4, 30, "the network slots to be made")
+    made = os.listdir(slots)
+    assert all(os.path.exists(f"/run/netns/ember-{sid}") for sid in made)
+    d.stop()
+    try:
+        assert d.proc.returncode == 0, d.log()
+        assert os.listdir(slots) == [], "slot markers left"
+        left = [sid for sid in made if os.path.exists(f"/run/netns/ember-{sid}")]
+        assert not left, f"namespaces of pre-made slots left after a clean stop: {left}"
+    finally:
+        subprocess.run(["rm", "-rf", data_dir])

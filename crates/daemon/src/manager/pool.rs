@@ -32,7 +32,10 @@ impl Manager {
             let busy = self.running() + *self.creating.lock().unwrap_or_else(|e| e.into_inner());
             if pooled < self.config.pool_size && pooled + busy < self.config.max_sandboxes {
                 match self.runtime.create(&self.spec(POOL_TEMPLATE)).await {
-                    Ok(sandbox) => self.pool.lock().await.push_back(sandbox),
+                    Ok(sandbox) => {
+                        warm_init(&sandbox).await;
+                        self.pool.lock().await.push_back(sandbox)
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "filling the sandbox pool");
                         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -42,5 +45,26 @@ impl Manager {
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), self.refill.notified()).await;
         }
+    }
+}
+
+/// Runs the agent's `/init` once on a pooled sandbox, with the token it already holds and the
+/// identity fields a create will send (its own hostname, the host's time, fresh entropy, no env
+/// vars), so that under TCG the create's `/init` finds its code already translated in this QEMU
+/// process (the state-file write, clock, RNG and hostname paths) instead of paying for that on the
+/// create's path. Nothing a create relies on changes: the create's `/init` sets the real identity.
+async fn warm_init(sandbox: &Sandbox) {
+    let token = sandbox.agent().token().map(str::to_string);
+    let request = ember_envd_proto::init::InitRequest {
+        env_vars: Some(Default::default()),
+        access_token: token.clone(),
+        default_user: Some("user".into()),
+        timestamp: Some(ember_envd_proto::time::rfc3339(std::time::SystemTime::now())),
+        entropy: Some(super::random_hex(32)),
+        hostname: Some(sandbox.id().to_string()),
+        ..Default::default()
+    };
+    if let Err(e) = sandbox.agent().post_json("/init", &request, token.as_deref()).await {
+        tracing::debug!(sandbox = %sandbox.id(), error = %e, "warming a pooled sandbox's /init");
     }
 }

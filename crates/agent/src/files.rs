@@ -165,12 +165,27 @@ pub async fn upload(
     query: Result<Query<FileQuery>, QueryRejection>,
     body: Body,
 ) -> Response {
-    let (query, user) = match prepare(&agent, &headers, query, FileOp::Write) {
+    let mut response = upload_files(&agent, &headers, query, body).await;
+    if !response.status().is_success() {
+        // The body may be unread: the connection cannot carry another request, and a client
+        // that reused it would see it closed under its next call. Say so.
+        response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
+    response
+}
+
+async fn upload_files(
+    agent: &Agent,
+    headers: &HeaderMap,
+    query: Result<Query<FileQuery>, QueryRejection>,
+    body: Body,
+) -> Response {
+    let (query, user) = match prepare(agent, headers, query, FileOp::Write) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
     let result = async {
-        let metadata = metadata_headers(&headers)?;
+        let metadata = metadata_headers(headers)?;
         let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         let mut written = Vec::new();
         if ctype.starts_with("multipart/form-data") {

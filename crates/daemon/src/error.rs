@@ -42,10 +42,6 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
-
-    pub fn sandbox_not_found(id: &str) -> Self {
-        ApiError::NotFound(format!("sandbox \"{id}\" not found"))
-    }
 }
 
 impl From<crate::manager::LifecycleError> for ApiError {

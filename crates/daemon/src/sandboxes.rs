@@ -242,7 +242,8 @@ pub async fn metrics(
             ApiError::Internal("the sandbox did not report metrics".into())
         })?;
     Ok(Json(vec![SandboxMetric {
-        timestamp: rfc3339(raw.ts * 1000),
+        // The guest's number: saturate rather than overflow.
+        timestamp: rfc3339(raw.ts.saturating_mul(1000)),
         timestamp_unix: raw.ts,
         cpu_count: u64::from(raw.cpu_count),
         cpu_used_pct: raw.cpu_used_pct,

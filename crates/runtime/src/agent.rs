@@ -11,7 +11,7 @@ use bytes::Bytes;
 use ember_envd_proto::envelope::{encode_message, EndStream};
 use ember_envd_proto::process::{ProcessEvent, StartRequest, StartResponse, START_PATH};
 use ember_envd_proto::stream::{FrameReader, StreamError};
-use ember_envd_proto::{ConnectError, EnvelopeError, CONNECT_JSON};
+use ember_envd_proto::{ConnectError, EnvelopeError, CONNECT_JSON, INITIALISED_HEADER};
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -55,7 +55,6 @@ pub struct AgentClient {
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the connection to the guest may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-use ember_envd_proto::INITIALISED_HEADER;
 
 impl AgentClient {
     pub fn new(netns: PathBuf, addr: SocketAddr) -> Self {

@@ -335,12 +335,11 @@ impl Sandbox {
         let path = runtime.sandbox_dir(id);
         let gone = |what| RuntimeError::Adopt(id.to_string(), what);
         let recorded = reconcile::recorded_vm(&path).ok_or_else(|| gone("no QEMU recorded"))?;
-        let vm =
+        let mut vm =
             Vm::adopt(&recorded, path.join("serial.log"), path.join("qmp.sock")).ok_or_else(|| gone("QEMU is gone"))?;
         let netns = Netns::adopt(&ember_net::name_for(id)).ok_or_else(|| gone("namespace is gone"))?;
         let dir = SandboxDir(Some(path.clone()));
         reconcile::record_owner(&path)?;
-        let mut vm = vm;
         if let Ok(mut qmp) = vm.qmp(Duration::from_secs(2)).await {
             let _ = qmp.execute("cont", None).await;
         }

@@ -390,16 +390,22 @@ enum Source {
 /// random state is the template's). `token` is the one the agent holds now, if any. The call
 /// has a deadline (the agent client's).
 async fn init_agent(agent: &AgentClient, record: &SandboxRecord, token: Option<&str>) -> Result<(), LifecycleError> {
-    let request = InitRequest {
-        env_vars: Some(record.env_vars.clone()),
-        access_token: record.access_token.clone(),
+    let request = init_request(&record.id, record.env_vars.clone(), record.access_token.clone());
+    agent.post_json("/init", &request, token).await.map_err(|e| ember_runtime::RuntimeError::from(e).into())
+}
+
+/// The `/init` body that gives sandbox `id` its identity: `env_vars`, `access_token`, the
+/// default user, the host's time, fresh entropy and its hostname (the id).
+fn init_request(id: &str, env_vars: BTreeMap<String, String>, access_token: Option<String>) -> InitRequest {
+    InitRequest {
+        env_vars: Some(env_vars),
+        access_token,
         default_user: Some("user".into()),
         timestamp: Some(ember_envd_proto::time::rfc3339(std::time::SystemTime::now())),
         entropy: Some(random_hex(32)),
-        hostname: Some(record.id.clone()),
+        hostname: Some(id.to_string()),
         ..Default::default()
-    };
-    agent.post_json("/init", &request, token).await.map_err(|e| ember_runtime::RuntimeError::from(e).into())
+    }
 }
 
 /// A duration in whole milliseconds, for logs.

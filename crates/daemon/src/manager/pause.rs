@@ -13,6 +13,9 @@ impl Manager {
     /// Pauses a running sandbox (409 if it is paused already; 429 past the team's limit of
     /// paused sandboxes).
     pub async fn pause(self: &Arc<Self>, live: Arc<Live>) -> Result<(), LifecycleError> {
+        if live.is_paused() {
+            return Err(LifecycleError::Conflict(format!("sandbox {} is already paused", live.id())));
+        }
         let team = live.record().team;
         let paused = self.list(&team).iter().filter(|r| r.state == ember_store::SandboxState::Paused).count();
         if paused >= self.config.max_paused_per_team {

@@ -55,15 +55,7 @@ impl Manager {
 /// create's path. Nothing a create relies on changes: the create's `/init` sets the real identity.
 async fn warm_init(sandbox: &Sandbox) {
     let token = sandbox.agent().token().map(str::to_string);
-    let request = ember_envd_proto::init::InitRequest {
-        env_vars: Some(Default::default()),
-        access_token: token.clone(),
-        default_user: Some("user".into()),
-        timestamp: Some(ember_envd_proto::time::rfc3339(std::time::SystemTime::now())),
-        entropy: Some(super::random_hex(32)),
-        hostname: Some(sandbox.id().to_string()),
-        ..Default::default()
-    };
+    let request = super::init_request(sandbox.id(), Default::default(), token.clone());
     if let Err(e) = sandbox.agent().post_json("/init", &request, token.as_deref()).await {
         tracing::debug!(sandbox = %sandbox.id(), error = %e, "warming a pooled sandbox's /init");
     }

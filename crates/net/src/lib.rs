@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod netns;
+pub mod policy;
 
 pub use netns::{connect_in, name_for, path_of, Netns, NAME_PREFIX};
 
@@ -37,3 +38,11 @@ pub enum NetError {
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
 }
+
+/// Port of the DNS service each slot offers its guest at [`TAP_IP`].
+pub const DNS_PORT: u16 = 53;
+/// Port at [`TAP_IP`] where a slot's egress proxy takes the guest's port-80 connections that
+/// only a domain rule can allow (nftables redirects them there).
+pub const PROXY_HTTP_PORT: u16 = 15080;
+/// The same for port 443 (TLS, matched by SNI).
+pub const PROXY_TLS_PORT: u16 = 15443;

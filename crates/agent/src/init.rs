@@ -1,8 +1,9 @@
 //! PID 1 in the guest: mounts the kernel filesystems, names the host, configures the network
-//! from the kernel command line, starts the agent server as a child (restarting it if it dies)
+//! and the resolver from the kernel command line, starts the agent server as a child (restarting it if it dies)
 //! and reaps every orphan.
 
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,13 +12,19 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{sethostname, Pid};
 
-/// Guest settings read from the kernel command line (`ember.ip=`, `ember.gw=`, `ember.hostname=`).
+/// Where the guest's resolver configuration is written.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Guest settings read from the kernel command line (`ember.ip=`, `ember.gw=`, `ember.dns=`,
+/// `ember.hostname=`).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct BootParams {
     /// Guest address with prefix, e.g. `169.254.0.21/30`.
     pub ip: Option<String>,
-    /// Default gateway, e.g. `169.254.0.22`.
+    /// Default gateway, e.g. `169.254.0.22`; also the nameserver unless `dns` names another.
     pub gw: Option<String>,
+    /// Nameserver, when it is not the gateway.
+    pub dns: Option<String>,
     pub hostname: Option<String>,
 }
 
@@ -30,6 +37,7 @@ impl BootParams {
                 match key {
                     "ember.ip" => p.ip = value,
                     "ember.gw" => p.gw = value,
+                    "ember.dns" => p.dns = value,
                     "ember.hostname" => p.hostname = value,
                     _ => {}
                 }
@@ -49,6 +57,23 @@ impl BootParams {
         }
         s
     }
+
+    /// The guest's own address, without its prefix (`169.254.0.21/30` -> `169.254.0.21`).
+    pub fn guest_addr(&self) -> Option<IpAddr> {
+        let ip = self.ip.as_deref()?;
+        ip.split_once('/').map_or(ip, |(addr, _)| addr).parse().ok()
+    }
+
+    /// The nameserver: `ember.dns=` if given, else the gateway (the host answers DNS there).
+    /// A value that is not an IP address is ignored.
+    pub fn nameserver(&self) -> Option<IpAddr> {
+        self.dns.as_deref().or(self.gw.as_deref())?.parse().ok()
+    }
+
+    /// `/etc/resolv.conf` for [`Self::nameserver`], if there is one.
+    pub fn resolv_conf(&self) -> Option<String> {
+        self.nameserver().map(|ns| format!("nameserver {ns}\noptions timeout:2 attempts:2\n"))
+    }
 }
 
 /// Runs as PID 1; never returns.
@@ -62,6 +87,11 @@ pub fn run() -> ! {
         log(&format!("ember-init: sethostname: {e}"));
     }
     configure_network(&params);
+    if let Some(conf) = params.resolv_conf() {
+        if let Err(e) = crate::atomic::write(Path::new(RESOLV_CONF), conf.as_bytes(), 0o644) {
+            log(&format!("ember-init: writing {RESOLV_CONF}: {e}"));
+        }
+    }
     let exe = std::env::current_exe().unwrap_or_else(|_| "/usr/local/bin/ember-agent".into());
     let mut agent = spawn_agent(&exe);
     loop {
@@ -159,5 +189,22 @@ mod tests {
         assert!(script.contains("addr add 169.254.0.21/30 dev eth0"));
         assert!(script.contains("route add default via 169.254.0.22"));
         assert_eq!(BootParams::parse("quiet").ip_batch(), "link set lo up\n");
+        assert_eq!(p.guest_addr(), Some(IpAddr::from([169, 254, 0, 21])));
+    }
+
+    #[test]
+    fn nameserver_is_the_gateway_unless_named() {
+        let p = BootParams::parse("ember.ip=169.254.0.21/30 ember.gw=169.254.0.22");
+        assert_eq!(p.resolv_conf().as_deref(), Some("nameserver 169.254.0.22\noptions timeout:2 attempts:2\n"));
+        let p = BootParams::parse("ember.gw=169.254.0.22 ember.dns=10.0.0.53");
+        assert_eq!(p.resolv_conf().as_deref(), Some("nameserver 10.0.0.53\noptions timeout:2 attempts:2\n"));
+        let p = BootParams::parse("ember.dns=fd00::53");
+        assert_eq!(p.resolv_conf().as_deref(), Some("nameserver fd00::53\noptions timeout:2 attempts:2\n"));
+        // Nothing to name, or nothing that is an address: the file is left alone.
+        assert_eq!(BootParams::parse("ember.ip=169.254.0.21/30").resolv_conf(), None);
+        assert_eq!(BootParams::parse("ember.gw=evil\nnameserver").resolv_conf(), None);
+        assert_eq!(BootParams::parse("ember.gw=169.254.0.22 ember.dns=x").resolv_conf(), None);
+        assert_eq!(BootParams::parse("ember.ip=169.254.0.21").guest_addr(), Some(IpAddr::from([169, 254, 0, 21])));
+        assert_eq!(BootParams::parse("ember.ip=bogus/30").guest_addr(), None);
     }
 }

@@ -7,6 +7,7 @@
 // Values from guests and clients are bounded before use: no silent truncation or sign change.
 #![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
 
+pub mod atomic;
 pub mod auth;
 pub mod connect;
 pub mod creds;

@@ -36,9 +36,15 @@ pub struct InitRequest {
     /// Ember's own field: the sandbox's hostname (a restored guest has the template's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// Extra CA certificates (PEM `CERTIFICATE` blocks, at most 1 MiB) for the guest to trust,
+    /// e.g. a TLS-inspecting proxy's; they replace those an earlier `/init` gave, and an empty
+    /// string removes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
 }
 
-/// Leaves the token and the entropy out, so logging a request does not leak them.
+/// Leaves the token and the entropy out, so logging a request does not leak them, and shows only
+/// the CA bundle's length.
 impl fmt::Debug for InitRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let redacted = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
@@ -50,6 +56,7 @@ impl fmt::Debug for InitRequest {
             .field("default_workdir", &self.default_workdir)
             .field("entropy", &redacted(&self.entropy))
             .field("hostname", &self.hostname)
+            .field("ca_bundle", &self.ca_bundle.as_ref().map(|b| format!("<{} bytes>", b.len())))
             .finish()
     }
 }
@@ -61,17 +68,19 @@ mod tests {
     #[test]
     fn camel_case_fields_unknown_ignored_none_skipped() {
         let json = r#"{"envVars":{"A":"1"},"accessToken":"t","defaultUser":"user","defaultWorkdir":"/w",
-            "timestamp":"2024-01-01T00:00:00Z","entropy":"00","hostname":"h","somethingNew":1}"#;
+            "timestamp":"2024-01-01T00:00:00Z","entropy":"00","hostname":"h","caBundle":"-----BEGIN CERTIFICATE-----","somethingNew":1}"#;
         let req: InitRequest = serde_json::from_str(json).unwrap();
         assert_eq!(req.env_vars.as_ref().and_then(|e| e.get("A")).map(String::as_str), Some("1"));
         assert_eq!(req.access_token.as_deref(), Some("t"));
         assert_eq!(req.default_workdir.as_deref(), Some("/w"));
         assert_eq!(req.hostname.as_deref(), Some("h"));
+        assert_eq!(req.ca_bundle.as_deref(), Some("-----BEGIN CERTIFICATE-----"));
         assert_eq!(serde_json::from_str::<InitRequest>("{}").unwrap(), InitRequest::default());
         assert_eq!(serde_json::to_string(&InitRequest::default()).unwrap(), "{}");
         let back: InitRequest = serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
         assert_eq!(back, req);
         let shown = format!("{req:?}");
         assert!(!shown.contains("\"t\"") && shown.contains("<redacted>"));
+        assert!(shown.contains("<27 bytes>") && !shown.contains("BEGIN"));
     }
 }

@@ -1,14 +1,16 @@
 //! Ember's guest agent: PID 1 duties inside the microVM ([`init`]) and the envd-compatible
 //! server ([`server`]) that the host and the E2B SDKs talk to on port 49983: processes
 //! ([`process`]), filesystem RPCs and watches ([`fs`]), file transfer ([`files`]) and the
-//! system endpoints ([`system`]). What `/init` sets is saved ([`statefile`]) so a restarted
-//! server keeps its token; a server without one refuses every call but `/health` and `/init`.
+//! system endpoints ([`system`]), with extra CA certificates from `/init` ([`ca`]). What `/init`
+//! sets is saved ([`statefile`]) so a restarted server keeps its token; a server without one
+//! refuses every call but `/health` and `/init`.
 
 // Values from guests and clients are bounded before use: no silent truncation or sign change.
 #![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
 
 pub mod atomic;
 pub mod auth;
+pub mod ca;
 pub mod connect;
 pub mod creds;
 pub mod files;

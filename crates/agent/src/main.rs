@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use ember_agent::ca::CaPaths;
 use ember_agent::server::{serve, AgentConfig};
 use ember_agent::statefile::GUEST_STATE_FILE;
 
@@ -52,7 +53,7 @@ fn main() -> anyhow::Result<()> {
     let config = match cli.command {
         Some(Cmd::Serve { listen, default_user, users_root, guest, state_file }) => {
             let state_file = state_file.or_else(|| guest.then(|| GUEST_STATE_FILE.into()));
-            AgentConfig { listen, default_user, users_root, guest, state_file }
+            AgentConfig { listen, default_user, users_root, guest, state_file, ca_paths: CaPaths::guest() }
         }
         None => AgentConfig {
             listen: ([0, 0, 0, 0], ember_envd_proto::ENVD_PORT).into(),
@@ -60,6 +61,7 @@ fn main() -> anyhow::Result<()> {
             users_root: "/".into(),
             guest: false,
             state_file: None,
+            ca_paths: CaPaths::guest(),
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

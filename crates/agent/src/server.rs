@@ -27,6 +27,8 @@ pub struct AgentConfig {
     /// ([`crate::statefile`]); `None` keeps it in memory only (a restarted server then holds no
     /// token and refuses every call until `/init`).
     pub state_file: Option<std::path::PathBuf>,
+    /// Where `/init` installs extra CA certificates (`caBundle`; in a guest only).
+    pub ca_paths: crate::ca::CaPaths,
 }
 
 /// Builds the router; separate from [`serve`] so tests can drive it without a socket.

@@ -28,7 +28,11 @@ pub struct Agent {
 /// and `/init`.
 #[derive(Clone, Default)]
 pub struct Identity {
+    /// The caller's env vars (`envVars`).
     pub env: BTreeMap<String, String>,
+    /// Env vars the agent adds for what `/init` installed ([`crate::ca::NODE_ENV`] while extra
+    /// CA certificates are), kept apart from `env` so a later `envVars` does not drop them.
+    pub agent_env: BTreeMap<String, String>,
     pub access_token: Option<String>,
     pub default_user: String,
     pub default_workdir: Option<PathBuf>,
@@ -39,10 +43,21 @@ impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Identity")
             .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("agent_env", &self.agent_env)
             .field("access_token", &self.access_token.as_ref().map(|_| "<redacted>"))
             .field("default_user", &self.default_user)
             .field("default_workdir", &self.default_workdir)
             .finish()
+    }
+}
+
+impl Identity {
+    /// The sandbox env vars every process gets: [`Self::agent_env`] overridden by
+    /// [`Self::env`], so the caller's value wins.
+    pub fn process_env(&self) -> BTreeMap<String, String> {
+        let mut all = self.agent_env.clone();
+        all.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        all
     }
 }
 

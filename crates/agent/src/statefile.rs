@@ -48,6 +48,9 @@ struct Saved {
     access_token: Option<String>,
     default_user: String,
     default_workdir: Option<String>,
+    /// Absent in files without any (and in those written before it existed).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    agent_env: BTreeMap<String, String>,
 }
 
 /// Reads the saved state; `Ok(None)` when there is no file yet.
@@ -85,6 +88,7 @@ pub fn load(path: &Path) -> Result<Option<Identity>, StateError> {
     }
     Ok(Some(Identity {
         env: saved.env_vars,
+        agent_env: saved.agent_env,
         access_token: saved.access_token.filter(|t| !t.is_empty()),
         default_user: saved.default_user,
         default_workdir: saved.default_workdir.map(PathBuf::from).filter(|d| d.is_absolute()),
@@ -99,6 +103,7 @@ pub fn save(path: &Path, identity: &Identity) -> Result<(), StateError> {
         access_token: identity.access_token.clone(),
         default_user: identity.default_user.clone(),
         default_workdir: identity.default_workdir.as_ref().map(|d| d.to_string_lossy().into_owned()),
+        agent_env: identity.agent_env.clone(),
     };
     let json = serde_json::to_vec(&saved).map_err(|source| StateError::Invalid { path: path.to_path_buf(), source })?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -144,6 +149,7 @@ mod tests {
     fn identity() -> Identity {
         Identity {
             env: [("A".to_string(), "1".to_string())].into(),
+            agent_env: [("B".to_string(), "2".to_string())].into(),
             access_token: Some("tok".into()),
             default_user: "user".into(),
             default_workdir: Some("/work".into()),
@@ -161,6 +167,7 @@ mod tests {
         assert_eq!(mode(&dir.path().join("state")), 0o700);
         let back = load(&path).unwrap().unwrap();
         assert_eq!(back.env, identity().env);
+        assert_eq!(back.agent_env, identity().agent_env);
         assert_eq!(back.access_token.as_deref(), Some("tok"));
         assert_eq!(back.default_user, "user");
         assert_eq!(back.default_workdir, Some(PathBuf::from("/work")));
@@ -187,6 +194,9 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(load(&path), Err(StateError::Version { found: 2, .. })));
+        // A file from before `agentEnv` existed.
+        std::fs::write(&path, text.replace("\"version\":2", "\"version\":1")).unwrap();
+        assert!(load(&path).unwrap().unwrap().agent_env.is_empty());
         assert!(matches!(load(dir.path()), Err(StateError::Untrusted { .. }) | Err(StateError::Io { .. })));
     }
 }

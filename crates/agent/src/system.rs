@@ -15,6 +15,7 @@ use ember_envd_proto::metrics::Metrics;
 use ember_envd_proto::INITIALISED_HEADER;
 
 use crate::auth::{header_matches, http_error};
+use crate::ca;
 use crate::connect::read_body;
 use crate::state::Agent;
 
@@ -40,8 +41,9 @@ fn init_allowed(agent: &Agent, headers: &HeaderMap) -> bool {
 }
 
 /// Sets the sandbox's identity (saved, so a restarted server keeps it) and, in a guest, the
-/// clock, the RNG and the hostname. An `/init` that leaves the agent without a token succeeds,
-/// but the agent goes on refusing every call but `/health` and `/init`.
+/// clock, the RNG, the hostname and the extra CA certificates ([`ca`]). An `/init` that leaves
+/// the agent without a token succeeds, but the agent goes on refusing every call but `/health`
+/// and `/init`.
 pub async fn init(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Body) -> Response {
     // Checked before reading the body, and again under the lock (another /init may have set a
     // token meanwhile); the body is read outside the lock so a slow client holds nobody up.
@@ -55,6 +57,11 @@ pub async fn init(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bod
     let req: InitRequest = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
         Ok(r) => r,
         Err(e) => return http_error(StatusCode::BAD_REQUEST, format!("invalid /init body: {e}")),
+    };
+    // `None`: no caBundle; `Some(None)`: remove the certificates installed.
+    let ca_bundle = match req.ca_bundle.as_deref().map(ca::Bundle::parse).transpose() {
+        Ok(bundle) => bundle,
+        Err(e) => return http_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let _serial = agent.init_lock.lock().await;
     if !init_allowed(&agent, &headers) {
@@ -97,6 +104,23 @@ pub async fn init(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bod
         }
     }
     let mut next = agent.identity();
+    if let (Some(bundle), true) = (ca_bundle, agent.config.guest) {
+        let installed = bundle.is_some();
+        let paths = agent.config.ca_paths.clone();
+        let result = match tokio::task::spawn_blocking(move || ca::install(&paths, bundle.as_ref())).await {
+            Ok(installing) => installing.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "installing the CA bundle /init gave");
+            return http_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot install the CA certificates");
+        }
+        if installed {
+            next.agent_env.insert(ca::NODE_ENV.into(), agent.config.ca_paths.extra.display().to_string());
+        } else {
+            next.agent_env.remove(ca::NODE_ENV);
+        }
+    }
     if let Some(env) = req.env_vars {
         next.env = env;
     }

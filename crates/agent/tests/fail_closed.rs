@@ -54,6 +54,10 @@ impl Scratch {
             users_root: self.dir.path().to_path_buf(),
             guest: false,
             state_file,
+            ca_paths: ember_agent::ca::CaPaths {
+                extra: self.dir.path().join("ca/extra.crt"),
+                system: self.dir.path().join("ca/bundle.crt"),
+            },
         }
     }
 

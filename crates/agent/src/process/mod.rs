@@ -62,7 +62,7 @@ async fn start(agent: &Arc<Agent>, headers: &HeaderMap, body: Body) -> Response 
             spawn::Launch {
                 request,
                 user,
-                sandbox_envs: identity.env,
+                sandbox_envs: identity.process_env(),
                 default_workdir: identity.default_workdir,
                 lifetime,
             },

@@ -3,7 +3,8 @@
 //! ([`process`]), filesystem RPCs and watches ([`fs`]), file transfer ([`files`]) and the
 //! system endpoints ([`system`]), with extra CA certificates from `/init` ([`ca`]). What `/init`
 //! sets is saved ([`statefile`]) so a restarted server keeps its token; a server without one
-//! refuses every call but `/health` and `/init`.
+//! refuses every call but `/health` and `/init`. In a guest it also makes servers that listen on
+//! the guest's loopback only reachable on its address ([`forward`]).
 
 // Values from guests and clients are bounded before use: no silent truncation or sign change.
 #![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
@@ -14,6 +15,7 @@ pub mod ca;
 pub mod connect;
 pub mod creds;
 pub mod files;
+pub mod forward;
 pub mod fs;
 pub mod init;
 pub mod process;

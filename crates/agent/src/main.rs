@@ -1,11 +1,12 @@
 //! `ember-agent`: PID 1 in the guest (then it starts itself again as the server), or
 //! `ember-agent serve` anywhere, including on the host in a scratch directory.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use ember_agent::ca::CaPaths;
+use ember_agent::init::BootParams;
 use ember_agent::server::{serve, AgentConfig};
 use ember_agent::statefile::GUEST_STATE_FILE;
 
@@ -35,6 +36,10 @@ enum Cmd {
         /// default with `--guest`: /run/ember/agent.json, else kept in memory only.
         #[arg(long)]
         state_file: Option<PathBuf>,
+        /// The guest's address, on which servers listening on loopback only are made reachable
+        /// (with `--guest` only); default: from `ember.ip=` on the kernel command line.
+        #[arg(long)]
+        guest_ip: Option<IpAddr>,
     },
 }
 
@@ -51,9 +56,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = match cli.command {
-        Some(Cmd::Serve { listen, default_user, users_root, guest, state_file }) => {
+        Some(Cmd::Serve { listen, default_user, users_root, guest, state_file, guest_ip }) => {
             let state_file = state_file.or_else(|| guest.then(|| GUEST_STATE_FILE.into()));
-            AgentConfig { listen, default_user, users_root, guest, state_file, ca_paths: CaPaths::guest() }
+            let guest_ip = guest_ip.or_else(|| if guest { boot_guest_ip() } else { None });
+            AgentConfig { listen, default_user, users_root, guest, state_file, ca_paths: CaPaths::guest(), guest_ip }
         }
         None => AgentConfig {
             listen: ([0, 0, 0, 0], ember_envd_proto::ENVD_PORT).into(),
@@ -62,8 +68,19 @@ fn main() -> anyhow::Result<()> {
             guest: false,
             state_file: None,
             ca_paths: CaPaths::guest(),
+            guest_ip: None,
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(serve(config))
+}
+
+/// The guest's address from the kernel command line (`ember.ip=`).
+fn boot_guest_ip() -> Option<IpAddr> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    let ip = BootParams::parse(&cmdline).guest_addr();
+    if ip.is_none() {
+        tracing::warn!("no ember.ip= on the kernel command line: loopback-only servers are not forwarded");
+    }
+    ip
 }

@@ -1,7 +1,7 @@
 //! The agent's HTTP/1.1 server: routes for envd's endpoints and RPC services, behind the
 //! access-token check (which refuses everything but `/health` and `/init` until a token is set).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -29,6 +29,9 @@ pub struct AgentConfig {
     pub state_file: Option<std::path::PathBuf>,
     /// Where `/init` installs extra CA certificates (`caBundle`; in a guest only).
     pub ca_paths: crate::ca::CaPaths,
+    /// The guest's own address: in a guest, servers listening on its loopback only are made
+    /// reachable on it ([`crate::forward`]); `None` forwards nothing.
+    pub guest_ip: Option<IpAddr>,
 }
 
 /// Builds the router; separate from [`serve`] so tests can drive it without a socket.
@@ -48,12 +51,17 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
-/// Serves until the process is stopped.
+/// Serves until the process is stopped; in a guest, also forwards the guest's address to servers
+/// listening on its loopback only ([`crate::forward`]).
 pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     use anyhow::Context;
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("bind {}", config.listen))?;
     tracing::info!(addr = %config.listen, version = ember_envd_proto::ENVD_VERSION, "ember-agent listening");
+    if let (true, Some(ip)) = (config.guest, config.guest_ip) {
+        let own = vec![config.listen.port(), ember_envd_proto::ENVD_PORT];
+        tokio::spawn(crate::forward::run(ip, own));
+    }
     let agent = Arc::new(Agent::new(config));
     if !agent.initialised() {
         tracing::info!("no access token yet: refusing every call but /health and /init");

@@ -58,6 +58,7 @@ impl Scratch {
                 extra: self.dir.path().join("ca/extra.crt"),
                 system: self.dir.path().join("ca/bundle.crt"),
             },
+            guest_ip: None,
         }
     }
 

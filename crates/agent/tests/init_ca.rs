@@ -46,6 +46,7 @@ impl Guest {
             guest: true,
             state_file: Some(root.join("state/agent.json")),
             ca_paths: CaPaths { extra: root.join("local/ember-extra.crt"), system: root.join("certs/ca.crt") },
+            guest_ip: None,
         };
         let agent = Arc::new(Agent::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

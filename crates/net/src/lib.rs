@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod dns;
 mod netns;
 pub mod policy;
 

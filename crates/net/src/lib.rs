@@ -7,6 +7,7 @@
 pub mod dns;
 mod netns;
 pub mod policy;
+pub mod sniff;
 
 pub use netns::{connect_in, name_for, path_of, Netns, NAME_PREFIX};
 

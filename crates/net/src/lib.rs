@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dns;
+pub mod egress;
 mod netns;
 pub mod policy;
 pub mod sniff;

@@ -3,9 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
 
+mod dns;
 mod envelope;
 mod proxy;
 mod qmp;
 mod range;
 mod rest;
+mod sniff;
 mod time;

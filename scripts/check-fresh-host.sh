@@ -77,6 +77,7 @@ check_qemu() {
     local what=$1 sys utils
     in_root qemu-system-x86_64 --version | head -1
     in_root qemu-img --version | head -1
+    in_root nft --version | head -1 || { echo "check-fresh-host: FAILED ($what): no nft (package nftables)" >&2; exit 1; }
     sys=$(in_root dpkg-query -W -f='${Version}' qemu-system-x86)
     utils=$(in_root dpkg-query -W -f='${Version}' qemu-utils)
     if [ "$sys" != "$utils" ]; then

@@ -13,7 +13,8 @@ packages=(
     qemu-system-x86 qemu-utils             # the VMM and qemu-img (same release: apt removes a mismatched pair)
     linux-source-6.1 make gcc bc bison flex libelf-dev libssl-dev xz-utils perl   # guest kernel
     debootstrap e2fsprogs                  # guest root filesystem
-    iproute2                               # network namespaces and taps
+    iproute2                               # network namespaces, taps and veths
+    nftables                               # sandbox egress: NAT and filtering (nft)
     python3 python3-venv                   # test clients
 )
 missing=()

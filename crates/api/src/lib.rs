@@ -29,6 +29,51 @@ pub struct NewSandbox {
     pub allow_internet_access: Option<bool>,
     #[serde(default)]
     pub auto_pause: Option<bool>,
+    #[serde(default)]
+    pub network: Option<NetworkConfig>,
+}
+
+/// `network` of a create body, and as `GET /sandboxes/{id}` reports it (E2B's
+/// `SandboxNetworkConfig`). `egressProxy`, `rules` and `httpsPorts` are E2B cloud features Ember
+/// refuses when they are set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_out: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_out: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_servers: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_public_traffic: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_request_host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_proxy: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_ports: Option<Vec<u16>>,
+}
+
+/// Body of `PUT /sandboxes/{id}/network`: the whole egress configuration (an omitted field is
+/// cleared).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkUpdate {
+    #[serde(default)]
+    pub allow_out: Option<Vec<String>>,
+    #[serde(default)]
+    pub deny_out: Option<Vec<String>>,
+    #[serde(default)]
+    pub dns_servers: Option<Vec<String>>,
+    #[serde(default)]
+    pub egress_proxy: Option<serde_json::Value>,
+    #[serde(default)]
+    pub rules: Option<serde_json::Value>,
+    #[serde(default, rename = "allow_internet_access")]
+    pub allow_internet_access: Option<bool>,
 }
 
 /// Answer of create and connect.
@@ -77,6 +122,8 @@ pub struct SandboxDetail {
     pub envd_access_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_internet_access: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
 }
 
 /// `POST /sandboxes/{id}/timeout`.

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod error;
 pub mod manager;
+pub mod network;
 pub mod page;
 pub mod proxy;
 pub mod sandboxes;
@@ -56,6 +57,9 @@ pub struct ServeConfig {
     pub max_snapshots_per_team: usize,
     /// Bytes all snapshots together may use on the host.
     pub max_snapshot_bytes: u64,
+    /// The domain exposed ports are reached under: `{port}-{sandboxID}.{domain}` (returned by
+    /// create as `domain`, so the SDKs' `get_host` names it).
+    pub domain: String,
 }
 
 /// The whole HTTP surface.
@@ -72,6 +76,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
         .route("/sandboxes/{id}/logs", get(sandboxes::logs))
+        .route("/sandboxes/{id}/network", axum::routing::put(network::update))
         .route("/sandboxes/{id}/snapshots", post(snapshots::create))
         .route("/snapshots", get(snapshots::list))
         .route("/templates/{id}", axum::routing::delete(snapshots::delete))

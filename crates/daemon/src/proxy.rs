@@ -1,9 +1,13 @@
-//! Sandbox traffic on the API's port: a request with `E2b-Sandbox-Id` (or a signed `/files` URL
-//! with none) is forwarded to the guest port named by `E2b-Sandbox-Port` (49983 envd, 49999 the
-//! code interpreter, any other port as is), bodies streamed both ways without buffering.
-//! Hop-by-hop headers, the client's daemon credentials (`X-API-Key`, cookies) and the routing
-//! headers are not passed to the guest. Unknown or dead sandboxes get the 502 JSON the SDKs
-//! recognise; envd's internal endpoints are not reachable from outside.
+//! Sandbox traffic on the API's port: a request whose `Host` is `{port}-{sandboxID}.{domain}`
+//! (E2B's exposed ports, `sandbox.get_host(port)`), or that has `E2b-Sandbox-Id` (or is a signed
+//! `/files` URL with none), is forwarded to that guest port (the one `E2b-Sandbox-Port` names;
+//! 49983 envd, 49999 the code interpreter, any other port as is), bodies streamed both ways
+//! without buffering, WebSocket and other upgrades spliced. Hop-by-hop headers, the client's
+//! daemon credentials (`X-API-Key`, cookies, the traffic token) and the routing headers are not
+//! passed to the guest. A sandbox made with `allowPublicTraffic: false` wants its traffic token
+//! (`e2b-traffic-access-token`) on every port but envd's (which has its own). Unknown or dead
+//! sandboxes get the 502 JSON the SDKs recognise; envd's internal endpoints are not reachable
+//! from outside.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +21,15 @@ use axum::Json;
 use ember_envd_proto::signature::{constant_eq, sign, FileOp};
 use ember_envd_proto::ENVD_PORT;
 use ember_runtime::AgentError;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
 use crate::manager::Manager;
 
 pub const SANDBOX_ID: &str = "e2b-sandbox-id";
 pub const SANDBOX_PORT: &str = "e2b-sandbox-port";
+/// Header carrying the traffic access token of a sandbox whose public traffic is off.
+pub const TRAFFIC_TOKEN: &str = "e2b-traffic-access-token";
 /// envd endpoints only the daemon may call.
 const INTERNAL_PATHS: &[&str] = &["/init", "/freeze", "/unfreeze", "/collapse", "/fsfreeze", "/fsthaw"];
 const HOP_BY_HOP: &[&str] =
@@ -30,7 +37,23 @@ const HOP_BY_HOP: &[&str] =
 /// Request headers that are the client's credentials for the daemon or routing for the proxy,
 /// never passed to the untrusted guest. `X-Access-Token` and `Authorization` (Basic auth names
 /// the user) are envd's own and pass through.
-const NOT_FORWARDED: &[&str] = &["x-api-key", "cookie", "proxy-authorization", SANDBOX_ID, SANDBOX_PORT];
+const NOT_FORWARDED: &[&str] = &["x-api-key", "cookie", "proxy-authorization", SANDBOX_ID, SANDBOX_PORT, TRAFFIC_TOKEN];
+
+/// The sandbox and port a `Host` of the form `{port}-{sandboxID}.{domain}` names. The host may
+/// carry a port when `domain` has none (a proxy in front of the daemon); case does not matter.
+pub fn parse_host_route(host: &str, domain: &str) -> Option<(u16, String)> {
+    let host = host.to_ascii_lowercase();
+    let domain = domain.to_ascii_lowercase();
+    let host = match (domain.contains(':'), host.rsplit_once(':')) {
+        (false, Some((name, port))) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host.as_str(),
+    };
+    let label = host.strip_suffix(domain.as_str())?.strip_suffix('.')?;
+    let (port, id) = label.split_once('-')?;
+    let port = parse_port(Some(port.as_bytes())).ok()?;
+    let id_ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    id_ok.then(|| (port, id.to_string()))
+}
 
 /// `E2b-Sandbox-Port` is not a port number from 1 to 65535.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -109,14 +132,41 @@ pub fn strip_request_headers(headers: &mut HeaderMap) {
 
 /// Sends sandbox traffic to the proxy and everything else on to the REST API.
 pub async fn route(State(manager): State<Arc<Manager>>, req: Request, next: Next) -> Response {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    if let Some((port, id)) = host.and_then(|h| parse_host_route(h, manager.domain())) {
+        return forward(&manager, &id, Target::Host(port), req).await;
+    }
     let target = match req.headers().get(SANDBOX_ID) {
         Some(v) => Some(v.to_str().unwrap_or_default().to_string()),
         None => signed_files_target(&manager, &req),
     };
     match target {
-        Some(id) => forward(&manager, &id, req).await,
+        Some(id) => forward(&manager, &id, Target::Header, req).await,
         None => next.run(req).await,
     }
+}
+
+/// How a request named its guest port.
+#[derive(Clone, Copy)]
+enum Target {
+    /// `E2b-Sandbox-Port` (envd's without it); the guest sees `Host: GUEST_IP:port`.
+    Header,
+    /// The `Host` (`{port}-{id}.{domain}`), which the guest sees as sent (or masked).
+    Host(u16),
+}
+
+/// Whether the request asks to switch protocols (`Connection: upgrade` with an `Upgrade`).
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+/// A 403 in the API's error shape.
+fn forbidden(message: String) -> Response {
+    (StatusCode::FORBIDDEN, Json(ember_api::Error { code: 403, message })).into_response()
 }
 
 /// The sandbox a header-less signed `/files` URL is for: the one whose token signs it.
@@ -135,24 +185,38 @@ fn bad_gateway(id: &str, message: &str) -> Response {
     (StatusCode::BAD_GATEWAY, Json(body)).into_response()
 }
 
-async fn forward(manager: &Manager, id: &str, req: Request) -> Response {
+async fn forward(manager: &Manager, id: &str, target: Target, mut req: Request) -> Response {
     let Some(live) = manager.get_any(id) else {
         return bad_gateway(id, "The sandbox was not found");
     };
     if live.is_paused() {
         return bad_gateway(id, "The sandbox was not found: it is paused (connect to resume it)");
     }
-    let port = match parse_port(req.headers().get(SANDBOX_PORT).map(|v| v.as_bytes())) {
-        Ok(p) => p,
-        Err(e) => {
-            return (StatusCode::BAD_REQUEST, Json(ember_api::Error { code: 400, message: e.to_string() }))
-                .into_response()
-        }
+    let port = match target {
+        Target::Host(port) => port,
+        Target::Header => match parse_port(req.headers().get(SANDBOX_PORT).map(|v| v.as_bytes())) {
+            Ok(p) => p,
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, Json(ember_api::Error { code: 400, message: e.to_string() }))
+                    .into_response()
+            }
+        },
     };
     if port == ENVD_PORT && INTERNAL_PATHS.contains(&req.uri().path()) {
-        let error = ember_api::Error { code: 403, message: format!("{} is internal to the sandbox", req.uri().path()) };
-        return (StatusCode::FORBIDDEN, Json(error)).into_response();
+        return forbidden(format!("{} is internal to the sandbox", req.uri().path()));
     }
+    let record = live.record();
+    if let (Some(token), true) = (&record.traffic_token, port != ENVD_PORT) {
+        let given = req.headers().get(TRAFFIC_TOKEN).map(|v| v.as_bytes()).unwrap_or_default();
+        if !constant_eq(given, token.as_bytes()) {
+            return forbidden(format!(
+                "sandbox {id} does not allow public traffic: send its traffic access token in {TRAFFIC_TOKEN}"
+            ));
+        }
+    }
+    let upgrade = wants_upgrade(req.headers())
+        .then(|| (hyper::upgrade::on(&mut req), req.headers().get(header::UPGRADE).cloned()));
+    let original_host = req.headers().get(header::HOST).cloned();
     let (mut parts, body) = req.into_parts();
     strip_request_headers(&mut parts.headers);
     let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
@@ -160,14 +224,43 @@ async fn forward(manager: &Manager, id: &str, req: Request) -> Response {
         Ok(uri) => uri,
         Err(_) => return (StatusCode::BAD_REQUEST, "bad path").into_response(),
     };
-    if let Ok(host) = format!("{}:{port}", ember_net::GUEST_IP).parse() {
+    let mask = crate::network::stored(&record).config.mask_request_host;
+    let host = match (target, mask, original_host) {
+        (Target::Host(_), Some(mask), _) => mask.replace("${PORT}", &port.to_string()).parse().ok(),
+        (Target::Host(_), None, Some(original)) => Some(original),
+        _ => format!("{}:{port}", ember_net::GUEST_IP).parse().ok(),
+    };
+    if let Some(host) = host {
         parts.headers.insert(header::HOST, host);
     }
+    let client_upgrade = match upgrade {
+        Some((on_upgrade, Some(protocol))) => {
+            parts.headers.insert(header::CONNECTION, axum::http::HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol);
+            Some(on_upgrade)
+        }
+        _ => None,
+    };
     let outgoing = axum::http::Request::from_parts(parts, body);
     match live.port(port).send(outgoing, Duration::from_secs(5)).await {
-        Ok(resp) => {
+        Ok(mut resp) => {
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if let (true, Some(client)) = (switching, client_upgrade) {
+                let guest = hyper::upgrade::on(&mut resp);
+                let sandbox = id.to_string();
+                tokio::spawn(async move {
+                    let (Ok(client), Ok(guest)) = tokio::join!(client, guest) else { return };
+                    let (mut client, mut guest) = (TokioIo::new(client), TokioIo::new(guest));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut guest).await {
+                        tracing::debug!(sandbox, port, error = %e, "upgraded connection closed");
+                    }
+                });
+            }
             let (mut parts, body) = resp.into_parts();
             for name in HOP_BY_HOP.iter().filter(|n| **n != "host") {
+                if switching && matches!(*name, "connection" | "upgrade") {
+                    continue;
+                }
                 parts.headers.remove(HeaderName::from_static(name));
             }
             Response::from_parts(parts, Body::new(body))
@@ -198,6 +291,7 @@ mod tests {
             ("Proxy-Authorization", "Basic eDp5"),
             ("E2b-Sandbox-Id", "abc"),
             ("E2b-Sandbox-Port", "49983"),
+            ("E2b-Traffic-Access-Token", "traffic"),
             ("Connection", "keep-alive"),
             ("Transfer-Encoding", "chunked"),
             ("Host", "127.0.0.1:3000"),
@@ -215,6 +309,37 @@ mod tests {
         assert_eq!(left, ["authorization", "content-type", "keepalive-ping-interval", "x-access-token"]);
         assert_eq!(headers["authorization"], "Basic dXNlcjo=");
         assert_eq!(headers["x-access-token"], "envd-token");
+    }
+
+    #[test]
+    fn exposed_port_hosts_name_a_port_and_a_sandbox() {
+        let d = "127.0.0.1:3000";
+        assert_eq!(parse_host_route("8000-abc123.127.0.0.1:3000", d), Some((8000, "abc123".into())));
+        assert_eq!(parse_host_route("49983-ABC.sandboxes.test", "sandboxes.test"), Some((49983, "abc".into())));
+        assert_eq!(parse_host_route("80-abc.sandboxes.test:8443", "sandboxes.test"), Some((80, "abc".into())));
+        for bad in [
+            "127.0.0.1:3000",
+            "abc.127.0.0.1:3000",
+            "0-abc.127.0.0.1:3000",
+            "70000-abc.127.0.0.1:3000",
+            "80-.127.0.0.1:3000",
+            "80-a_b.127.0.0.1:3000",
+            "80-abc.127.0.0.1:3001",
+            "80-abcx127.0.0.1:3000",
+            "80-abc.evil.127.0.0.1:3000x",
+        ] {
+            assert_eq!(parse_host_route(bad, d), None, "{bad}");
+        }
+        assert_eq!(parse_host_route("80-a.b.sandboxes.test", "sandboxes.test"), None, "an id has no dots");
+    }
+
+    #[test]
+    fn upgrades_are_recognised() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!wants_upgrade(&h));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert!(wants_upgrade(&h));
     }
 
     #[test]

@@ -27,7 +27,7 @@ type Mgr = State<Arc<Manager>>;
 const MAX_LOG_BYTES: u64 = 1 << 20;
 
 /// The request body, or a JSON error when it is too large or unreadable.
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(e.body_text()),
         _ => ApiError::BadRequest(e.body_text()),
@@ -38,20 +38,20 @@ fn rfc3339(ms: i64) -> String {
     ember_envd_proto::time::rfc3339(UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
 }
 
-fn sandbox_json(r: &SandboxRecord) -> ember_api::Sandbox {
+fn sandbox_json(r: &SandboxRecord, domain: &str) -> ember_api::Sandbox {
     ember_api::Sandbox {
         template_id: r.template.clone(),
         sandbox_id: r.id.clone(),
         client_id: "ember".into(),
         envd_version: ember_envd_proto::ENVD_VERSION.into(),
         envd_access_token: r.access_token.clone(),
-        traffic_access_token: None,
-        domain: None,
+        traffic_access_token: r.traffic_token.clone(),
+        domain: Some(domain.to_string()),
         alias: r.alias.clone(),
     }
 }
 
-fn detail(r: &SandboxRecord, with_token: bool) -> SandboxDetail {
+fn detail(r: &SandboxRecord, with_token: bool, domain: &str) -> SandboxDetail {
     SandboxDetail {
         template_id: r.template.clone(),
         sandbox_id: r.id.clone(),
@@ -65,9 +65,10 @@ fn detail(r: &SandboxRecord, with_token: bool) -> SandboxDetail {
         disk_size_mb: r.disk_mib,
         state: r.state.as_str().into(),
         metadata: r.metadata.clone(),
-        domain: None,
+        domain: Some(domain.to_string()),
         envd_access_token: if with_token { r.access_token.clone() } else { None },
         allow_internet_access: Some(r.allow_internet),
+        network: with_token.then(|| crate::network::stored(r).config),
     }
 }
 
@@ -79,8 +80,9 @@ pub async fn create(
     let body = body_bytes(body)?;
     let req: NewSandbox =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-    let live = m.create(&team.0, req).await?;
-    Ok((StatusCode::CREATED, Json(sandbox_json(&live.record()))).into_response())
+    let net = crate::network::check_create(req.network.clone(), req.allow_internet_access)?;
+    let live = m.create(&team.0, req, net).await?;
+    Ok((StatusCode::CREATED, Json(sandbox_json(&live.record(), m.domain()))).into_response())
 }
 
 pub async fn get(
@@ -88,7 +90,7 @@ pub async fn get(
     Extension(team): Extension<Team>,
     Path(id): Path<String>,
 ) -> Result<Json<SandboxDetail>, ApiError> {
-    Ok(Json(detail(&m.get(&team.0, &id)?.record(), true)))
+    Ok(Json(detail(&m.get(&team.0, &id)?.record(), true, m.domain())))
 }
 
 pub async fn kill(
@@ -153,10 +155,10 @@ pub async fn connect(
 ) -> Result<Response, ApiError> {
     let (live, secs) = sandbox_and_timeout(&m, &team, &id, body, |r| r.timeout)?;
     if m.resume(Arc::clone(&live), secs).await? {
-        return Ok((StatusCode::CREATED, Json(sandbox_json(&live.record()))).into_response());
+        return Ok((StatusCode::CREATED, Json(sandbox_json(&live.record(), m.domain()))).into_response());
     }
     m.set_end(&live, now_ms() + secs * 1000, true)?;
-    Ok((StatusCode::OK, Json(sandbox_json(&live.record()))).into_response())
+    Ok((StatusCode::OK, Json(sandbox_json(&live.record(), m.domain()))).into_response())
 }
 
 /// The deprecated resume: 201 for a paused sandbox, 409 for a running one.
@@ -168,7 +170,7 @@ pub async fn resume(
 ) -> Result<Response, ApiError> {
     let (live, secs) = sandbox_and_timeout(&m, &team, &id, body, |r| r.timeout)?;
     match m.resume(Arc::clone(&live), secs).await? {
-        true => Ok((StatusCode::CREATED, Json(sandbox_json(&live.record()))).into_response()),
+        true => Ok((StatusCode::CREATED, Json(sandbox_json(&live.record(), m.domain()))).into_response()),
         false => Err(ApiError::Conflict(format!("sandbox {id} is already running"))),
     }
 }
@@ -217,7 +219,7 @@ pub async fn list_v1(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let records = filter(m.list(&team.0), &q)?;
-    Ok(Json(records.iter().map(|r| detail(r, false)).collect::<Vec<_>>()).into_response())
+    Ok(Json(records.iter().map(|r| detail(r, false, m.domain())).collect::<Vec<_>>()).into_response())
 }
 
 pub async fn list_v2(
@@ -226,7 +228,7 @@ pub async fn list_v2(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let records = filter(m.list(&team.0), &q)?;
-    crate::page::page(records.iter().map(|r| detail(r, false)).collect(), q.limit, q.next_token.as_deref())
+    crate::page::page(records.iter().map(|r| detail(r, false, m.domain())).collect(), q.limit, q.next_token.as_deref())
 }
 
 pub async fn metrics(

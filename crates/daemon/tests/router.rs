@@ -78,6 +78,7 @@ impl Daemon {
             max_paused_per_team: 16,
             max_snapshots_per_team: 10,
             max_snapshot_bytes: 1 << 30,
+            domain: "sandboxes.test".into(),
         };
         let runtime_config = RuntimeConfig::new(
             data.path().to_path_buf(),

@@ -64,6 +64,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         vcpus: args.cpus,
         memory_mib: args.memory_mb,
         die_with_parent: true,
+        ..SandboxSpec::default()
     };
     // Dropping the run future on a signal drops the sandbox, which tears everything down.
     tokio::select! {

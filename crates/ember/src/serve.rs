@@ -49,6 +49,24 @@ pub struct ServeArgs {
     /// Accept an EMBER_API_KEY with too little entropy (for throwaway local set-ups only).
     #[arg(long)]
     allow_weak_api_key: bool,
+    /// Domain of exposed ports: a request whose Host is `{port}-{sandboxID}.{DOMAIN}` goes to that
+    /// port of that sandbox (default: the listen address).
+    #[arg(long)]
+    domain: Option<String>,
+    /// Resolver the sandboxes' DNS service forwards to (repeatable; default: the host's, from
+    /// /etc/resolv.conf). An address, with :PORT if not 53.
+    #[arg(long = "dns", value_name = "ADDR")]
+    dns: Vec<String>,
+    /// A network sandboxes may reach although it is always denied otherwise (a private range, a
+    /// host address); repeatable. Never needed by default.
+    #[arg(long = "allow-host-cidr", value_name = "CIDR")]
+    allow_host_cidr: Vec<String>,
+    /// A PEM file of CA certificates sandboxes trust, besides the host's extra ones.
+    #[arg(long, value_name = "FILE")]
+    ca_bundle: Option<PathBuf>,
+    /// Do not carry the host's extra CA certificates (/usr/local/share/ca-certificates) into sandboxes.
+    #[arg(long)]
+    no_host_ca: bool,
 }
 
 /// Network slots the daemon keeps made ahead of creates.
@@ -62,6 +80,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let data_dir = settings::data_dir(args.data_dir);
     let mut runtime = settings::runtime_config(data_dir.clone(), settings::agent_binary()?);
     runtime.slot_pool = SLOT_POOL;
+    runtime.network = settings::network(&args.dns, &args.allow_host_cidr, args.ca_bundle.as_deref(), !args.no_host_ca)?;
+    let domain = match args.domain {
+        Some(d) => settings::check_domain(&d)?,
+        None => settings::default_domain(args.listen),
+    };
     let config = ServeConfig {
         listen: args.listen,
         data_dir,
@@ -77,6 +100,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_paused_per_team: args.max_paused_per_team,
         max_snapshots_per_team: args.max_snapshots_per_team,
         max_snapshot_bytes: args.max_snapshot_gib.saturating_mul(1 << 30),
+        domain,
     };
     // Build the template before taking requests, with progress shown, rather than in the first create.
     runtime.cache.prepare(ember_runtime::private::qemu_group(runtime.qemu_user.as_deref())?)?;

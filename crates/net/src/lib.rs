@@ -6,11 +6,13 @@
 
 pub mod dns;
 pub mod egress;
+pub mod host;
 mod netns;
+pub mod nft;
 pub mod policy;
 pub mod sniff;
 
-pub use netns::{connect_in, name_for, path_of, Netns, NAME_PREFIX};
+pub use netns::{connect_in, link_addrs, name_for, path_of, Netns, NAME_PREFIX};
 
 use std::net::Ipv4Addr;
 
@@ -24,6 +26,8 @@ pub const PREFIX_LEN: u8 = 30;
 pub const GUEST_MAC: &str = "02:fc:00:00:00:05";
 /// Name of the tap device inside each namespace.
 pub const TAP_NAME: &str = "tap0";
+/// Name of the namespace's side of its veth pair to the host.
+pub const UPLINK_NAME: &str = "up0";
 
 /// Errors setting up or using a namespace.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,12 @@ pub enum NetError {
     /// `ip` could not be run at all.
     #[error("cannot run ip (install iproute2): {0}")]
     NoIp(std::io::Error),
+    /// `nft` could not be run at all.
+    #[error("cannot run nft (install nftables): {0}")]
+    NoNft(std::io::Error),
+    /// `nft` refused a rule set.
+    #[error("nft: {0}")]
+    Nft(String),
     /// A system call on the namespace failed.
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },

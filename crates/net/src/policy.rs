@@ -34,7 +34,7 @@ impl Cidr {
         self.addr
     }
 
-    pub const fn len(&self) -> u8 {
+    pub const fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -78,17 +78,17 @@ impl FromStr for Cidr {
 /// Destinations no sandbox may reach, whatever its policy: the operator's own networks and
 /// everything that is not the public internet.
 pub const ALWAYS_DENIED: &[(Ipv4Addr, u8)] = &[
-    (Ipv4Addr::new(0, 0, 0, 0), 8),       // "this network"
-    (Ipv4Addr::new(10, 0, 0, 0), 8),      // private
-    (Ipv4Addr::new(100, 64, 0, 0), 10),   // CGNAT
-    (Ipv4Addr::new(127, 0, 0, 0), 8),     // loopback
-    (Ipv4Addr::new(169, 254, 0, 0), 16),  // link-local: metadata services
-    (Ipv4Addr::new(172, 16, 0, 0), 12),   // private
-    (Ipv4Addr::new(192, 0, 0, 0), 24),    // IETF protocol assignments
-    (Ipv4Addr::new(192, 168, 0, 0), 16),  // private
-    (Ipv4Addr::new(198, 18, 0, 0), 15),   // benchmarking: the slots' own links
-    (Ipv4Addr::new(224, 0, 0, 0), 4),     // multicast
-    (Ipv4Addr::new(240, 0, 0, 0), 4),     // reserved and broadcast
+    (Ipv4Addr::new(0, 0, 0, 0), 8),      // "this network"
+    (Ipv4Addr::new(10, 0, 0, 0), 8),     // private
+    (Ipv4Addr::new(100, 64, 0, 0), 10),  // CGNAT
+    (Ipv4Addr::new(127, 0, 0, 0), 8),    // loopback
+    (Ipv4Addr::new(169, 254, 0, 0), 16), // link-local: metadata services
+    (Ipv4Addr::new(172, 16, 0, 0), 12),  // private
+    (Ipv4Addr::new(192, 0, 0, 0), 24),   // IETF protocol assignments
+    (Ipv4Addr::new(192, 168, 0, 0), 16), // private
+    (Ipv4Addr::new(198, 18, 0, 0), 15),  // benchmarking: the slots' own links
+    (Ipv4Addr::new(224, 0, 0, 0), 4),    // multicast
+    (Ipv4Addr::new(240, 0, 0, 0), 4),    // reserved and broadcast
 ];
 
 /// [`ALWAYS_DENIED`] as networks.
@@ -308,7 +308,7 @@ impl EgressPolicy {
 
     /// Whether the denies cover every address (`0.0.0.0/0`), so only allowed rules get out.
     pub fn denies_everything(&self) -> bool {
-        self.deny.iter().any(|c| c.len() == 0)
+        self.deny.iter().any(|c| c.prefix_len() == 0)
     }
 }
 
@@ -402,8 +402,9 @@ mod tests {
     fn cidrs_parse_and_clear_host_bits() {
         assert_eq!("10.1.2.3/8".parse::<Cidr>().unwrap().to_string(), "10.0.0.0/8");
         assert_eq!("1.2.3.4".parse::<Cidr>().unwrap().to_string(), "1.2.3.4/32");
-        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().len(), 0);
-        for bad in ["1.2.3.4/33", "1.2.3/24", "1.2.3.4/", "1.2.3.4/-1", "1.2.3.4/ 8", "a.b.c.d", "1.2.3.4/8/8", "256.1.1.1"]
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().prefix_len(), 0);
+        for bad in
+            ["1.2.3.4/33", "1.2.3/24", "1.2.3.4/", "1.2.3.4/-1", "1.2.3.4/ 8", "a.b.c.d", "1.2.3.4/8/8", "256.1.1.1"]
         {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
@@ -470,8 +471,13 @@ mod tests {
     fn dns_servers_open_only_with_domains() {
         let p = EgressPolicy::from_rules(&[], &strings(&["0.0.0.0/0"]), &strings(&["198.51.100.53"]), true).unwrap();
         assert!(!p.allows_ip(ip("198.51.100.53")));
-        let q = EgressPolicy::from_rules(&strings(&["a.test"]), &strings(&["0.0.0.0/0"]), &strings(&["198.51.100.53"]), true)
-            .unwrap();
+        let q = EgressPolicy::from_rules(
+            &strings(&["a.test"]),
+            &strings(&["0.0.0.0/0"]),
+            &strings(&["198.51.100.53"]),
+            true,
+        )
+        .unwrap();
         assert!(q.allows_ip(ip("198.51.100.53")));
     }
 
@@ -479,9 +485,19 @@ mod tests {
     fn the_guard_refuses_internal_and_host_addresses_unless_excepted() {
         let guard = Guard::default();
         let host = [IpAddr::V4(ip("192.0.2.2"))];
-        for denied in ["10.1.2.3", "172.20.0.1", "192.168.1.1", "169.254.169.254", "100.100.100.100", "127.0.0.1",
-            "224.0.0.251", "255.255.255.255", "198.18.0.1", "0.0.0.0", "192.0.2.2"]
-        {
+        for denied in [
+            "10.1.2.3",
+            "172.20.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.100.100.100",
+            "127.0.0.1",
+            "224.0.0.251",
+            "255.255.255.255",
+            "198.18.0.1",
+            "0.0.0.0",
+            "192.0.2.2",
+        ] {
             assert!(!guard.may_reach(denied.parse().unwrap(), &host), "{denied}");
         }
         assert!(guard.may_reach("198.51.100.7".parse().unwrap(), &host));

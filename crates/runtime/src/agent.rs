@@ -160,7 +160,8 @@ impl AgentClient {
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // With upgrades, so a proxied WebSocket can take the connection over after a 101.
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "agent connection closed");
             }
         });

@@ -7,6 +7,7 @@
 #![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
 
 pub mod agent;
+pub mod network;
 pub mod private;
 pub mod reconcile;
 pub mod sandbox;
@@ -20,6 +21,8 @@ use ember_image::Cache;
 use ember_vmm::{Accel, AccelInfo};
 
 pub use agent::{AgentClient, AgentError, ProcessStream};
+pub use ember_net::policy::EgressPolicy;
+pub use network::{NetworkConfig, SandboxNet};
 pub use sandbox::{Sandbox, SandboxSpec};
 
 /// Errors creating or running sandboxes.
@@ -81,6 +84,8 @@ pub struct RuntimeConfig {
     pub accel: Option<Accel>,
     /// Extra guest kernel arguments, after Ember's own (debugging; later ones override earlier).
     pub kernel_args: Option<String>,
+    /// Sandbox networking: what is always denied, DNS upstreams, extra CA certificates.
+    pub network: NetworkConfig,
 }
 
 impl RuntimeConfig {
@@ -97,6 +102,7 @@ impl RuntimeConfig {
             slot_pool: 0,
             accel: None,
             kernel_args: None,
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -116,6 +122,7 @@ pub struct Runtime {
     /// uid and gid of the QEMU user, who owns each sandbox's disk overlay.
     qemu_ids: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
     pub(crate) slots: slots::Slots,
+    pub(crate) net: network::NetContext,
 }
 
 impl Runtime {
@@ -136,8 +143,10 @@ impl Runtime {
             private::check_reachable(&config.data_dir, uid, gid)?;
             private::check_reachable(config.cache.root(), uid, gid)?;
         }
-        let slots = slots::Slots::new(&config.data_dir, config.slot_pool)?;
-        Ok(Self { accel: ember_vmm::accel::choose(config.accel), config, qemu_ids, slots })
+        let net = network::NetContext::new(&config.network);
+        net.install_host()?;
+        let slots = slots::Slots::new(&config.data_dir, config.slot_pool, net.rules(&EgressPolicy::allow_all()))?;
+        Ok(Self { accel: ember_vmm::accel::choose(config.accel), config, qemu_ids, slots, net })
     }
 
     /// A runtime for tests of the code around it (the daemon's HTTP layer, without QEMU or
@@ -146,8 +155,9 @@ impl Runtime {
     /// one constructor for that.
     #[cfg(feature = "test-support")]
     pub fn unchecked(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let slots = slots::Slots::new(&config.data_dir, 0)?;
-        Ok(Self { accel: ember_vmm::accel::choose(config.accel), config, qemu_ids: None, slots })
+        let net = network::NetContext::new(&config.network);
+        let slots = slots::Slots::new(&config.data_dir, 0, String::new())?;
+        Ok(Self { accel: ember_vmm::accel::choose(config.accel), config, qemu_ids: None, slots, net })
     }
 
     pub fn accel(&self) -> &AccelInfo {
@@ -184,6 +194,19 @@ impl Runtime {
     /// Deletes the network slots made ahead of time (at shutdown).
     pub fn release_slots(&self) {
         self.slots.release();
+    }
+
+    /// Removes the host's network rules, and turns forwarding off again if Ember turned it on,
+    /// once no sandbox is left (at a stop that destroyed them all).
+    pub fn release_host_network(&self) {
+        if let Err(e) = ember_net::host::remove() {
+            tracing::warn!(error = %e, "removing the host's network rules");
+        }
+    }
+
+    /// Puts `policy` in force for the running `sandbox`'s new connections.
+    pub fn set_policy(&self, sandbox: &Sandbox, policy: EgressPolicy) -> Result<(), RuntimeError> {
+        sandbox.net().set_policy(policy, &self.net)
     }
 
     /// Removes sandboxes (and waiting network slots) whose owning process is gone, except the

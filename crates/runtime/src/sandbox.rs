@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ember_image::template;
+use ember_net::policy::EgressPolicy;
 use ember_net::{Netns, GUEST_IP, GUEST_MAC, PREFIX_LEN, TAP_IP, TAP_NAME};
 use ember_vmm::config::{check_sizes, NetConfig};
 use ember_vmm::{Memory, Vm, VmConfig};
@@ -15,7 +16,7 @@ use rand::Rng;
 use tracing::Instrument;
 
 use crate::snapshot::Shape;
-use crate::{io_err, reconcile, AgentClient, Runtime, RuntimeError};
+use crate::{io_err, reconcile, AgentClient, Runtime, RuntimeError, SandboxNet};
 
 /// How much of the serial log goes into errors.
 const SERIAL_TAIL: u64 = 2000;
@@ -30,11 +31,20 @@ pub struct SandboxSpec {
     pub memory_mib: u32,
     /// Kill the VM if this process dies (`ember run`); a daemon leaves it to be adopted.
     pub die_with_parent: bool,
+    /// Egress policy, in force before the guest runs.
+    pub policy: EgressPolicy,
 }
 
 impl Default for SandboxSpec {
     fn default() -> Self {
-        Self { template: "base".into(), from_snapshot: false, vcpus: 2, memory_mib: 512, die_with_parent: true }
+        Self {
+            template: "base".into(),
+            from_snapshot: false,
+            vcpus: 2,
+            memory_mib: 512,
+            die_with_parent: true,
+            policy: EgressPolicy::allow_all(),
+        }
     }
 }
 
@@ -47,7 +57,7 @@ pub struct Sandbox {
     shape: Shape,
     // Teardown order is the field order below.
     vm: Vm,
-    netns: Netns,
+    net: SandboxNet,
     dir: SandboxDir,
 }
 
@@ -98,19 +108,20 @@ impl Runtime {
                     (shape, Start::Boot)
                 }
             };
-            self.launch(id, dir, slot.netns, shape, spec.die_with_parent, start).await
+            let net = SandboxNet::start(slot.netns, spec.policy.clone(), &self.net, true)?;
+            self.launch(id, dir, net, shape, spec.die_with_parent, start).await
         }
         .instrument(span)
         .await
     }
 
-    /// Starts the VM of sandbox directory `dir` (which holds its disk) in `netns` as `start`
+    /// Starts the VM of sandbox directory `dir` (which holds its disk) in `net` as `start`
     /// says, then waits for the agent.
     pub(crate) async fn launch(
         &self,
         id: String,
         dir: SandboxDir,
-        netns: Netns,
+        net: SandboxNet,
         shape: Shape,
         die_with_parent: bool,
         start: Start,
@@ -122,7 +133,7 @@ impl Runtime {
             _ => Memory::Anonymous,
         };
         let incoming = !matches!(start, Start::Boot);
-        let config = self.vm_config(&shape, dir.path(), &netns, memory, incoming, die_with_parent);
+        let config = self.vm_config(&shape, dir.path(), net.netns(), memory, incoming, die_with_parent);
         let started = Instant::now();
         let mut vm = Vm::spawn(config)?;
         reconcile::record_vm(dir.path(), vm.pid())?;
@@ -130,7 +141,7 @@ impl Runtime {
             let mut qmp = vm.qmp(Duration::from_secs(10)).await?;
             ember_vmm::snapshot::load(&mut qmp, state).await?;
         }
-        let agent = AgentClient::new(netns.path(), SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)));
+        let agent = AgentClient::new(net.netns().path(), SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)));
         wait_ready(&mut vm, &agent, self.config.boot_timeout, dir.path()).await?;
         // The token the agent holds now: a booted agent gets a fresh one (it refuses every call
         // until it has one); a restored one holds its template's.
@@ -147,7 +158,7 @@ impl Runtime {
             start = start.name(),
             "sandbox ready"
         );
-        Ok(Sandbox { id, agent, boot_time, shape, vm, netns, dir })
+        Ok(Sandbox { id, agent, boot_time, shape, vm, net, dir })
     }
 }
 
@@ -308,9 +319,9 @@ impl Sandbox {
 
     /// Kills the VM and frees the namespace but keeps the directory (a paused sandbox).
     pub(crate) async fn stop_keeping_files(self) -> Result<(), RuntimeError> {
-        let Sandbox { vm, netns, mut dir, .. } = self;
+        let Sandbox { vm, net, mut dir, .. } = self;
         vm.kill().await;
-        netns.delete()?;
+        net.delete()?;
         dir.0.take();
         Ok(())
     }
@@ -319,11 +330,16 @@ impl Sandbox {
         &self.shape
     }
 
+    /// The sandbox's network: namespace, policy, services.
+    pub fn net(&self) -> &SandboxNet {
+        &self.net
+    }
+
     /// Leaves the sandbox running and forgets it, for a later [`Sandbox::adopt`].
     pub fn detach(self) {
-        let Sandbox { vm, netns, mut dir, .. } = self;
+        let Sandbox { vm, net, mut dir, .. } = self;
         vm.detach();
-        netns.detach();
+        net.detach();
         dir.0.take();
     }
 
@@ -331,13 +347,20 @@ impl Sandbox {
     /// agent are all still there. The agent may take up to `agent_wait` to answer (asked again
     /// with backoff: a host under load right after a restart is slow). A VM an earlier process
     /// stopped (a pause cut short) is let run again, and a half-written pause state removed.
-    pub async fn adopt(runtime: &Runtime, id: &str, agent_wait: Duration) -> Result<Sandbox, RuntimeError> {
+    /// Its network services start again with `policy`, whose rules replace the namespace's.
+    pub async fn adopt(
+        runtime: &Runtime,
+        id: &str,
+        agent_wait: Duration,
+        policy: EgressPolicy,
+    ) -> Result<Sandbox, RuntimeError> {
         let path = runtime.sandbox_dir(id);
         let gone = |what| RuntimeError::Adopt(id.to_string(), what);
         let recorded = reconcile::recorded_vm(&path).ok_or_else(|| gone("no QEMU recorded"))?;
         let mut vm =
             Vm::adopt(&recorded, path.join("serial.log"), path.join("qmp.sock")).ok_or_else(|| gone("QEMU is gone"))?;
         let netns = Netns::adopt(&ember_net::name_for(id)).ok_or_else(|| gone("namespace is gone"))?;
+        let net = SandboxNet::start(netns, policy, &runtime.net, false)?;
         let dir = SandboxDir(Some(path.clone()));
         reconcile::record_owner(&path)?;
         if let Ok(mut qmp) = vm.qmp(Duration::from_secs(2)).await {
@@ -346,7 +369,7 @@ impl Sandbox {
         for leftover in [PAUSE_STATE, PAUSE_STATE_PARTIAL] {
             let _ = std::fs::remove_file(path.join(leftover));
         }
-        let agent = AgentClient::new(netns.path(), SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)));
+        let agent = AgentClient::new(net.netns().path(), SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)));
         let deadline = Instant::now() + agent_wait;
         let mut backoff = Duration::from_millis(250);
         while !matches!(agent.health(Duration::from_secs(2)).await, Ok(true)) {
@@ -360,14 +383,14 @@ impl Sandbox {
             backoff = (backoff * 2).min(Duration::from_secs(4));
         }
         let shape = Shape::load(&path).ok_or_else(|| gone("no shape.json"))?;
-        Ok(Sandbox { id: id.to_string(), agent, boot_time: Duration::ZERO, shape, vm, netns, dir })
+        Ok(Sandbox { id: id.to_string(), agent, boot_time: Duration::ZERO, shape, vm, net, dir })
     }
 
     /// Tears the sandbox down: VM, namespace and tap, then its files.
     pub async fn destroy(self) -> Result<(), RuntimeError> {
-        let Sandbox { id, vm, netns, dir, .. } = self;
+        let Sandbox { id, vm, net, dir, .. } = self;
         vm.kill().await;
-        netns.delete()?;
+        net.delete()?;
         dir.remove()?;
         tracing::info!(sandbox = %id, "sandbox destroyed");
         Ok(())

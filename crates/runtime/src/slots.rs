@@ -31,13 +31,15 @@ pub(crate) struct Slots {
     target: usize,
     /// Set by [`Slots::release`]: no slot is made or kept after it.
     closed: Arc<std::sync::atomic::AtomicBool>,
+    /// nftables rules every slot starts with (the open policy's).
+    rules: Arc<String>,
 }
 
 impl Slots {
-    pub fn new(data_dir: &Path, target: usize) -> Result<Self, RuntimeError> {
+    pub fn new(data_dir: &Path, target: usize, rules: String) -> Result<Self, RuntimeError> {
         let dir = data_dir.join("slots");
         std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-        Ok(Self { dir, ready: Arc::default(), target, closed: Arc::default() })
+        Ok(Self { dir, ready: Arc::default(), target, closed: Arc::default(), rules: Arc::new(rules) })
     }
 
     pub fn dir(&self) -> &Path {
@@ -49,7 +51,7 @@ impl Slots {
         let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let (id, netns) = match ready {
             Some(slot) => slot,
-            None => make(&self.dir)?,
+            None => make(&self.dir, &self.rules)?,
         };
         self.fill();
         Ok(Slot { marker: self.dir.join(&id), id, netns })
@@ -59,6 +61,7 @@ impl Slots {
     pub fn fill(&self) {
         let (dir, ready, target) = (self.dir.clone(), Arc::clone(&self.ready), self.target);
         let closed = Arc::clone(&self.closed);
+        let rules = Arc::clone(&self.rules);
         if ready.lock().unwrap_or_else(|e| e.into_inner()).len() >= target {
             return;
         }
@@ -67,7 +70,7 @@ impl Slots {
                 if closed.load(std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }
-                match make(&dir) {
+                match make(&dir, &rules) {
                     Ok((id, netns)) => {
                         let mut ready = ready.lock().unwrap_or_else(|e| e.into_inner());
                         if closed.load(std::sync::atomic::Ordering::SeqCst) {
@@ -105,12 +108,12 @@ impl Drop for Slots {
     }
 }
 
-fn make(dir: &Path) -> Result<(String, Netns), RuntimeError> {
+fn make(dir: &Path, rules: &str) -> Result<(String, Netns), RuntimeError> {
     let id = new_id();
     let marker = dir.join(&id);
     std::fs::create_dir(&marker).map_err(io_err(format!("create {}", marker.display())))?;
     reconcile::record_owner(&marker)?;
-    match Netns::create(&ember_net::name_for(&id)) {
+    match Netns::create(&ember_net::name_for(&id), rules) {
         Ok(netns) => Ok((id, netns)),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&marker);
@@ -132,6 +135,10 @@ mod tests {
         skip
     }
 
+    fn open_rules() -> String {
+        ember_net::nft::namespace_rules(&crate::EgressPolicy::allow_all(), &Default::default())
+    }
+
     fn exists(id: &str) -> bool {
         ember_net::path_of(&ember_net::name_for(id)).exists()
     }
@@ -142,7 +149,7 @@ mod tests {
             return;
         }
         let data = tempfile::tempdir().unwrap();
-        let slots = Slots::new(data.path(), 2).unwrap();
+        let slots = Slots::new(data.path(), 2, open_rules()).unwrap();
         slots.fill();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while slots.ready.lock().unwrap().len() < 2 && std::time::Instant::now() < deadline {
@@ -170,8 +177,8 @@ mod tests {
             return;
         }
         let data = tempfile::tempdir().unwrap();
-        let slots = Slots::new(data.path(), 0).unwrap();
-        let (id, netns) = make(slots.dir()).unwrap();
+        let slots = Slots::new(data.path(), 0, open_rules()).unwrap();
+        let (id, netns) = make(slots.dir(), &open_rules()).unwrap();
         // As if the owner died: forget the namespace and point the marker at a dead process.
         netns.detach();
         std::fs::write(slots.dir().join(&id).join("owner"), "999999999 5").unwrap();

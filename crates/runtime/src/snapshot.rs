@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use ember_envd_proto::process::{ProcessConfig, ProcessEvent, StartRequest};
 use ember_image::template::Template;
+use ember_net::policy::EgressPolicy;
 use ember_net::{Netns, GUEST_IP};
 use ember_vmm::snapshot::{SnapshotMeta, FORMAT_VERSION, MAGIC};
 use ember_vmm::{Memory, Vm};
 use serde::{Deserialize, Serialize};
 
 use crate::sandbox::{new_id, SandboxDir, Start, DISK, PAUSE_STATE, PAUSE_STATE_PARTIAL};
-use crate::{io_err, AgentClient, Runtime, RuntimeError, Sandbox};
+use crate::{io_err, AgentClient, Runtime, RuntimeError, Sandbox, SandboxNet};
 
 const SNAPSHOT_KIND: &str = "snapshots";
 /// Template snapshots kept in the cache (the most recently used).
@@ -122,7 +123,9 @@ impl Runtime {
         // The disk is an overlay that stays with the snapshot; sandboxes put theirs over it.
         ember_vmm::disk::create_overlay(&tpl.rootfs, &dir.join(DISK))?;
         self.give_to_qemu(&dir.join(DISK))?;
-        let netns = Netns::create(&ember_net::name_for(&format!("snap-{}", &new_id()[..8])))?;
+        // A template's build needs no network: its namespace lets nothing out.
+        let rules = self.net.rules(&EgressPolicy::deny_all());
+        let netns = Netns::create(&ember_net::name_for(&format!("snap-{}", &new_id()[..8])), &rules)?;
         let shape = Shape { vcpus, memory_mib, kernel: tpl.kernel.clone(), cmdline: cmdline.to_string(), ram: None };
         let memory = Memory::File { path: ram.clone(), shared: true };
         let mut vm = Vm::spawn(self.vm_config(&shape, dir, &netns, memory, false, true))?;
@@ -146,8 +149,9 @@ impl Runtime {
         Ok(token)
     }
 
-    /// Resumes the paused sandbox `id`: a new namespace, its saved state and RAM, its own disk.
-    pub async fn resume(&self, id: &str, die_with_parent: bool) -> Result<Sandbox, RuntimeError> {
+    /// Resumes the paused sandbox `id`: a new namespace with `policy` in force, its saved state
+    /// and RAM, its own disk.
+    pub async fn resume(&self, id: &str, die_with_parent: bool, policy: EgressPolicy) -> Result<Sandbox, RuntimeError> {
         let path = self.sandbox_dir(id);
         let shape = Shape::load(&path).ok_or(RuntimeError::Adopt(id.to_string(), "no shape.json"))?;
         let state = path.join(PAUSE_STATE);
@@ -156,15 +160,17 @@ impl Runtime {
         }
         let dir = SandboxDir(Some(path.clone()));
         crate::reconcile::record_owner(&path)?;
-        let netns = Netns::create(&ember_net::name_for(id))?;
+        let netns = Netns::create(&ember_net::name_for(id), &self.net.rules(&EgressPolicy::allow_all()))?;
+        let net = SandboxNet::start(netns, policy, &self.net, true)?;
         let sandbox =
-            self.launch(id.to_string(), dir, netns, shape, die_with_parent, Start::Resume(state.clone())).await?;
+            self.launch(id.to_string(), dir, net, shape, die_with_parent, Start::Resume(state.clone())).await?;
         let _ = std::fs::remove_file(&state);
         Ok(sandbox)
     }
 
-    /// Creates a sandbox from a state saved by [`Sandbox::save_to`] in `saved`.
-    pub async fn create_from_saved(&self, saved: &Path) -> Result<Sandbox, RuntimeError> {
+    /// Creates a sandbox from a state saved by [`Sandbox::save_to`] in `saved`, with `policy` in
+    /// force before its processes run again.
+    pub async fn create_from_saved(&self, saved: &Path, policy: EgressPolicy) -> Result<Sandbox, RuntimeError> {
         let shape =
             Shape::load(saved).ok_or_else(|| RuntimeError::Adopt(saved.display().to_string(), "no shape.json"))?;
         let slot = self.slots.take()?;
@@ -173,7 +179,9 @@ impl Runtime {
         ember_vmm::disk::create_overlay(&saved.join("disk.qcow2"), &dir.path().join(crate::sandbox::DISK))?;
         // The saved state carries all RAM, as a paused sandbox's does.
         let shape = Shape { ram: None, ..shape };
-        self.launch(slot.id.clone(), dir, slot.netns, shape, false, Start::Resume(saved.join("state"))).await
+        let id = slot.id.clone();
+        let net = SandboxNet::start(slot.netns, policy, &self.net, true)?;
+        self.launch(id, dir, net, shape, false, Start::Resume(saved.join("state"))).await
     }
 
     /// The agent client of sandbox `id` (its namespace has the same name whenever it runs).

@@ -72,6 +72,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX snapshots_team ON snapshots(team);
 ",
+    "
+    ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT;
+",
 ];
 
 /// The open database.

@@ -23,6 +23,10 @@ pub struct SandboxRecord {
     pub end_ms: i64,
     pub state: SandboxState,
     pub allow_internet: bool,
+    /// The sandbox's network settings as the API reports them (JSON; the daemon's to read).
+    pub network: String,
+    /// The token requests to its exposed ports need when public traffic is off.
+    pub traffic_token: Option<String>,
 }
 
 /// Whether a sandbox has a VM (running) or only its saved state (paused).
@@ -51,7 +55,7 @@ impl SandboxState {
 }
 
 const COLUMNS: &str = "id, team, template, alias, metadata, env_vars, access_token, vcpus, memory_mib, disk_mib, \
-                       started_ms, end_ms, state, allow_internet";
+                       started_ms, end_ms, state, allow_internet, network, traffic_token";
 
 fn json_map(id: &str, text: &str) -> Result<BTreeMap<String, String>, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(id.to_string(), e.to_string()))
@@ -61,7 +65,7 @@ impl Store {
     pub fn insert_sandbox(&self, r: &SandboxRecord) -> Result<(), StoreError> {
         let to_json = |m: &BTreeMap<String, String>| serde_json::to_string(m).unwrap_or_else(|_| "{}".into());
         self.conn().execute(
-            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
             params![
                 r.id,
                 r.team,
@@ -76,7 +80,9 @@ impl Store {
                 r.started_ms,
                 r.end_ms,
                 r.state.as_str(),
-                r.allow_internet
+                r.allow_internet,
+                r.network,
+                r.traffic_token
             ],
         )?;
         Ok(())
@@ -84,6 +90,15 @@ impl Store {
 
     pub fn set_sandbox_end(&self, id: &str, end_ms: i64) -> Result<(), StoreError> {
         self.conn().execute("UPDATE sandboxes SET end_ms = ?2 WHERE id = ?1", params![id, end_ms])?;
+        Ok(())
+    }
+
+    /// Replaces the sandbox's network settings (JSON) and whether it has internet access.
+    pub fn set_sandbox_network(&self, id: &str, network: &str, allow_internet: bool) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE sandboxes SET network = ?2, allow_internet = ?3 WHERE id = ?1",
+            params![id, network, allow_internet],
+        )?;
         Ok(())
     }
 
@@ -117,6 +132,8 @@ impl Store {
                 r.get::<_, i64>(11)?,
                 r.get::<_, String>(12)?,
                 r.get::<_, bool>(13)?,
+                r.get::<_, String>(14)?,
+                r.get::<_, Option<String>>(15)?,
             ))
         })?;
         let mut out = Vec::new();
@@ -136,6 +153,8 @@ impl Store {
                 end,
                 state,
                 net,
+                network,
+                traffic_token,
             ) = row?;
             let state = SandboxState::parse(&state)
                 .ok_or_else(|| StoreError::Corrupt(id.clone(), format!("unknown state '{state}'")))?;
@@ -154,6 +173,8 @@ impl Store {
                 end_ms: end,
                 state,
                 allow_internet: net,
+                network,
+                traffic_token,
             });
         }
         Ok(out)
@@ -180,6 +201,8 @@ mod tests {
             end_ms: 2,
             state: SandboxState::Running,
             allow_internet: true,
+            network: r#"{"allowOut":["198.51.100.0/24"]}"#.into(),
+            traffic_token: Some("traffic".into()),
         }
     }
 
@@ -191,11 +214,14 @@ mod tests {
         assert!(store.insert_sandbox(&record("a")).is_err(), "ids are unique");
         store.set_sandbox_end("a", 99).unwrap();
         store.set_sandbox_state("b", SandboxState::Paused).unwrap();
+        store.set_sandbox_network("b", "{}", false).unwrap();
         store.delete_sandbox("c").unwrap();
         let all = store.sandboxes().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0], SandboxRecord { end_ms: 99, ..record("a") });
         assert_eq!(all[1].state, SandboxState::Paused);
+        assert_eq!((all[1].network.as_str(), all[1].allow_internet), ("{}", false));
+        assert_eq!(all[0].traffic_token.as_deref(), Some("traffic"));
         store.delete_sandbox("a").unwrap();
         assert_eq!(store.sandboxes().unwrap().len(), 1);
     }

@@ -43,7 +43,8 @@ impl Manager {
             }
             let this = Arc::clone(self);
             adopting.spawn(async move {
-                let adopted = Sandbox::adopt(&this.runtime, &record.id, ADOPT_AGENT_WAIT).await;
+                let policy = crate::network::stored(&record).policy;
+                let adopted = Sandbox::adopt(&this.runtime, &record.id, ADOPT_AGENT_WAIT, policy).await;
                 (record, adopted)
             });
         }

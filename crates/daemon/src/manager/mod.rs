@@ -10,6 +10,7 @@
 
 mod adopt;
 mod error;
+mod network;
 mod pause;
 mod pool;
 mod reaper;
@@ -28,6 +29,7 @@ use tracing::Instrument;
 
 pub use error::LifecycleError;
 
+use crate::network::Checked;
 use crate::ServeConfig;
 
 /// The template whose sandboxes the pool holds.
@@ -132,12 +134,22 @@ impl Manager {
         &self.config
     }
 
+    /// The domain of exposed ports (`{port}-{id}.{domain}`).
+    pub fn domain(&self) -> &str {
+        &self.config.domain
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
 
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    /// The extra CA certificates every sandbox is given at `/init`.
+    fn ca_bundle(&self) -> Option<String> {
+        self.runtime.config().network.ca_bundle.clone()
     }
 
     /// Adds a sandbox to the table; its state is what `sandbox` says (a VM: running).
@@ -179,28 +191,36 @@ impl Manager {
 
     /// Validates a create request and creates the sandbox; it is usable when this returns.
     /// The work runs on a task of its own: a client that goes away does not cut it short.
-    pub async fn create(self: &Arc<Self>, team: &str, req: NewSandbox) -> Result<Arc<Live>, LifecycleError> {
+    /// `net` is the request's network settings, checked.
+    pub async fn create(
+        self: &Arc<Self>,
+        team: &str,
+        req: NewSandbox,
+        net: Checked,
+    ) -> Result<Arc<Live>, LifecycleError> {
         let this = Arc::clone(self);
         let team = team.to_string();
-        tokio::spawn(async move { this.create_now(&team, req).await })
+        tokio::spawn(async move { this.create_now(&team, req, net).await })
             .await
             .map_err(|e| LifecycleError::Task(e.to_string()))?
     }
 
-    async fn create_now(&self, team: &str, req: NewSandbox) -> Result<Arc<Live>, LifecycleError> {
+    async fn create_now(&self, team: &str, req: NewSandbox, net: Checked) -> Result<Arc<Live>, LifecycleError> {
         let source = self.resolve_template(team, &req.template_id)?;
         let timeout = self.check_timeout(req.timeout.unwrap_or(self.default_timeout()))?;
         let metadata = check_map("metadata", req.metadata.unwrap_or_default(), false)?;
         let env_vars = check_map("envVars", req.env_vars.unwrap_or_default(), true)?;
         let _slot = self.reserve_slot()?;
         let (spec, pooled) = match &source {
-            Source::Template(t) => (self.spec(t), self.take_pooled(t).await),
-            Source::Snapshot(..) => (self.spec(POOL_TEMPLATE), None),
+            Source::Template(t) => (self.spec(t, &net), self.take_pooled(t).await),
+            Source::Snapshot(..) => (self.spec(POOL_TEMPLATE, &net), None),
         };
         let sandbox = match (pooled, &source) {
-            (Some(sandbox), _) => sandbox,
+            (Some(sandbox), _) => self.with_policy(sandbox, &net).await?,
             (None, Source::Template(_)) => self.runtime.create(&spec).await?,
-            (None, Source::Snapshot(id, _)) => self.runtime.create_from_saved(&self.snapshot_dir(id)).await?,
+            (None, Source::Snapshot(id, _)) => {
+                self.runtime.create_from_saved(&self.snapshot_dir(id), net.policy.clone()).await?
+            }
         };
         let id = sandbox.id().to_string();
         let span = tracing::info_span!("sandbox", id = %id);
@@ -220,14 +240,16 @@ impl Manager {
                 started_ms,
                 end_ms: started_ms + timeout * 1000,
                 state: SandboxState::Running,
-                allow_internet: req.allow_internet_access.unwrap_or(true),
+                allow_internet: net.allow_internet,
+                network: serde_json::to_string(&net.config).unwrap_or_else(|_| "{}".into()),
+                traffic_token: net.private_traffic().then(|| random_hex(16)),
             };
             let held = match &source {
                 Source::Snapshot(_, token) => token.clone(),
                 Source::Template(_) => sandbox.agent().token().map(str::to_string),
             };
             let stored = async {
-                init_agent(sandbox.agent(), &record, held.as_deref()).await?;
+                init_agent(sandbox.agent(), &record, held.as_deref(), self.ca_bundle()).await?;
                 self.store.insert_sandbox(&record)?;
                 Ok::<_, LifecycleError>(())
             }
@@ -260,13 +282,14 @@ impl Manager {
         }
     }
 
-    fn spec(&self, template: &str) -> SandboxSpec {
+    fn spec(&self, template: &str, net: &Checked) -> SandboxSpec {
         SandboxSpec {
             template: template.into(),
             from_snapshot: self.config.snapshots,
             vcpus: self.config.vcpus,
             memory_mib: self.config.memory_mib,
             die_with_parent: false,
+            policy: net.policy.clone(),
         }
     }
 
@@ -367,6 +390,9 @@ impl Manager {
                 sandbox.detach();
             }
         }
+        if destroy {
+            self.runtime.release_host_network();
+        }
     }
 }
 
@@ -389,15 +415,27 @@ enum Source {
 /// time (a restored guest's clock is the template's) and fresh entropy (a restored guest's
 /// random state is the template's). `token` is the one the agent holds now, if any. The call
 /// has a deadline (the agent client's).
-async fn init_agent(agent: &AgentClient, record: &SandboxRecord, token: Option<&str>) -> Result<(), LifecycleError> {
-    let request = init_request(&record.id, record.env_vars.clone(), record.access_token.clone());
+async fn init_agent(
+    agent: &AgentClient,
+    record: &SandboxRecord,
+    token: Option<&str>,
+    ca_bundle: Option<String>,
+) -> Result<(), LifecycleError> {
+    let request = init_request(&record.id, record.env_vars.clone(), record.access_token.clone(), ca_bundle);
     agent.post_json("/init", &request, token).await.map_err(|e| ember_runtime::RuntimeError::from(e).into())
 }
 
 /// The `/init` body that gives sandbox `id` its identity: `env_vars`, `access_token`, the
-/// default user, the host's time, fresh entropy and its hostname (the id).
-fn init_request(id: &str, env_vars: BTreeMap<String, String>, access_token: Option<String>) -> InitRequest {
+/// default user, the host's time, fresh entropy, its hostname (the id) and the extra CA
+/// certificates it should trust.
+fn init_request(
+    id: &str,
+    env_vars: BTreeMap<String, String>,
+    access_token: Option<String>,
+    ca_bundle: Option<String>,
+) -> InitRequest {
     InitRequest {
+        ca_bundle,
         env_vars: Some(env_vars),
         access_token,
         default_user: Some("user".into()),

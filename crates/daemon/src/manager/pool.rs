@@ -7,6 +7,7 @@ use std::time::Duration;
 use ember_runtime::Sandbox;
 
 use super::{Manager, POOL_TEMPLATE};
+use crate::network::Checked;
 
 impl Manager {
     /// A live sandbox from the pool, if the pool holds one for `template`.
@@ -31,9 +32,9 @@ impl Manager {
             let pooled = self.pool.lock().await.len();
             let busy = self.running() + *self.creating.lock().unwrap_or_else(|e| e.into_inner());
             if pooled < self.config.pool_size && pooled + busy < self.config.max_sandboxes {
-                match self.runtime.create(&self.spec(POOL_TEMPLATE)).await {
+                match self.runtime.create(&self.spec(POOL_TEMPLATE, &Checked::open())).await {
                     Ok(sandbox) => {
-                        warm_init(&sandbox).await;
+                        warm_init(&sandbox, self.ca_bundle()).await;
                         self.pool.lock().await.push_back(sandbox)
                     }
                     Err(e) => {
@@ -53,9 +54,9 @@ impl Manager {
 /// vars), so that under TCG the create's `/init` finds its code already translated in this QEMU
 /// process (the state-file write, clock, RNG and hostname paths) instead of paying for that on the
 /// create's path. Nothing a create relies on changes: the create's `/init` sets the real identity.
-async fn warm_init(sandbox: &Sandbox) {
+async fn warm_init(sandbox: &Sandbox, ca_bundle: Option<String>) {
     let token = sandbox.agent().token().map(str::to_string);
-    let request = super::init_request(sandbox.id(), Default::default(), token.clone());
+    let request = super::init_request(sandbox.id(), Default::default(), token.clone(), ca_bundle);
     if let Err(e) = sandbox.agent().post_json("/init", &request, token.as_deref()).await {
         tracing::debug!(sandbox = %sandbox.id(), error = %e, "warming a pooled sandbox's /init");
     }

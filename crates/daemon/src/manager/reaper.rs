@@ -43,7 +43,7 @@ impl Manager {
                 if dead {
                     self.kill_in_background(live, "its VM exited");
                 } else if round.is_multiple_of(AGENT_CHECK_EVERY) {
-                    tokio::spawn(reinit_if_needed(live));
+                    tokio::spawn(reinit_if_needed(live, self.ca_bundle()));
                 }
             }
         }
@@ -57,12 +57,12 @@ impl Manager {
 
 /// Gives a restarted agent that lost its state (its `/health` says it holds no token) the
 /// sandbox's identity again.
-async fn reinit_if_needed(live: Arc<Live>) {
+async fn reinit_if_needed(live: Arc<Live>, ca_bundle: Option<String>) {
     let id = live.id();
     match live.agent.initialised(AGENT_CHECK_TIMEOUT).await {
         Ok(false) => {
             tracing::warn!(sandbox = %id, "the agent restarted without its state; initialising it again");
-            if let Err(e) = init_agent(&live.agent, &live.record(), None).await {
+            if let Err(e) = init_agent(&live.agent, &live.record(), None, ca_bundle).await {
                 tracing::warn!(sandbox = %id, error = %e, "re-initialising the agent");
             }
         }

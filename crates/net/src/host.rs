@@ -35,8 +35,13 @@ pub fn install(guard: &Guard) -> Result<(), NetError> {
 /// Removes the host's rules and turns forwarding off again if Ember turned it on, unless a
 /// slot link still exists (another Ember process, or sandboxes left to be adopted).
 pub fn remove() -> Result<(), NetError> {
-    if slot_links() > 0 {
-        return Ok(());
+    // A deleted namespace goes once the sockets closed in it are done (seconds at most).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while slot_links() > 0 {
+        if std::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let marker = Path::new(FORWARD_MARKER);
     if marker.exists() {

@@ -50,9 +50,15 @@ impl Netns {
         let path = ns.path();
         in_namespace(&path, || {
             // No IPv6 anywhere in the namespace: the guest gets none, and nothing reaches the host by it.
-            for (key, value) in
-                [("ipv6/conf/all/disable_ipv6", "1"), ("ipv6/conf/default/disable_ipv6", "1"), ("ipv4/ip_forward", "1")]
-            {
+            // Sockets this process closed towards a guest that is gone (killed, paused) must not
+            // keep the namespace, and its uplink, alive through minutes of retransmissions.
+            for (key, value) in [
+                ("ipv6/conf/all/disable_ipv6", "1"),
+                ("ipv6/conf/default/disable_ipv6", "1"),
+                ("ipv4/ip_forward", "1"),
+                ("ipv4/tcp_orphan_retries", "3"),
+                ("ipv4/tcp_fin_timeout", "5"),
+            ] {
                 write_sysctl(key, value)?;
             }
             nft(rules)

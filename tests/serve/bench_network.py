@@ -2,6 +2,8 @@
 
     target/sdk-venv/bin/python tests/serve/bench_network.py
 
+(`BENCH_SERVE_ARGS` adds flags to `ember serve`, e.g. `--no-host-ca`.)
+
 Starts the fake internet (fakenet.py) and an `ember serve` of its own (pool of 2, DNS to the fake
 internet's resolver), then measures through the REST API:
 - create p50/p99 with the warm pool, without a network policy and with one (a CIDR allow, a
@@ -67,7 +69,8 @@ def main():
         inet.check_from_host()
         d = Daemon(new_data_dir("ember-net-bench-"), free_port())
         try:
-            d.start("--destroy-on-exit", "--dns", DNS_IP, "--pool", "2")
+            extra = os.environ.get("BENCH_SERVE_ARGS", "").split()
+            d.start("--destroy-on-exit", "--dns", DNS_IP, "--pool", "2", *extra)
             creates(d, None)[:3]  # warm up: template snapshot, pool
             plain = creates(d, None)
             policy = creates(d, POLICY)

@@ -20,6 +20,9 @@ pub struct Agent {
     /// Serialises `/init`s, so that the token check, the saved state and the one in memory
     /// agree.
     pub init_lock: tokio::sync::Mutex<()>,
+    /// The CA bundle this process last installed (PEM), so an `/init` that repeats it (every
+    /// create of a pooled sandbox does) skips reading and comparing the guest's bundle files.
+    pub installed_ca: std::sync::Mutex<Option<String>>,
     pub processes: std::sync::Arc<ProcessTable>,
     pub watchers: Watchers,
 }
@@ -83,6 +86,7 @@ impl Agent {
             config,
             identity: RwLock::new(identity),
             init_lock: tokio::sync::Mutex::new(()),
+            installed_ca: std::sync::Mutex::new(None),
             processes: std::sync::Arc::default(),
             watchers: Watchers::default(),
         }

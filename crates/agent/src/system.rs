@@ -106,11 +106,17 @@ pub async fn init(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bod
     let mut next = agent.identity();
     if let (Some(bundle), true) = (ca_bundle, agent.config.guest) {
         let installed = bundle.is_some();
+        let pem = bundle.as_ref().map(|b| b.pem().to_string());
+        let already = *agent.installed_ca.lock().unwrap_or_else(|e| e.into_inner()) == pem && pem.is_some();
         let paths = agent.config.ca_paths.clone();
-        let result = match tokio::task::spawn_blocking(move || ca::install(&paths, bundle.as_ref())).await {
-            Ok(installing) => installing.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        let result = match already {
+            true => Ok(()),
+            false => match tokio::task::spawn_blocking(move || ca::install(&paths, bundle.as_ref())).await {
+                Ok(installing) => installing.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
         };
+        *agent.installed_ca.lock().unwrap_or_else(|e| e.into_inner()) = if result.is_ok() { pem } else { None };
         if let Err(e) = result {
             tracing::error!(error = %e, "installing the CA bundle /init gave");
             return http_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot install the CA certificates");

@@ -63,8 +63,6 @@ const QR: u16 = 0x8000;
 const TC: u16 = 0x0200;
 const RD: u16 = 0x0100;
 const RA: u16 = 0x0080;
-/// Pause after a failed accept or receive (out of descriptors), so the loop does not spin.
-const BACKOFF: Duration = Duration::from_millis(50);
 
 /// A DNS failure: a message that does not parse, a name that cannot be asked, or an upstream
 /// that did not answer.
@@ -493,7 +491,7 @@ async fn serve_udp(socket: UdpSocket, service: Arc<Service>) {
                     Ok(r) => r,
                     Err(e) => {
                         debug!("DNS service: receive: {e}");
-                        tokio::time::sleep(BACKOFF).await;
+                        tokio::time::sleep(crate::accept::BACKOFF).await;
                         continue;
                     }
                 };
@@ -521,32 +519,15 @@ async fn serve_udp(socket: UdpSocket, service: Arc<Service>) {
 }
 
 async fn serve_tcp(listener: TcpListener, service: Arc<Service>) {
-    let connections = Arc::new(Semaphore::new(MAX_TCP_CONNS));
-    let mut tasks = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-                        debug!("DNS service: {MAX_TCP_CONNS} TCP connections open, closed one");
-                        continue;
-                    };
-                    let service = Arc::clone(&service);
-                    tasks.spawn(async move {
-                        let _permit = permit;
-                        if let Err(e) = service.connection(stream).await {
-                            debug!("DNS service: TCP connection: {e}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    debug!("DNS service: accept: {e}");
-                    tokio::time::sleep(BACKOFF).await;
-                }
-            },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+    crate::accept::bounded(listener, MAX_TCP_CONNS, "DNS service (TCP)", |stream| {
+        let service = Arc::clone(&service);
+        async move {
+            if let Err(e) = service.connection(stream).await {
+                debug!("DNS service: TCP connection: {e}");
+            }
         }
-    }
+    })
+    .await
 }
 
 impl Service {

@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tracing::debug;
 
@@ -38,8 +36,6 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most bytes of the guest's request read and dropped after a refusal, so that closing does
 /// not reset the connection before the guest reads the answer.
 const MAX_DRAIN: u64 = 64 * 1024;
-/// Pause after a failed accept (out of descriptors), so the loop does not spin.
-const BACKOFF: Duration = Duration::from_millis(50);
 
 /// Which redirected port a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,33 +105,16 @@ pub enum EgressError {
 /// Relays the guest's connections accepted on `listener` (redirected from port 80 or 443, per
 /// `kind`) until the task is aborted; every connection's task ends with it.
 pub async fn serve(listener: TcpListener, kind: Kind, egress: Arc<Egress>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut tasks = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                        debug!(?kind, "egress: {MAX_CONNECTIONS} connections open, closed one");
-                        continue;
-                    };
-                    let egress = Arc::clone(&egress);
-                    tasks.spawn(async move {
-                        let _permit = permit;
-                        match relay(stream, kind, &egress).await {
-                            Ok((out, back)) => debug!(?kind, out, back, "egress: connection done"),
-                            Err(e) => debug!(?kind, "egress: {e}"),
-                        }
-                    });
-                }
-                Err(e) => {
-                    debug!(?kind, "egress: accept: {e}");
-                    tokio::time::sleep(BACKOFF).await;
-                }
-            },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+    crate::accept::bounded(listener, MAX_CONNECTIONS, "egress", |stream| {
+        let egress = Arc::clone(&egress);
+        async move {
+            match relay(stream, kind, &egress).await {
+                Ok((out, back)) => debug!(?kind, out, back, "egress: connection done"),
+                Err(e) => debug!(?kind, "egress: {e}"),
+            }
         }
-    }
+    })
+    .await
 }
 
 /// Reads the guest's first bytes until they name a host (at most [`MAX_HEAD`] bytes).

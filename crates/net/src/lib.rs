@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod accept;
 pub mod dns;
 pub mod egress;
 pub mod host;

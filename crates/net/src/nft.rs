@@ -126,7 +126,7 @@ mod tests {
     fn the_open_policy_has_no_redirect_and_empty_sets() {
         let rules = namespace_rules(&EgressPolicy::allow_all(), &Guard::default());
         assert!(rules.starts_with("add table inet ember\ndelete table inet ember\n"));
-        assert!(!rules.contains("dnat"), "{rules}");
+        assert!(!rules.contains("dnat ip to"), "{rules}");
         assert!(rules.contains("set allow4 { type ipv4_addr; flags interval; auto-merge; }"));
         assert!(rules.contains("10.0.0.0/8") && rules.contains("169.254.0.0/16") && rules.contains("100.64.0.0/10"));
         assert!(rules.contains("policy drop;\n    ct state established,related accept\n    iifname \"lo\" accept"));

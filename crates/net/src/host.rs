@@ -33,10 +33,10 @@ pub fn install(guard: &Guard) -> Result<(), NetError> {
 }
 
 /// Removes the host's rules and turns forwarding off again if Ember turned it on, unless a
-/// slot link still exists (another Ember process, or sandboxes left to be adopted).
-pub fn remove() -> Result<(), NetError> {
-    // A deleted namespace goes once the sockets closed in it are done (seconds at most).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+/// slot link still exists after `wait` (another Ember process, or sandboxes left to be adopted;
+/// a deleted namespace goes once the sockets closed in it are done, seconds at most).
+pub fn remove(wait: std::time::Duration) -> Result<(), NetError> {
+    let deadline = std::time::Instant::now() + wait;
     while slot_links() > 0 {
         if std::time::Instant::now() >= deadline {
             return Ok(());

@@ -197,9 +197,10 @@ impl Runtime {
     }
 
     /// Removes the host's network rules, and turns forwarding off again if Ember turned it on,
-    /// once no sandbox is left (at a stop that destroyed them all).
-    pub fn release_host_network(&self) {
-        if let Err(e) = ember_net::host::remove() {
+    /// once no sandbox is left (at a stop that destroyed them all), waiting up to `wait` for
+    /// the last slot link to go.
+    pub fn release_host_network(&self, wait: Duration) {
+        if let Err(e) = ember_net::host::remove(wait) {
             tracing::warn!(error = %e, "removing the host's network rules");
         }
     }

@@ -391,7 +391,7 @@ impl Manager {
             }
         }
         if destroy {
-            self.runtime.release_host_network();
+            self.runtime.release_host_network(std::time::Duration::from_secs(10));
         }
     }
 }

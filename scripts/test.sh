@@ -28,7 +28,7 @@ fi
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 # The official SDKs against a real `ember serve`.
-target/sdk-venv/bin/python -m pytest tests/serve -q -p no:cacheprovider | tee "$logs/pytest"
+EMBER_TEST_REGISTRIES=1 target/sdk-venv/bin/python -m pytest tests/serve -q -p no:cacheprovider | tee "$logs/pytest"
 (cd tests/js && npm ci --silent --no-audit --no-fund && node --test) | tee "$logs/node"
 cargo test --workspace --locked 2>&1 | tee "$logs/cargo"
 

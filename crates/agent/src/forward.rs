@@ -21,6 +21,35 @@ use tokio::task::JoinHandle;
 
 /// Time between two scans of the TCP tables.
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the tables are read while the guest is idle: no process started through the agent
+/// for [`ACTIVE_WINDOW`] and nothing forwarded. Every read costs the guest kernel a walk of its
+/// TCP hash tables (several milliseconds a second under TCG, in every pooled sandbox too).
+pub const IDLE_SCAN_INTERVAL: Duration = Duration::from_secs(5);
+/// How long after a process start the tables are read every [`SCAN_INTERVAL`].
+pub const ACTIVE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Milliseconds from [`epoch`] to the last process start, plus one (0: none yet).
+static LAST_START: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+/// Tells the scanner a process was started (it may open a listener soon): scans go back to
+/// every [`SCAN_INTERVAL`] for [`ACTIVE_WINDOW`].
+pub fn note_process_start() {
+    let ms = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+    LAST_START.store(ms + 1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether a process was started within [`ACTIVE_WINDOW`].
+fn recently_started() -> bool {
+    match LAST_START.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => false,
+        at => epoch().elapsed().saturating_sub(Duration::from_millis(at - 1)) < ACTIVE_WINDOW,
+    }
+}
 /// Most ports forwarded at once.
 pub const MAX_PORTS: usize = 256;
 /// Most spliced connections open at once, over every port.
@@ -198,15 +227,22 @@ impl Forwards {
     }
 }
 
-/// Scans the TCP tables every [`SCAN_INTERVAL`] and forwards `guest_ip`'s ports to loopback-only
-/// listeners, forever; ports in `skip` are never forwarded.
+/// Scans the TCP tables every [`SCAN_INTERVAL`] (every [`IDLE_SCAN_INTERVAL`] while idle) and
+/// forwards `guest_ip`'s ports to loopback-only listeners, forever; ports in `skip` are never
+/// forwarded.
 pub async fn run(guest_ip: IpAddr, skip: Vec<u16>) {
     let mut forwards = Forwards::new(guest_ip, skip);
     let mut tick = tokio::time::interval(SCAN_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unreadable = false;
+    let mut last_scan: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
+        let idle = !recently_started() && forwards.active.is_empty();
+        if idle && last_scan.is_some_and(|t| t.elapsed() < IDLE_SCAN_INTERVAL) {
+            continue;
+        }
+        last_scan = Some(std::time::Instant::now());
         match read_tables().await {
             Ok(listeners) => {
                 unreadable = false;
@@ -283,6 +319,21 @@ async fn splice(mut inbound: TcpStream, to: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_start_makes_scans_frequent() {
+        // The only test that touches LAST_START.
+        LAST_START.store(0, std::sync::atomic::Ordering::Relaxed);
+        assert!(!recently_started(), "no start yet: idle");
+        note_process_start();
+        assert!(recently_started());
+        LAST_START.store(1, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(5));
+        let long_ago = epoch().elapsed() > ACTIVE_WINDOW;
+        assert_eq!(recently_started(), !long_ago);
+        LAST_START.store(0, std::sync::atomic::Ordering::Relaxed);
+        assert!(!recently_started());
+    }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const V4: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode

@@ -174,6 +174,7 @@ pub fn start(table: &Arc<ProcessTable>, launch: Launch) -> Result<Arc<Entry>, Co
     };
     let entry = Arc::new(Entry::new(pid, request.tag.clone(), request.process.clone(), input));
     table.insert(Arc::clone(&entry));
+    crate::forward::note_process_start();
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let (table, pump_entry) = (Arc::clone(table), Arc::clone(&entry));
     tokio::spawn(async move {

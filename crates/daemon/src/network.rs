@@ -117,10 +117,19 @@ pub fn check_update(update: NetworkUpdate, current: &NetworkConfig) -> Result<Ch
     Ok(Checked { policy: policy(&config, allow_internet)?, config, allow_internet })
 }
 
+/// The `network` a record stores, if it reads.
+fn stored_config(record: &SandboxRecord) -> Option<NetworkConfig> {
+    serde_json::from_str(&record.network).ok()
+}
+
+/// The Host exposed-port requests to the sandbox carry (`maskRequestHost`), if it set one.
+pub fn request_host_mask(record: &SandboxRecord) -> Option<String> {
+    stored_config(record)?.mask_request_host
+}
+
 /// A stored record's settings. A record that cannot be read gets no egress (fail closed).
 pub fn stored(record: &SandboxRecord) -> Checked {
-    let parsed = serde_json::from_str::<NetworkConfig>(&record.network).ok();
-    let checked = parsed.and_then(|config| {
+    let checked = stored_config(record).and_then(|config| {
         let policy = policy(&config, record.allow_internet).ok()?;
         Some(Checked { policy, config, allow_internet: record.allow_internet })
     });

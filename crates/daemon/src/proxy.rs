@@ -224,7 +224,10 @@ async fn forward(manager: &Manager, id: &str, target: Target, mut req: Request) 
         Ok(uri) => uri,
         Err(_) => return (StatusCode::BAD_REQUEST, "bad path").into_response(),
     };
-    let mask = crate::network::stored(&record).config.mask_request_host;
+    let mask = match target {
+        Target::Host(_) => crate::network::request_host_mask(&record),
+        Target::Header => None,
+    };
     let host = match (target, mask, original_host) {
         (Target::Host(_), Some(mask), _) => mask.replace("${PORT}", &port.to_string()).parse().ok(),
         (Target::Host(_), None, Some(original)) => Some(original),

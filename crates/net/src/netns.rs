@@ -23,8 +23,6 @@ const NETNS_DIR: &str = "/run/netns";
 pub struct Netns {
     name: String,
     deleted: bool,
-    /// The number of its uplink (`emhN`), when this process made it.
-    link: Option<u32>,
 }
 
 impl Netns {
@@ -39,14 +37,13 @@ impl Netns {
         ip(&["netns", "add", name], None)?;
         // On failure `ns` is dropped, which deletes the half-made namespace (and the veth pair,
         // whose peer is inside it).
-        let mut ns = Self { name: name.to_string(), deleted: false, link: None };
+        let ns = Self { name: name.to_string(), deleted: false };
         let link = add_uplink(name)?;
         let (host_ip, ns_ip) = link_addrs(link);
         let script = format!(
             "link set lo up\ntuntap add dev {TAP_NAME} mode tap\naddr add {TAP_IP}/{PREFIX_LEN} dev {TAP_NAME}\nlink set {TAP_NAME} up\naddr add {ns_ip}/30 dev {UPLINK_NAME}\nlink set {UPLINK_NAME} up\nroute add default via {host_ip}\n"
         );
         ip(&["-n", name, "-batch", "-"], Some(&script))?;
-        ns.link = Some(link);
         let path = ns.path();
         in_namespace(&path, || {
             // No IPv6 anywhere in the namespace: the guest gets none, and nothing reaches the host by it.
@@ -93,7 +90,7 @@ impl Netns {
 
     /// Takes over an existing namespace created by an earlier process.
     pub fn adopt(name: &str) -> Option<Self> {
-        path_of(name).exists().then(|| Self { name: name.to_string(), deleted: false, link: None })
+        path_of(name).exists().then(|| Self { name: name.to_string(), deleted: false })
     }
 
     /// Forgets the namespace without deleting it (it stays for a later [`Netns::adopt`]).

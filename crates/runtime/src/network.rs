@@ -50,6 +50,16 @@ impl NetContext {
     }
 }
 
+/// Which rules a namespace handed to [`SandboxNet::start`] has in force.
+pub(crate) enum Rules {
+    /// The open policy's (a slot made ahead of time).
+    Open,
+    /// The policy's it is started with (made for it).
+    Of,
+    /// Whatever an earlier process left (an adopted sandbox).
+    Unknown,
+}
+
 /// A sandbox's namespace with its policy and services. Dropping it stops the services, then
 /// deletes the namespace (with its tap and uplink).
 pub struct SandboxNet {
@@ -70,15 +80,20 @@ impl Drop for Tasks {
 }
 
 impl SandboxNet {
-    /// Starts the services of `netns` with `policy` in force. A `fresh` namespace (a slot) has
-    /// the open policy's rules already; another (adopted) gets `policy`'s rules whatever it is.
+    /// Starts the services of `netns` with `policy` in force: its rules are applied first
+    /// unless `netns` has them already (`Rules::Of(policy)`).
     pub(crate) fn start(
         netns: Netns,
         policy: EgressPolicy,
         ctx: &NetContext,
-        fresh: bool,
+        has: Rules,
     ) -> Result<Self, RuntimeError> {
-        if !fresh || policy != EgressPolicy::allow_all() {
+        let in_force = match has {
+            Rules::Open => policy == EgressPolicy::allow_all(),
+            Rules::Of => true,
+            Rules::Unknown => false,
+        };
+        if !in_force {
             netns.apply_rules(&ctx.rules(&policy))?;
         }
         let shared = policy::shared(policy);
@@ -103,11 +118,6 @@ impl SandboxNet {
 
     pub fn netns(&self) -> &Netns {
         &self.netns
-    }
-
-    /// The policy in force.
-    pub fn policy(&self) -> Arc<EgressPolicy> {
-        policy::current(&self.policy)
     }
 
     /// Puts `policy` in force for new connections: the namespace's rules first (on failure the

@@ -15,6 +15,7 @@ use ember_vmm::{Memory, Vm, VmConfig};
 use rand::Rng;
 use tracing::Instrument;
 
+use crate::network::Rules;
 use crate::snapshot::Shape;
 use crate::{io_err, reconcile, AgentClient, Runtime, RuntimeError, SandboxNet};
 
@@ -108,7 +109,7 @@ impl Runtime {
                     (shape, Start::Boot)
                 }
             };
-            let net = SandboxNet::start(slot.netns, spec.policy.clone(), &self.net, true)?;
+            let net = SandboxNet::start(slot.netns, spec.policy.clone(), &self.net, Rules::Open)?;
             self.launch(id, dir, net, shape, spec.die_with_parent, start).await
         }
         .instrument(span)
@@ -360,7 +361,7 @@ impl Sandbox {
         let mut vm =
             Vm::adopt(&recorded, path.join("serial.log"), path.join("qmp.sock")).ok_or_else(|| gone("QEMU is gone"))?;
         let netns = Netns::adopt(&ember_net::name_for(id)).ok_or_else(|| gone("namespace is gone"))?;
-        let net = SandboxNet::start(netns, policy, &runtime.net, false)?;
+        let net = SandboxNet::start(netns, policy, &runtime.net, Rules::Unknown)?;
         let dir = SandboxDir(Some(path.clone()));
         reconcile::record_owner(&path)?;
         if let Ok(mut qmp) = vm.qmp(Duration::from_secs(2)).await {

@@ -14,6 +14,7 @@ use ember_vmm::snapshot::{SnapshotMeta, FORMAT_VERSION, MAGIC};
 use ember_vmm::{Memory, Vm};
 use serde::{Deserialize, Serialize};
 
+use crate::network::Rules;
 use crate::sandbox::{new_id, SandboxDir, Start, DISK, PAUSE_STATE, PAUSE_STATE_PARTIAL};
 use crate::{io_err, AgentClient, Runtime, RuntimeError, Sandbox, SandboxNet};
 
@@ -160,8 +161,8 @@ impl Runtime {
         }
         let dir = SandboxDir(Some(path.clone()));
         crate::reconcile::record_owner(&path)?;
-        let netns = Netns::create(&ember_net::name_for(id), &self.net.rules(&EgressPolicy::allow_all()))?;
-        let net = SandboxNet::start(netns, policy, &self.net, true)?;
+        let netns = Netns::create(&ember_net::name_for(id), &self.net.rules(&policy))?;
+        let net = SandboxNet::start(netns, policy, &self.net, Rules::Of)?;
         let sandbox =
             self.launch(id.to_string(), dir, net, shape, die_with_parent, Start::Resume(state.clone())).await?;
         let _ = std::fs::remove_file(&state);
@@ -180,7 +181,7 @@ impl Runtime {
         // The saved state carries all RAM, as a paused sandbox's does.
         let shape = Shape { ram: None, ..shape };
         let id = slot.id.clone();
-        let net = SandboxNet::start(slot.netns, policy, &self.net, true)?;
+        let net = SandboxNet::start(slot.netns, policy, &self.net, Rules::Open)?;
         self.launch(id, dir, net, shape, false, Start::Resume(saved.join("state"))).await
     }
 

@@ -2,7 +2,10 @@
 an agent that keeps refusing calls without its token after it is killed and restarted."""
 
 import os
+import socket
 import stat
+import time
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -19,6 +22,30 @@ def test_rpcs_and_envs_need_the_token(agent):
     r = httpx.get(f"{agent['url']}/envs", headers={"X-Access-Token": agent["token"]})
     assert r.status_code == 200 and r.json()["EMBER_SANDBOX_ENV"] == "from-init"
     assert httpx.get(f"{agent['url']}/health").status_code == 204
+
+
+def test_a_refused_rpc_still_being_sent_reads_its_refusal(agent):
+    """A client still writing its request body when the agent refuses it gets the refusal, not a
+    reset connection (the SDK then raises AuthenticationException, not a broken pipe)."""
+    u = urlparse(agent["url"])
+    body = b"\0" * 48 * 1024
+    head = (
+        "POST /process.Process/Start HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: application/connect+json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+        s.sendall(head)
+        time.sleep(0.3)  # the agent has answered by now
+        for i in range(0, len(body), 8192):
+            s.sendall(body[i : i + 8192])  # a closed connection fails here with a broken pipe
+            time.sleep(0.05)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = s.recv(4096)
+            assert chunk, f"connection closed after {answer!r}"
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer  # Connect streams carry errors in the body
 
 
 def test_init_needs_the_current_token(agent):

@@ -53,10 +53,24 @@ pub async fn require_token(State(agent): State<Arc<Agent>>, req: Request, next: 
     if allowed {
         return next.run(req).await;
     }
-    if path.starts_with("/process.") || path.starts_with("/filesystem.") {
-        return crate::connect::error_for(req.headers(), ConnectError::new(Code::Unauthenticated, UNAUTHORIZED));
+    let rpc = path.starts_with("/process.") || path.starts_with("/filesystem.");
+    let (parts, body) = req.into_parts();
+    drain(body).await;
+    if rpc {
+        return crate::connect::error_for(&parts.headers, ConnectError::new(Code::Unauthenticated, UNAUTHORIZED));
     }
     http_error(StatusCode::UNAUTHORIZED, UNAUTHORIZED)
+}
+
+/// How much of a refused request's body is read before answering, and for how long.
+const DRAIN_LIMIT: usize = 64 * 1024;
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads (a bounded part of) a refused request's body, so that a client still sending it (a
+/// streaming RPC) reads the refusal instead of failing with a broken pipe when the connection
+/// closes under its write.
+async fn drain(body: axum::body::Body) {
+    let _ = tokio::time::timeout(DRAIN_DEADLINE, axum::body::to_bytes(body, DRAIN_LIMIT)).await;
 }
 
 /// Whether the request carries `token` in `X-Access-Token` (compared in constant time).

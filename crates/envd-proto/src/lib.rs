@@ -11,6 +11,7 @@ pub mod code;
 pub mod envelope;
 pub mod filesystem;
 pub mod init;
+pub mod interpreter;
 pub mod metrics;
 pub mod process;
 pub mod signature;

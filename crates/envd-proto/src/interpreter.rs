@@ -53,10 +53,12 @@ pub struct ContextInfo {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// Sent when the kernel echoes the cell (`execute_input`).
-    NumberOfExecutions { execution_count: u64 },
+    NumberOfExecutions {
+        execution_count: u64,
+    },
     Stdout(OutputChunk),
     Stderr(OutputChunk),
-    Result(ResultEvent),
+    Result(Box<ResultEvent>),
     Error(ExecutionError),
     /// After 5 s without another event; the SDKs skip it.
     Keepalive,
@@ -195,7 +197,10 @@ mod tests {
     #[test]
     fn events_are_tagged_by_type() {
         let lines = [
-            (Event::NumberOfExecutions { execution_count: 3 }, json!({"type":"number_of_executions","execution_count":3})),
+            (
+                Event::NumberOfExecutions { execution_count: 3 },
+                json!({"type":"number_of_executions","execution_count":3}),
+            ),
             (
                 Event::Stdout(OutputChunk { text: "a\n".into(), timestamp: "t".into() }),
                 json!({"type":"stdout","text":"a\n","timestamp":"t"}),
@@ -226,7 +231,7 @@ mod tests {
         });
         let Value::Object(map) = bundle else { unreachable!() };
         let r = ResultEvent::from_mime_bundle(map, true);
-        let v = serde_json::to_value(Event::Result(r)).unwrap();
+        let v = serde_json::to_value(Event::Result(Box::new(r))).unwrap();
         assert_eq!(
             v,
             json!({
@@ -256,7 +261,7 @@ mod tests {
     #[test]
     fn display_data_without_text() {
         let Value::Object(map) = json!({"image/svg+xml": "<svg/>"}) else { unreachable!() };
-        let v = serde_json::to_value(Event::Result(ResultEvent::from_mime_bundle(map, false))).unwrap();
+        let v = serde_json::to_value(Event::Result(Box::new(ResultEvent::from_mime_bundle(map, false)))).unwrap();
         assert_eq!(v, json!({"type":"result","svg":"<svg/>","is_main_result":false}));
     }
 }

@@ -94,22 +94,31 @@ pub fn run() -> ! {
     }
     let exe = std::env::current_exe().unwrap_or_else(|_| "/usr/local/bin/ember-agent".into());
     let mut agent = spawn_agent(&exe);
+    let services = crate::services::load(Path::new(crate::services::SERVICES_FILE)).unwrap_or_else(|e| {
+        log(&format!("ember-init: no services started: {e}"));
+        Vec::new()
+    });
+    let mut services = crate::services::Supervisor::start(services);
     loop {
         match waitpid(Pid::from_raw(-1), None) {
-            Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _))
-                if u32::try_from(pid.as_raw()).ok() == agent =>
-            {
-                log("ember-init: agent exited; restarting it");
-                std::thread::sleep(Duration::from_millis(200));
-                agent = spawn_agent(&exe);
+            Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) => {
+                let pid = u32::try_from(pid.as_raw()).ok();
+                if pid.is_some() && pid == agent {
+                    log("ember-init: agent exited; restarting it");
+                    std::thread::sleep(Duration::from_millis(200));
+                    agent = spawn_agent(&exe);
+                } else if let Some(pid) = pid {
+                    services.reaped(pid);
+                }
             }
             Ok(_) => {}
-            // ECHILD: nothing to reap right now (the agent failed to start).
+            // ECHILD: nothing to reap right now (the agent or a service failed to start).
             Err(_) => {
                 std::thread::sleep(Duration::from_millis(200));
                 if agent.is_none() {
                     agent = spawn_agent(&exe);
                 }
+                services.retry_failed();
             }
         }
     }
@@ -171,7 +180,7 @@ fn configure_network(params: &BootParams) {
     }
 }
 
-fn log(msg: &str) {
+pub(crate) fn log(msg: &str) {
     let _ = writeln!(std::io::stderr(), "{msg}");
 }
 

@@ -4,7 +4,8 @@
 //! system endpoints ([`system`]), with extra CA certificates from `/init` ([`ca`]). What `/init`
 //! sets is saved ([`statefile`]) so a restarted server keeps its token; a server without one
 //! refuses every call but `/health` and `/init`. In a guest it also makes servers that listen on
-//! the guest's loopback only reachable on its address ([`forward`]).
+//! the guest's loopback only reachable on its address ([`forward`]), and init keeps a template's
+//! services running ([`services`]).
 
 // Values from guests and clients are bounded before use: no silent truncation or sign change.
 #![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
@@ -20,6 +21,7 @@ pub mod fs;
 pub mod init;
 pub mod process;
 pub mod server;
+pub mod services;
 pub mod state;
 pub mod statefile;
 pub mod system;

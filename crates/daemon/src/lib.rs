@@ -49,8 +49,10 @@ pub struct ServeConfig {
     pub destroy_on_exit: bool,
     /// Create by restoring the template's snapshot (otherwise boot each sandbox cold).
     pub snapshots: bool,
-    /// Sandboxes kept restored ahead of time for creates (memory for latency).
+    /// Sandboxes of template `base` kept restored ahead of time for creates (memory for latency).
     pub pool_size: usize,
+    /// The same for the code-interpreter template; its first fill builds the template.
+    pub interpreter_pool_size: usize,
     /// Paused sandboxes one team may keep (they hold all their RAM on disk).
     pub max_paused_per_team: usize,
     /// Snapshots one team may keep.

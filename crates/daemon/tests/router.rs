@@ -75,6 +75,7 @@ impl Daemon {
             destroy_on_exit: false,
             snapshots: false,
             pool_size: 0,
+            interpreter_pool_size: 0,
             max_paused_per_team: 16,
             max_snapshots_per_team: 10,
             max_snapshot_bytes: 1 << 30,
@@ -83,7 +84,7 @@ impl Daemon {
         let runtime_config = RuntimeConfig::new(
             data.path().to_path_buf(),
             ember_image::Cache::new(data.path().join("cache")),
-            data.path().join("no-agent"),
+            ember_image::GuestBinaries::beside(data.path().join("no-agent")),
         );
         let runtime = Runtime::unchecked(runtime_config).unwrap();
         let store = Store::open_in_memory().unwrap();

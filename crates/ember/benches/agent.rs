@@ -22,7 +22,8 @@ async fn main() {
     let ember = std::path::Path::new(env!("CARGO_BIN_EXE_ember"));
     let agent_bin =
         std::env::var_os("EMBER_AGENT_BIN").map(Into::into).unwrap_or_else(|| ember.with_file_name("ember-agent"));
-    let config = ember::settings::runtime_config(data.path().to_path_buf(), agent_bin);
+    let config =
+        ember::settings::runtime_config(data.path().to_path_buf(), ember_image::GuestBinaries::beside(agent_bin));
     let runtime = Runtime::new(config).expect("runtime (run as root)");
     let spec = SandboxSpec { memory_mib: 1024, from_snapshot: true, ..SandboxSpec::default() };
     let sandbox = runtime.create(&spec).await.expect("create sandbox");

@@ -44,7 +44,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // stopped `ember serve` left running for its next start to adopt. QEMU passes through the
     // data directory to it.
     let data_dir = settings::data_dir(None);
-    let mut config = settings::runtime_config(data_dir.join("run"), settings::agent_binary()?);
+    let mut config = settings::runtime_config(data_dir.join("run"), settings::guest_binaries()?);
     config.boot_timeout = Duration::from_secs(args.boot_timeout);
     let qemu_group = ember_runtime::private::qemu_group(config.qemu_user.as_deref())?;
     ember_runtime::private::private_dir(&data_dir, qemu_group)

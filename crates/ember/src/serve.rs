@@ -34,9 +34,14 @@ pub struct ServeArgs {
     /// Boot every sandbox cold instead of restoring the template's snapshot.
     #[arg(long)]
     cold_boot: bool,
-    /// Sandboxes kept restored and ready ahead of creates (0 turns the pool off).
+    /// Sandboxes of template `base` kept restored and ready ahead of creates (0 turns the pool off).
     #[arg(long, default_value_t = 2)]
     pool: usize,
+    /// The same for the code-interpreter template (`code-interpreter-v1`); filling it first builds
+    /// the template in the background. 0 turns this pool off (the template is then built on its
+    /// first create).
+    #[arg(long, default_value_t = 2)]
+    interpreter_pool: usize,
     /// Paused sandboxes one team may keep (each holds all its RAM on disk).
     #[arg(long, default_value_t = 16)]
     max_paused_per_team: usize,
@@ -78,7 +83,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--max-timeout must be at least 1 second");
     }
     let data_dir = settings::data_dir(args.data_dir);
-    let mut runtime = settings::runtime_config(data_dir.clone(), settings::agent_binary()?);
+    let mut runtime = settings::runtime_config(data_dir.clone(), settings::guest_binaries()?);
     runtime.slot_pool = SLOT_POOL;
     runtime.network = settings::network(&args.dns, &args.allow_host_cidr, args.ca_bundle.as_deref(), !args.no_host_ca)?;
     let domain = match args.domain {
@@ -97,6 +102,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         destroy_on_exit: args.destroy_on_exit,
         snapshots: !args.cold_boot,
         pool_size: args.pool,
+        interpreter_pool_size: args.interpreter_pool,
         max_paused_per_team: args.max_paused_per_team,
         max_snapshots_per_team: args.max_snapshots_per_team,
         max_snapshot_bytes: args.max_snapshot_gib.saturating_mul(1 << 30),
@@ -104,8 +110,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     // Build the template before taking requests, with progress shown, rather than in the first create.
     runtime.cache.prepare(ember_runtime::private::qemu_group(runtime.qemu_user.as_deref())?)?;
-    let (cache, agent) = (runtime.cache.clone(), runtime.agent_bin.clone());
-    tokio::task::spawn_blocking(move || ember_image::template::ensure(&cache, "base", &agent)).await??;
+    let (cache, bins) = (runtime.cache.clone(), runtime.binaries.clone());
+    tokio::task::spawn_blocking(move || ember_image::template::ensure(&cache, "base", &bins)).await??;
     ember_daemon::serve(config, runtime).await?;
     Ok(ExitCode::SUCCESS)
 }

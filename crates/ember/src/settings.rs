@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use ember_image::Cache;
+use ember_image::{Cache, GuestBinaries};
 use ember_runtime::RuntimeConfig;
 use ember_vmm::Accel;
 
@@ -57,23 +57,29 @@ pub fn kernel_args() -> Option<String> {
     std::env::var("EMBER_KERNEL_ARGS").ok()
 }
 
-/// The guest agent binary: `EMBER_AGENT_BIN`, else `ember-agent` beside this executable.
-pub fn agent_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("EMBER_AGENT_BIN") {
-        return Ok(p.into());
+/// The guest binaries: the agent at `EMBER_AGENT_BIN`, else `ember-agent` beside this
+/// executable; the code-interpreter server at `EMBER_INTERPRETER_BIN`, else `ember-interpreter`
+/// beside the agent.
+pub fn guest_binaries() -> anyhow::Result<GuestBinaries> {
+    let agent = match std::env::var_os("EMBER_AGENT_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe().context("locate the ember executable")?.with_file_name("ember-agent"),
+    };
+    let mut bins = GuestBinaries::beside(agent);
+    if let Some(p) = std::env::var_os("EMBER_INTERPRETER_BIN") {
+        bins.interpreter = p.into();
     }
-    let exe = std::env::current_exe().context("locate the ember executable")?;
-    Ok(exe.with_file_name("ember-agent"))
+    Ok(bins)
 }
 
 /// The runtime's settings from the environment, with state in `data_dir`.
-pub fn runtime_config(data_dir: PathBuf, agent_bin: PathBuf) -> RuntimeConfig {
+pub fn runtime_config(data_dir: PathBuf, binaries: GuestBinaries) -> RuntimeConfig {
     RuntimeConfig {
         qemu: qemu(),
         qemu_user: qemu_user(),
         accel: accel(),
         kernel_args: kernel_args(),
-        ..RuntimeConfig::new(data_dir, cache(), agent_bin)
+        ..RuntimeConfig::new(data_dir, cache(), binaries)
     }
 }
 

@@ -15,8 +15,8 @@ pub async fn run(cmd: TemplateCmd) -> anyhow::Result<ExitCode> {
         TemplateCmd::Build { name } => {
             let cache = ember::settings::cache();
             cache.prepare(ember_runtime::private::qemu_group(ember::settings::qemu_user().as_deref())?)?;
-            let agent = ember::settings::agent_binary()?;
-            let t = tokio::task::spawn_blocking(move || ember_image::template::ensure(&cache, &name, &agent)).await??;
+            let bins = ember::settings::guest_binaries()?;
+            let t = tokio::task::spawn_blocking(move || ember_image::template::ensure(&cache, &name, &bins)).await??;
             println!(
                 "template {} ready (key {}): kernel {}, root disk {}",
                 t.name,

@@ -3,6 +3,7 @@
 //! everything that goes into them.
 
 pub mod cache;
+pub mod interpreter;
 pub mod kernel;
 pub mod private;
 pub mod rootfs;
@@ -13,7 +14,7 @@ pub mod tools;
 use std::path::PathBuf;
 
 pub use cache::Cache;
-pub use template::{Template, KNOWN_TEMPLATES};
+pub use template::{GuestBinaries, Template, KNOWN_TEMPLATES};
 
 /// Errors building or finding guest images.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,11 @@ pub enum ImageError {
     /// The agent binary to install in the image is missing.
     #[error("guest agent binary not found at {0}; build it with `cargo build --release -p ember-agent` or set EMBER_AGENT_BIN")]
     AgentMissing(PathBuf),
+    /// The code-interpreter server to install in the image is missing.
+    #[error(
+        "code-interpreter server binary not found at {0}; build it with scripts/build.sh or set EMBER_INTERPRETER_BIN"
+    )]
+    InterpreterMissing(PathBuf),
     /// Building images needs root (debootstrap, chroot, file ownership).
     #[error("building guest images needs root; run ember as root")]
     NotRoot,

@@ -1,7 +1,7 @@
 //! Root filesystems. The Debian tree (debootstrap bookworm plus the base packages and the
-//! `user` account) is cached by the hash of its recipe; the template image (that tree plus the
-//! agent as `/usr/local/bin/ember-agent`, as ext4) is cached by the hash of the tree key and the
-//! agent binary, so a new agent costs one `mkfs.ext4`, not a new debootstrap.
+//! `user` account) is cached by the hash of its recipe; a template image (a tree plus the files
+//! it carries, such as the agent as `/usr/local/bin/ember-agent`, as ext4) is cached by the hash
+//! of the tree key and those files, so a new agent costs one `mkfs.ext4`, not a new debootstrap.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,7 +10,7 @@ use crate::cache::{self, Cache};
 use crate::tools::{self, tool};
 use crate::{io_err, private, step, ImageError};
 
-const TREE_KIND: &str = "rootfs-tree";
+pub(crate) const TREE_KIND: &str = "rootfs-tree";
 const IMAGE_KIND: &str = "rootfs";
 /// The template image's name in its entry.
 const IMAGE_FILE: &str = "rootfs.ext4";
@@ -35,7 +35,7 @@ const APT_AFTER: &[&str] = &["npm"];
 /// Size of the template's root disk; sandboxes see this much space.
 pub const IMAGE_SIZE_MIB: u64 = 4096;
 /// Template images kept in the cache (the most recently used).
-const KEEP_IMAGES: usize = 3;
+const KEEP_IMAGES: usize = 6;
 /// Path of the agent inside the guest; the kernel starts it as init.
 pub const AGENT_PATH: &str = "/usr/local/bin/ember-agent";
 
@@ -120,11 +120,32 @@ fn build_tree(cache: &Cache, key: &str, mirror: &str) -> Result<(), ImageError> 
     Ok(())
 }
 
-/// Returns the cached template image (tree + agent), building it if missing.
-pub fn ensure_image(cache: &Cache, agent: &Path) -> Result<(PathBuf, String), ImageError> {
-    let agent_bytes = std::fs::read(agent).map_err(|_| ImageError::AgentMissing(agent.to_path_buf()))?;
-    let (tree, tree_key) = ensure_tree(cache)?;
-    let key = cache::key(&[b"ember-image-v1\n", tree_key.as_bytes(), &IMAGE_SIZE_MIB.to_le_bytes(), &agent_bytes]);
+/// A file a template image carries on top of its tree (the agent, the interpreter, settings).
+#[derive(Debug, Clone)]
+pub struct Install {
+    /// Absolute path in the guest.
+    pub path: &'static str,
+    pub bytes: Vec<u8>,
+    pub mode: u32,
+}
+
+/// A cached tree: its kind, where it is and its key.
+pub struct Tree<'a> {
+    pub kind: &'a str,
+    pub path: &'a Path,
+    pub key: &'a str,
+}
+
+/// Returns the cached template image (`tree` plus `installs`, as ext4), building it if missing.
+pub fn ensure_image(cache: &Cache, tree: Tree<'_>, installs: &[Install]) -> Result<(PathBuf, String), ImageError> {
+    let mut parts: Vec<&[u8]> = vec![b"ember-image-v2\n", tree.key.as_bytes()];
+    let size = IMAGE_SIZE_MIB.to_le_bytes();
+    parts.push(&size);
+    let modes: Vec<[u8; 4]> = installs.iter().map(|i| i.mode.to_le_bytes()).collect();
+    for (install, mode) in installs.iter().zip(&modes) {
+        parts.extend([install.path.as_bytes(), &mode[..], &install.bytes[..]]);
+    }
+    let key = cache::key(&parts);
     let image = cache.entry(IMAGE_KIND, &key).join(IMAGE_FILE);
     if image.is_file() {
         cache.touch(IMAGE_KIND, &key);
@@ -135,18 +156,23 @@ pub fn ensure_image(cache: &Cache, agent: &Path) -> Result<(PathBuf, String), Im
         cache.touch(IMAGE_KIND, &key);
         return Ok((image, key));
     }
-    let _tree_lock = cache.lock(TREE_KIND, &tree_key)?;
+    let _tree_lock = cache.lock(tree.kind, tree.key)?;
     tools::require(&[tool("mkfs.ext4", "e2fsprogs")])?;
-    let installed = tree.join(AGENT_PATH.trim_start_matches('/'));
-    std::fs::write(&installed, &agent_bytes).map_err(io_err(format!("install agent into {}", installed.display())))?;
-    set_mode(&installed, 0o755)?;
+    for install in installs {
+        let path = tree.path.join(install.path.trim_start_matches('/'));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        }
+        std::fs::write(&path, &install.bytes).map_err(io_err(format!("install {}", path.display())))?;
+        set_mode(&path, install.mode)?;
+    }
     let scratch = cache.scratch(IMAGE_KIND, &key)?;
     let out = scratch.join(IMAGE_FILE);
     step::run(
         "rootfs: mkfs.ext4",
         Command::new("mkfs.ext4")
             .args(["-q", "-F", "-L", "ember-root", "-d"])
-            .arg(&tree)
+            .arg(tree.path)
             .arg(&out)
             .arg(format!("{IMAGE_SIZE_MIB}M")),
         &scratch.join("mkfs.log"),
@@ -161,23 +187,23 @@ pub fn ensure_image(cache: &Cache, agent: &Path) -> Result<(PathBuf, String), Im
     Ok((image, key))
 }
 
-fn chroot(root: &Path, program: &str) -> Command {
+pub(crate) fn chroot(root: &Path, program: &str) -> Command {
     let mut cmd = Command::new("chroot");
     cmd.arg(root).arg(program).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     cmd
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(io_err(format!("chmod {}", path.display())))
 }
 
 /// `/proc` mounted inside a chroot for as long as this lives.
-struct ProcMount(PathBuf);
+pub(crate) struct ProcMount(PathBuf);
 
 impl ProcMount {
-    fn new(root: &Path) -> Result<Self, ImageError> {
+    pub(crate) fn new(root: &Path) -> Result<Self, ImageError> {
         let target = root.join("proc");
         nix::mount::mount(Some("proc"), &target, Some("proc"), nix::mount::MsFlags::empty(), None::<&str>)
             .map_err(|e| ImageError::Io { context: format!("mount {}", target.display()), source: e.into() })?;

@@ -1,11 +1,43 @@
-//! Templates: a name resolved to the kernel and root disk a sandbox boots from.
+//! Templates: a name resolved to the kernel and root disk a sandbox boots from, and what in the
+//! guest must answer before the template's snapshot is taken.
 
 use std::path::{Path, PathBuf};
 
-use crate::{kernel, rootfs, Cache, ImageError};
+use crate::rootfs::{Install, Tree, AGENT_PATH};
+use crate::{interpreter, kernel, rootfs, Cache, ImageError};
 
 /// Template names Ember can build.
-pub const KNOWN_TEMPLATES: &[&str] = &["base"];
+pub const KNOWN_TEMPLATES: &[&str] = &["base", "code-interpreter"];
+
+/// Path of the code-interpreter server inside the guest.
+pub const INTERPRETER_PATH: &str = "/usr/local/bin/ember-interpreter";
+/// The services the agent starts at boot and keeps running (read by the agent's init).
+pub const SERVICES_PATH: &str = "/etc/ember/services.json";
+/// The code-interpreter server's port.
+pub const INTERPRETER_PORT: u16 = 49999;
+
+/// The guest binaries Ember installs into template images.
+#[derive(Debug, Clone)]
+pub struct GuestBinaries {
+    pub agent: PathBuf,
+    /// The code-interpreter server; needed only by the `code-interpreter` template.
+    pub interpreter: PathBuf,
+}
+
+impl GuestBinaries {
+    /// The agent at `agent` and the interpreter beside it (`ember-interpreter`).
+    pub fn beside(agent: PathBuf) -> Self {
+        let interpreter = agent.with_file_name("ember-interpreter");
+        Self { agent, interpreter }
+    }
+}
+
+/// An HTTP endpoint in the guest that answers 200 once the template's services are ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    pub port: u16,
+    pub path: &'static str,
+}
 
 /// A built template.
 #[derive(Debug, Clone)]
@@ -16,6 +48,8 @@ pub struct Template {
     pub rootfs: PathBuf,
     /// Hash of everything in the template.
     pub key: String,
+    /// What must answer before a snapshot of the template is taken (besides the agent).
+    pub ready: Option<Ready>,
 }
 
 /// Checks that `name` is a template Ember knows, without building anything.
@@ -28,12 +62,41 @@ pub fn check_name(name: &str) -> Result<(), ImageError> {
 }
 
 /// Returns template `name`, building its kernel and root filesystem on first use.
-pub fn ensure(cache: &Cache, name: &str, agent: &Path) -> Result<Template, ImageError> {
+pub fn ensure(cache: &Cache, name: &str, bins: &GuestBinaries) -> Result<Template, ImageError> {
     check_name(name)?;
-    let (rootfs, rootfs_key) = rootfs::ensure_image(cache, agent)?;
+    let agent = read(&bins.agent).map_err(|_| ImageError::AgentMissing(bins.agent.clone()))?;
+    let mut installs = vec![Install { path: AGENT_PATH, bytes: agent, mode: 0o755 }];
+    let (rootfs, rootfs_key, ready) = if name == "code-interpreter" {
+        let server = read(&bins.interpreter).map_err(|_| ImageError::InterpreterMissing(bins.interpreter.clone()))?;
+        installs.push(Install { path: INTERPRETER_PATH, bytes: server, mode: 0o755 });
+        installs.push(Install { path: SERVICES_PATH, bytes: interpreter_services().into_bytes(), mode: 0o644 });
+        let (tree, key) = interpreter::ensure_tree(cache)?;
+        let tree = Tree { kind: interpreter::TREE_KIND, path: &tree, key: &key };
+        let (image, key) = rootfs::ensure_image(cache, tree, &installs)?;
+        (image, key, Some(Ready { port: INTERPRETER_PORT, path: "/health" }))
+    } else {
+        let (tree, key) = rootfs::ensure_tree(cache)?;
+        let tree = Tree { kind: rootfs::TREE_KIND, path: &tree, key: &key };
+        let (image, key) = rootfs::ensure_image(cache, tree, &installs)?;
+        (image, key, None)
+    };
     let kernel = kernel::ensure(cache)?;
     let key = crate::cache::key(&[kernel.key.as_bytes(), rootfs_key.as_bytes()]);
-    Ok(Template { name: name.to_string(), kernel: kernel.vmlinux, rootfs, key })
+    Ok(Template { name: name.to_string(), kernel: kernel.vmlinux, rootfs, key, ready })
+}
+
+fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
+/// The code-interpreter template's services: its server, run as root (it starts each kernel as
+/// the sandbox's user).
+fn interpreter_services() -> String {
+    serde_json::json!([{
+        "name": "interpreter",
+        "cmd": [INTERPRETER_PATH, "--kernels", interpreter::KERNELS_DIR],
+    }])
+    .to_string()
 }
 
 #[cfg(test)]
@@ -43,7 +106,20 @@ mod tests {
     #[test]
     fn unknown_template_is_named_with_the_known_ones() {
         assert!(check_name("base").is_ok());
+        assert!(check_name("code-interpreter").is_ok());
         let msg = check_name("nope").unwrap_err().to_string();
         assert!(msg.contains("'nope'") && msg.contains("base"), "{msg}");
+    }
+
+    #[test]
+    fn the_interpreter_is_found_beside_the_agent() {
+        let bins = GuestBinaries::beside("/opt/ember/ember-agent".into());
+        assert_eq!(bins.interpreter, Path::new("/opt/ember/ember-interpreter"));
+    }
+
+    #[test]
+    fn the_interpreter_service_names_the_installed_server() {
+        let v: serde_json::Value = serde_json::from_str(&interpreter_services()).expect("json");
+        assert_eq!(v[0]["cmd"][0], INTERPRETER_PATH);
     }
 }

@@ -173,6 +173,19 @@ impl AgentClient {
         Ok(self.get_health(timeout).await?.status() == StatusCode::NO_CONTENT)
     }
 
+    /// Whether `GET path` answers 200 within `timeout`, connect included (a template's service
+    /// saying it is ready).
+    pub async fn answers_ok(&self, path: &str, timeout: Duration) -> Result<bool, AgentError> {
+        let req = Request::get(path)
+            .header(header::HOST, self.addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| AgentError::Other(e.to_string()))?;
+        let resp = tokio::time::timeout(timeout, self.send(req, timeout))
+            .await
+            .map_err(|_| AgentError::Timeout(path.into()))??;
+        Ok(resp.status() == StatusCode::OK)
+    }
+
     /// `GET /health` within `timeout`, connect included.
     async fn get_health(&self, timeout: Duration) -> Result<hyper::Response<Incoming>, AgentError> {
         let req = Request::get("/health")

@@ -17,7 +17,7 @@ pub mod snapshot;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ember_image::Cache;
+use ember_image::{Cache, GuestBinaries};
 use ember_vmm::{Accel, AccelInfo};
 
 pub use agent::{AgentClient, AgentError, ProcessStream};
@@ -47,6 +47,9 @@ pub enum RuntimeError {
         "QEMU exited ({status}) before the guest answered; QEMU said: {qemu}\nlast serial console output:\n{serial}"
     )]
     VmExited { status: String, qemu: String, serial: String },
+    /// A template's service (the code interpreter) did not say it was ready.
+    #[error("the template's service did not answer {path} with 200 within {secs} s ({why}); last serial console output:\n{serial}")]
+    ServiceNotReady { path: String, secs: u64, why: String, serial: String },
     /// Sandboxes need root (network namespaces, tap devices).
     #[error("creating sandboxes needs root (network namespaces and tap devices); run ember as root")]
     NotRoot,
@@ -71,8 +74,8 @@ pub struct RuntimeConfig {
     /// Per-sandbox state (overlays, sockets, logs) lives under `DATA_DIR/sandboxes/ID`.
     pub data_dir: PathBuf,
     pub cache: Cache,
-    /// The guest agent binary installed into template images.
-    pub agent_bin: PathBuf,
+    /// The guest binaries (agent, code-interpreter server) installed into template images.
+    pub binaries: GuestBinaries,
     pub qemu: PathBuf,
     /// How long a guest may take from QEMU start to the agent's first answer.
     pub boot_timeout: Duration,
@@ -91,11 +94,11 @@ pub struct RuntimeConfig {
 impl RuntimeConfig {
     /// Defaults: QEMU `qemu-system-x86_64` on `PATH`, run as [`default_qemu_user`], a 60 s boot
     /// time-out, no slots made ahead, the accelerator detected, no extra kernel arguments.
-    pub fn new(data_dir: PathBuf, cache: Cache, agent_bin: PathBuf) -> Self {
+    pub fn new(data_dir: PathBuf, cache: Cache, binaries: GuestBinaries) -> Self {
         Self {
             data_dir,
             cache,
-            agent_bin,
+            binaries,
             qemu: "qemu-system-x86_64".into(),
             boot_timeout: Duration::from_secs(60),
             qemu_user: default_qemu_user(),

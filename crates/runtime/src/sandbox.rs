@@ -75,10 +75,9 @@ impl Runtime {
     pub async fn create(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
         check_sizes(spec.vcpus, spec.memory_mib)?;
         template::check_name(&spec.template)?;
-        let (cache, name, agent_bin) =
-            (self.config.cache.clone(), spec.template.clone(), self.config.agent_bin.clone());
+        let (cache, name, bins) = (self.config.cache.clone(), spec.template.clone(), self.config.binaries.clone());
         let tpl =
-            tokio::task::spawn_blocking(move || template::ensure(&cache, &name, &agent_bin)).await.map_err(|e| {
+            tokio::task::spawn_blocking(move || template::ensure(&cache, &name, &bins)).await.map_err(|e| {
                 RuntimeError::Io { context: "template build task".into(), source: std::io::Error::other(e) }
             })??;
         let snapshot = match spec.from_snapshot {
@@ -273,7 +272,7 @@ pub(crate) async fn init_token(agent: &AgentClient) -> Result<String, RuntimeErr
     Ok(token)
 }
 
-fn serial_tail(dir: &Path) -> String {
+pub(crate) fn serial_tail(dir: &Path) -> String {
     console_tail(dir, SERIAL_TAIL)
 }
 

@@ -134,6 +134,9 @@ impl Runtime {
         crate::sandbox::wait_ready(&mut vm, &agent, self.config.boot_timeout, dir).await?;
         let token = crate::sandbox::init_token(&agent).await?;
         // Run a login shell once, so that what every command needs is in the guest's page cache.
+        if let Some(ready) = tpl.ready {
+            wait_service(&agent.with_port(ready.port), ready.path, &mut vm, dir).await?;
+        }
         warm_up(&agent.with_token(Some(token.clone()))).await?;
         let mut qmp = vm.qmp(Duration::from_secs(5)).await?;
         ember_vmm::snapshot::save(&mut qmp, &dir.join("state")).await?;
@@ -264,6 +267,39 @@ impl Sandbox {
             })
             .ok();
         Ok(())
+    }
+}
+
+/// How long a template's services may take to be ready after the agent is (the code
+/// interpreter's kernels start in tens of seconds under TCG).
+const SERVICE_READY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Waits until the template's service answers 200 on `path`, or fails after
+/// [`SERVICE_READY_TIMEOUT`] or when the VM dies.
+async fn wait_service(service: &AgentClient, path: &str, vm: &mut Vm, dir: &Path) -> Result<(), RuntimeError> {
+    let started = std::time::Instant::now();
+    let fail = |why: String| RuntimeError::ServiceNotReady {
+        path: path.into(),
+        secs: SERVICE_READY_TIMEOUT.as_secs(),
+        why,
+        serial: crate::sandbox::serial_tail(dir),
+    };
+    loop {
+        let answer = service.answers_ok(path, Duration::from_secs(2)).await;
+        if let Ok(true) = answer {
+            eprintln!("==> template service ready in {:.1} s", started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        if let Some(status) = vm.try_exit() {
+            return Err(fail(format!("QEMU exited: {status}")));
+        }
+        if started.elapsed() > SERVICE_READY_TIMEOUT {
+            return Err(fail(match answer {
+                Ok(_) => "it answered, but not 200".into(),
+                Err(e) => e.to_string(),
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

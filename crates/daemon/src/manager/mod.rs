@@ -32,10 +32,13 @@ pub use error::LifecycleError;
 use crate::network::Checked;
 use crate::ServeConfig;
 
-/// The template whose sandboxes the pool holds.
-const POOL_TEMPLATE: &str = "base";
+/// The template sandboxes made from a client's snapshot are sized like.
+const DEFAULT_TEMPLATE: &str = "base";
+/// The code-interpreter template (E2B's `code-interpreter-v1`).
+const INTERPRETER_TEMPLATE: &str = "code-interpreter";
 /// Template names clients may use, and the template each stands for.
-const TEMPLATES: &[(&str, &str)] = &[("base", "base"), ("code-interpreter-v1", "base")];
+const TEMPLATES: &[(&str, &str)] =
+    &[("base", "base"), ("code-interpreter-v1", INTERPRETER_TEMPLATE), ("code-interpreter", INTERPRETER_TEMPLATE)];
 /// Bounds on client-supplied maps.
 const MAX_ENTRIES: usize = 100;
 const MAX_KEY: usize = 256;
@@ -95,8 +98,8 @@ pub struct Manager {
     store: Store,
     live: RwLock<HashMap<String, Arc<Live>>>,
     creating: Mutex<usize>,
-    /// Sandboxes already restored from the default template, waiting unassigned for a create.
-    pool: tokio::sync::Mutex<std::collections::VecDeque<Sandbox>>,
+    /// Sandboxes already restored from each pooled template, waiting unassigned for a create.
+    pool: tokio::sync::Mutex<HashMap<&'static str, std::collections::VecDeque<Sandbox>>>,
     refill: tokio::sync::Notify,
 }
 
@@ -110,7 +113,9 @@ impl Manager {
         let manager = Self::new(config, store, runtime);
         manager.adopt_all().await;
         tokio::spawn(Arc::clone(&manager).reap());
-        tokio::spawn(Arc::clone(&manager).keep_pool_filled());
+        for (template, _) in manager.pool_sizes() {
+            tokio::spawn(Arc::clone(&manager).keep_pool_filled(template));
+        }
         Ok(manager)
     }
 
@@ -213,7 +218,7 @@ impl Manager {
         let _slot = self.reserve_slot()?;
         let (spec, pooled) = match &source {
             Source::Template(t) => (self.spec(t, &net), self.take_pooled(t).await),
-            Source::Snapshot(..) => (self.spec(POOL_TEMPLATE, &net), None),
+            Source::Snapshot(..) => (self.spec(DEFAULT_TEMPLATE, &net), None),
         };
         let sandbox = match (pooled, &source) {
             (Some(sandbox), _) => self.with_policy(sandbox, &net).await?,
@@ -379,7 +384,7 @@ impl Manager {
     /// At shutdown: destroys every sandbox, or leaves them running to be adopted by the next
     /// daemon. Pooled sandboxes and network slots made ahead of time are always removed.
     pub async fn shutdown(&self, destroy: bool) {
-        for sandbox in self.pool.lock().await.drain(..) {
+        for sandbox in self.pool.lock().await.drain().flat_map(|(_, sandboxes)| sandboxes) {
             let _ = sandbox.destroy().await;
         }
         self.runtime.release_slots();

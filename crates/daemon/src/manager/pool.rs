@@ -1,23 +1,35 @@
-//! The pool: sandboxes restored from the default template ahead of time, waiting unassigned for
-//! a create, refilled in the background within `--max-sandboxes`.
+//! The pool: sandboxes restored ahead of time from the pooled templates (`base`, and the code
+//! interpreter's), waiting unassigned for a create, refilled in the background within
+//! `--max-sandboxes`, one filler per template. The code interpreter's filler is also what builds
+//! that template in the background after a start, so the first `run_code` does not wait for it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ember_runtime::Sandbox;
 
-use super::{Manager, POOL_TEMPLATE};
+use super::{Manager, DEFAULT_TEMPLATE, INTERPRETER_TEMPLATE};
 use crate::network::Checked;
 
+/// Pauses between failed fills of a template's pool.
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+const MAX_RETRY: Duration = Duration::from_secs(600);
+
 impl Manager {
+    /// The pooled templates and how many sandboxes of each the pool keeps (none when 0).
+    pub(super) fn pool_sizes(&self) -> Vec<(&'static str, usize)> {
+        [(DEFAULT_TEMPLATE, self.config.pool_size), (INTERPRETER_TEMPLATE, self.config.interpreter_pool_size)]
+            .into_iter()
+            .filter(|(_, size)| *size > 0)
+            .collect()
+    }
+
     /// A live sandbox from the pool, if the pool holds one for `template`.
     pub(super) async fn take_pooled(&self, template: &str) -> Option<Sandbox> {
-        if template != POOL_TEMPLATE {
-            return None;
-        }
         let mut pool = self.pool.lock().await;
-        while let Some(mut sandbox) = pool.pop_front() {
-            self.refill.notify_one();
+        let pooled = pool.get_mut(template)?;
+        while let Some(mut sandbox) = pooled.pop_front() {
+            self.refill.notify_waiters();
             if sandbox.is_alive() {
                 return Some(sandbox);
             }
@@ -26,20 +38,28 @@ impl Manager {
         None
     }
 
-    /// Keeps `--pool` sandboxes restored ahead of time, within `--max-sandboxes`.
-    pub(super) async fn keep_pool_filled(self: Arc<Self>) {
+    /// Keeps `size` sandboxes of `template` restored ahead of time, within `--max-sandboxes`.
+    pub(super) async fn keep_pool_filled(self: Arc<Self>, template: &'static str) {
+        let size = self.pool_sizes().into_iter().find(|(t, _)| *t == template).map_or(0, |(_, s)| s);
+        // A failing create (a template that does not build) is tried again less and less often.
+        let mut pause = FIRST_RETRY;
         loop {
-            let pooled = self.pool.lock().await.len();
+            let (pooled, all_pooled) = {
+                let pool = self.pool.lock().await;
+                (pool.get(template).map_or(0, |p| p.len()), pool.values().map(|p| p.len()).sum::<usize>())
+            };
             let busy = self.running() + *self.creating.lock().unwrap_or_else(|e| e.into_inner());
-            if pooled < self.config.pool_size && pooled + busy < self.config.max_sandboxes {
-                match self.runtime.create(&self.spec(POOL_TEMPLATE, &Checked::open())).await {
+            if pooled < size && all_pooled + busy < self.config.max_sandboxes {
+                match self.runtime.create(&self.spec(template, &Checked::open())).await {
                     Ok(sandbox) => {
+                        pause = FIRST_RETRY;
                         warm_init(&sandbox, self.ca_bundle()).await;
-                        self.pool.lock().await.push_back(sandbox)
+                        self.pool.lock().await.entry(template).or_default().push_back(sandbox)
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "filling the sandbox pool");
-                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        tracing::error!(template, error = %e, retry_in_secs = pause.as_secs(), "filling the sandbox pool");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(MAX_RETRY);
                     }
                 }
                 continue;

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use ember_envd_proto::interpreter::{Event, ExecutionError, OutputChunk, ResultEvent};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::kernel::{Kernel, KernelError};
 use crate::wire::{self, Message};
@@ -30,7 +31,7 @@ pub const KEEPALIVE: Duration = Duration::from_secs(5);
 /// After an interrupt, how long the kernel has to finish the cell before it is given up.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
 /// After the reply, how long to wait for the kernel's `idle` (some kernels send it late).
-const IDLE_GRACE: Duration = Duration::from_secs(2);
+const IDLE_GRACE: Duration = Duration::from_secs(10);
 /// Deadline of a silent execution (env vars, set-up).
 pub const SILENT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -162,7 +163,9 @@ impl Output {
         let want = permits(bytes.len());
         let permit = match (stream, &event) {
             (Some(i), _) => {
-                if self.dropped[i] > 0 && !self.flush_dropped(i) {
+                // Dropping goes on until half the budget is free again (no flapping).
+                let resume = self.budget.available_permits() >= OUTPUT_BUDGET / 2;
+                if self.dropped[i] > 0 && !(resume && self.flush_dropped(i)) {
                     self.dropped[i] += bytes.len() as u64;
                     return self.is_open();
                 }
@@ -251,46 +254,54 @@ pub async fn run_cell(kernel: &Kernel, code: &str, out: &mut Output, gone: &mut 
     };
     let mut error_sent = false;
     let (mut replied, mut idle) = (false, false);
-    let mut interrupted = false;
-    let mut client_gone = false;
-    let far = tokio::time::Instant::now() + Duration::from_secs(365 * 86_400);
-    let mut give_up = far;
+    // Client gone: the cell is interrupted and must end within INTERRUPT_GRACE.
+    let mut interrupt_deadline: Option<Instant> = None;
+    // Reply in but no `idle` yet: given up after IDLE_GRACE without any iopub message.
+    let mut idle_deadline: Option<Instant> = None;
     let keepalive = tokio::time::sleep(KEEPALIVE);
     tokio::pin!(keepalive);
     while !(replied && idle) {
         let mut events = Vec::new();
+        let deadline = match (interrupt_deadline, idle_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
             biased;
-            _ = &mut *gone, if !client_gone => {
-                client_gone = true;
-                if !interrupted {
-                    interrupted = true;
-                    tracing::info!("client gone: interrupting the kernel");
-                    kernel.interrupt().await;
-                    give_up = tokio::time::Instant::now() + INTERRUPT_GRACE;
-                }
+            _ = &mut *gone, if interrupt_deadline.is_none() => {
+                tracing::info!("client gone: interrupting the kernel");
+                kernel.interrupt().await;
+                interrupt_deadline = Some(Instant::now() + INTERRUPT_GRACE);
             }
             status = kernel.exited() => {
                 tracing::warn!(%status, "kernel died during an execution");
-                return lost(kernel, out, &format!("the kernel died ({status}); the next execution starts a new one")).await;
+                let why = format!("the kernel died ({status}); the next execution starts a new one");
+                return lost(kernel, out, &why).await;
             }
-            Some(m) = iopub.recv() => {
+            Some(mut m) = iopub.recv() => {
+                if replied {
+                    idle_deadline = Some(Instant::now() + IDLE_GRACE);
+                }
                 if m.parent_msg_id.as_deref() == Some(id.as_str()) {
-                    let t = translate_iopub(&m, &mut error_sent);
-                    idle |= t.idle;
-                    events = t.events;
+                    if m.header.msg_type == "stream" {
+                        // Sent piece by piece: a big chunk is not copied whole.
+                        stream_out(&mut m, out).await;
+                        keepalive.as_mut().reset(Instant::now() + KEEPALIVE);
+                    } else {
+                        let t = translate_iopub(&m, &mut error_sent);
+                        idle |= t.idle;
+                        events = t.events;
+                    }
                 }
             }
             Some(m) = shell.recv() => {
                 if m.parent_msg_id.as_deref() == Some(id.as_str()) && m.header.msg_type == "execute_reply" {
                     replied = true;
                     events.extend(translate_reply(&m, &mut error_sent));
-                    if !idle {
-                        give_up = give_up.min(tokio::time::Instant::now() + IDLE_GRACE);
-                    }
+                    idle_deadline = Some(Instant::now() + IDLE_GRACE);
                 }
             }
-            _ = tokio::time::sleep_until(give_up) => {
+            _ = sleep_until_opt(deadline) => {
                 if replied {
                     break; // No idle after the reply: the cell is over anyway.
                 }
@@ -301,20 +312,36 @@ pub async fn run_cell(kernel: &Kernel, code: &str, out: &mut Output, gone: &mut 
             _ = &mut keepalive => events.push(Event::Keepalive),
         }
         if !events.is_empty() {
-            keepalive.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
+            keepalive.as_mut().reset(Instant::now() + KEEPALIVE);
         }
         for e in events {
-            if !client_gone && !out.send(e).await {
-                client_gone = true;
-                if !interrupted {
-                    interrupted = true;
-                    kernel.interrupt().await;
-                    give_up = tokio::time::Instant::now() + INTERRUPT_GRACE;
-                }
+            if interrupt_deadline.is_none() && !out.send(e).await {
+                kernel.interrupt().await;
+                interrupt_deadline = Some(Instant::now() + INTERRUPT_GRACE);
             }
         }
     }
     Outcome::Done
+}
+
+/// Sends a `stream` message's text in pieces of at most MAX_CHUNK bytes.
+async fn stream_out(m: &mut Message, out: &mut Output) {
+    let stderr = m.str_field("name") == Some("stderr");
+    let Some(Value::String(text)) = m.content.remove("text") else { return };
+    let timestamp = m.header.date.clone().unwrap_or_else(wire::now_iso);
+    for piece in split_text(&text, MAX_CHUNK) {
+        let chunk = OutputChunk { text: piece.to_owned(), timestamp: timestamp.clone() };
+        if !out.send(if stderr { Event::Stderr(chunk) } else { Event::Stdout(chunk) }).await {
+            return;
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn lost(kernel: &Kernel, out: &mut Output, why: &str) -> Outcome {

@@ -23,8 +23,11 @@ use crate::kernelspec::{InterruptMode, KernelSpec};
 use crate::users::Account;
 use crate::wire::{self, Key, Message};
 
-/// Messages buffered per channel between its reader task and the execution.
-const CHANNEL_DEPTH: usize = 64;
+/// Messages buffered between a channel's reader task and the execution. iopub's is short: a
+/// `stream` message holds all the output of 0.2 s (ipykernel's flush interval, no size cap),
+/// megabytes for a cell that prints fast, and the server holds a few at most.
+const CHANNEL_DEPTH: usize = 8;
+const IOPUB_DEPTH: usize = 1;
 /// A kernel's log is rotated (to `.1`) at this size.
 const LOG_ROTATE_BYTES: u64 = 1 << 20;
 /// Largest message accepted from a kernel; bigger ones are dropped (and logged).
@@ -449,7 +452,7 @@ async fn connect_all(ports: Ports, key: Key) -> Result<Channels, KernelError> {
     let (shell_tx, shell_recv) = shell.split();
     let (control_tx, control_recv) = control.split();
     let (shell_in, shell_rx) = mpsc::channel(CHANNEL_DEPTH);
-    let (iopub_in, iopub_rx) = mpsc::channel(CHANNEL_DEPTH);
+    let (iopub_in, iopub_rx) = mpsc::channel(IOPUB_DEPTH);
     // Control replies are not needed: read and drop them (so the kernel is never blocked).
     let (control_in, mut control_rx) = mpsc::channel::<Message>(CHANNEL_DEPTH);
     let key = Arc::new(key);
@@ -477,7 +480,12 @@ async fn read_loop<S: SocketRecv>(mut socket: S, key: Arc<Key>, out: mpsc::Sende
             tracing::warn!(channel, size, "dropped an oversized message from the kernel");
             continue;
         }
-        match wire::decode(&key, &frames) {
+        let decoded = wire::decode(&key, &frames);
+        drop(frames);
+        if let (true, Ok(m)) = (size > 1 << 20, &decoded) {
+            tracing::debug!(channel, size, msg_type = m.header.msg_type, "big message");
+        }
+        match decoded {
             Ok(msg) => {
                 if out.send(msg).await.is_err() {
                     return;

@@ -48,6 +48,14 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    // SAFETY: mallopt only changes allocator settings; it is called before any other thread
+    // exists. A fixed mmap threshold (glibc raises it up to 32 MiB after big frees otherwise)
+    // makes the big buffers of a cell's burst of output go back to the system when freed, and
+    // two arenas keep freed memory from being spread over many.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -1,7 +1,6 @@
 # Run silently in every new Python kernel by ember-interpreter: rich results as E2B's
 # code-interpreter template makes them (pandas DataFrames as `e2b/data`, matplotlib figures as
-# `e2b/chart` through e2b-charts), and tracebacks without colours. Each part is skipped when
-# its packages are missing.
+# `e2b/chart` through e2b-charts), and tracebacks without colours. Nothing is imported before it is needed.
 def __ember_setup():
     import datetime
 
@@ -13,44 +12,73 @@ def __ember_setup():
     from IPython.core.formatters import BaseFormatter
     from traitlets import ObjectName, Unicode
 
+    # Matched by class name in __call__ rather than registered as a type printer: nothing is
+    # imported before such an object is displayed, and matplotlib's inline backend removes
+    # every formatter's Figure printer when it is set up.
     def register(mime, type_name, fn):
+        # type_name: (top-level package, class name)
         class _Formatter(BaseFormatter):
             format_type = Unicode(mime)
             print_method = ObjectName("_repr_ember_none_")
             _return_type = (dict, list, str)
 
-        f = ip.display_formatter.formatters.get(mime)
-        if f is None:
-            f = _Formatter(parent=ip.display_formatter)
-            ip.display_formatter.formatters[mime] = f
-        f.for_type_by_name(*type_name, fn)
+            def __call__(self, obj):
+                if self.enabled and any(
+                    c.__name__ == type_name[1] and c.__module__.split(".")[0] == type_name[0]
+                    for c in type(obj).__mro__
+                ):
+                    try:
+                        return fn(obj)
+                    except Exception:
+                        return None
+                return super().__call__(obj)
 
+        ip.display_formatter.formatters[mime] = _Formatter(parent=ip.display_formatter)
+        active = list(ip.display_formatter.active_types)
+        if mime not in active:
+            ip.display_formatter.active_types = active + [mime]
+
+    def dataframe(df):
+        result = df.to_dict(orient="list")
+        for key, values in result.items():
+            result[key] = [v.isoformat() if isinstance(v, (datetime.date, datetime.datetime)) else v for v in values]
+        return result
+
+    def figure(fig):
+        try:
+            from e2b_charts import chart_figure_to_dict
+
+            return chart_figure_to_dict(fig)
+        except Exception:
+            return None
+
+    register("e2b/data", ("pandas", "DataFrame"), dataframe)
+    register("e2b/chart", ("matplotlib", "Figure"), figure)
+
+    # ipykernel sends what a cell printed every 0.2 s, however much it is: a cell printing fast
+    # would make messages of tens of megabytes, which the server must hold whole. Flushing at
+    # 1 MiB keeps them small (and makes such a cell wait for its output to be sent).
+    # `_schedule_flush` is patched, not `write`: IPython swaps the instances' `write` around
+    # every cell, and `write` calls `self._schedule_flush()` after buffering.
     try:
-        import pandas  # noqa: F401
-
-        def dataframe(df):
-            result = df.to_dict(orient="list")
-            for key, values in result.items():
-                result[key] = [
-                    v.isoformat() if isinstance(v, (datetime.date, datetime.datetime)) else v for v in values
-                ]
-            return result
-
-        register("e2b/data", ("pandas.core.frame", "DataFrame"), dataframe)
+        from ipykernel.iostream import OutStream
     except Exception:
-        pass
-    try:
-        from e2b_charts import chart_figure_to_dict
+        return
+    original_schedule = getattr(OutStream, "_schedule_flush", None)
+    if original_schedule is None:
+        return
 
-        def figure(fig):
-            try:
-                return chart_figure_to_dict(fig)
-            except Exception:
-                return None
+    def _schedule_flush(self):
+        try:
+            pending = sum(b.tell() for b in self._buffers.values())
+        except Exception:
+            pending = 0
+        if pending >= 1 << 20:
+            self.flush()
+        else:
+            original_schedule(self)
 
-        register("e2b/chart", ("matplotlib.figure", "Figure"), figure)
-    except Exception:
-        pass
+    OutStream._schedule_flush = _schedule_flush
 
 
 __ember_setup()

@@ -18,6 +18,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/build.sh
 export EMBER_AGENT_BIN="$PWD/target/release/ember-agent"
 target/release/ember template build base
+target/release/ember template build code-interpreter
 # The official SDK as a test client, pinned.
 if [ ! -x target/sdk-venv/bin/python ] || ! cmp -s tests/sdk/requirements.txt target/sdk-venv/requirements.txt; then
     rm -rf target/sdk-venv

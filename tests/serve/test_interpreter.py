@@ -591,8 +591,16 @@ def test_port_49999_through_the_daemon(ci, interpreter):
     assert r.status_code == 200, (r.status_code, r.text)
     r = httpx.get(f"{interpreter.url}/contexts", headers={"Host": host}, timeout=30)
     assert r.status_code == 200 and {"python", "javascript"} <= {c["language"] for c in r.json()}, r.text
+    # Executions need the envd access token (Ember is stricter than E2B here; the SDK sends it).
+    r = httpx.post(f"{interpreter.url}/execute", headers={"Host": host}, json={"code": "ran = 1"}, timeout=60)
+    assert r.status_code == 401, (r.status_code, r.text)
+    r = httpx.post(f"{interpreter.url}/execute", headers={"Host": host, "X-Access-Token": "wrong"},
+                   json={"code": "ran = 1"}, timeout=60)
+    assert r.status_code == 401, (r.status_code, r.text)
+    assert ci.run_code("'ran' in globals()").text == "False"
+    host = {"Host": host, "X-Access-Token": ci._envd_access_token}
     # The raw stream: one JSON object per line, no blank lines, `type` on each.
-    r = httpx.post(f"{interpreter.url}/execute", headers={"Host": host}, json={"code": "print('raw')\n5"}, timeout=60)
+    r = httpx.post(f"{interpreter.url}/execute", headers=host, json={"code": "print('raw')\n5"}, timeout=60)
     assert r.status_code == 200, (r.status_code, r.text)
     lines = r.text.splitlines()
     assert lines and all(line.strip() for line in lines), r.text
@@ -602,11 +610,11 @@ def test_port_49999_through_the_daemon(ci, interpreter):
     assert next(e for e in events if e["type"] == "result")["text"] == "5"
     assert next(e for e in events if e["type"] == "stdout")["text"] == "raw\n"
     # Both a context and a language: 400.
-    ctx = httpx.get(f"{interpreter.url}/contexts", headers={"Host": host}, timeout=30).json()[0]
-    r2 = httpx.post(f"{interpreter.url}/execute", headers={"Host": host}, timeout=30,
+    ctx = httpx.get(f"{interpreter.url}/contexts", headers=host, timeout=30).json()[0]
+    r2 = httpx.post(f"{interpreter.url}/execute", headers=host, timeout=30,
                     json={"code": "1", "context_id": ctx["id"], "language": "python"})
     assert r2.status_code == 400, (r2.status_code, r2.text)
-    r2 = httpx.delete(f"{interpreter.url}/contexts/no-such-context", headers={"Host": host}, timeout=30)
+    r2 = httpx.delete(f"{interpreter.url}/contexts/no-such-context", headers=host, timeout=30)
     assert r2.status_code == 404, (r2.status_code, r2.text)
 
 

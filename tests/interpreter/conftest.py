@@ -103,6 +103,7 @@ def write_kernelspecs(root):
             "display_name": "Deno",
             "language": "typescript",
             "env": {"NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"},
+            "interrupt_mode": "message",
         },
     }
     for name, spec in specs.items():

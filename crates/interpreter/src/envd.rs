@@ -58,6 +58,7 @@ impl Envd {
     async fn get_envs(&self, token: Option<&HeaderValue>) -> Result<BTreeMap<String, String>, EnvdError> {
         let unavailable = |e: &dyn std::fmt::Display| EnvdError::Unavailable(format!("{}: {e}", self.addr));
         let stream = tokio::net::TcpStream::connect(self.addr).await.map_err(|e| unavailable(&e))?;
+        let _ = stream.set_nodelay(true);
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unavailable(&e))?;
         tokio::spawn(conn);

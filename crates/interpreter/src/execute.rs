@@ -32,6 +32,9 @@ pub const KEEPALIVE: Duration = Duration::from_secs(5);
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
 /// After the reply, how long to wait for the kernel's `idle` (some kernels send it late).
 const IDLE_GRACE: Duration = Duration::from_secs(10);
+/// How long a kernel with late results (Deno) may take to publish a cell's result after its
+/// `idle` (only cells without a result so far wait for it).
+const LATE_RESULT_GRACE: Duration = Duration::from_millis(50);
 /// Deadline of a silent execution (env vars, set-up).
 pub const SILENT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -245,7 +248,9 @@ pub async fn run_cell(kernel: &Kernel, code: &str, out: &mut Output, gone: &mut 
     let mut iopub = kernel.iopub_rx().await;
     // Leftovers of earlier (interrupted or silent) executions.
     while shell.try_recv().is_ok() {}
-    while iopub.try_recv().is_ok() {}
+    while let Ok(m) = iopub.try_recv() {
+        tracing::trace!(msg_type = m.header.msg_type, "stale iopub message dropped");
+    }
     let content = json!({"code": code, "silent": false, "store_history": true, "user_expressions": {},
         "allow_stdin": false, "stop_on_error": true});
     let id = match kernel.send_shell("execute_request", content).await {
@@ -253,7 +258,7 @@ pub async fn run_cell(kernel: &Kernel, code: &str, out: &mut Output, gone: &mut 
         Err(e) => return lost(kernel, out, &e.to_string()).await,
     };
     let mut error_sent = false;
-    let (mut replied, mut idle) = (false, false);
+    let (mut replied, mut idle, mut result_seen) = (false, false, false);
     // Client gone: the cell is interrupted and must end within INTERRUPT_GRACE.
     let mut interrupt_deadline: Option<Instant> = None;
     // Reply in but no `idle` yet: given up after IDLE_GRACE without any iopub message.
@@ -279,6 +284,7 @@ pub async fn run_cell(kernel: &Kernel, code: &str, out: &mut Output, gone: &mut 
                 return lost(kernel, out, &why).await;
             }
             Some(mut m) = iopub.recv() => {
+                tracing::trace!(msg_type = m.header.msg_type, mine = m.parent_msg_id.as_deref() == Some(id.as_str()), replied, "iopub");
                 if replied {
                     idle_deadline = Some(Instant::now() + IDLE_GRACE);
                 }
@@ -290,11 +296,13 @@ pub async fn run_cell(kernel: &Kernel, code: &str, out: &mut Output, gone: &mut 
                     } else {
                         let t = translate_iopub(&m, &mut error_sent);
                         idle |= t.idle;
+                        result_seen |= m.header.msg_type == "execute_result";
                         events = t.events;
                     }
                 }
             }
             Some(m) = shell.recv() => {
+                tracing::trace!(msg_type = m.header.msg_type, mine = m.parent_msg_id.as_deref() == Some(id.as_str()), idle, "shell");
                 if m.parent_msg_id.as_deref() == Some(id.as_str()) && m.header.msg_type == "execute_reply" {
                     replied = true;
                     events.extend(translate_reply(&m, &mut error_sent));
@@ -318,6 +326,18 @@ pub async fn run_cell(kernel: &Kernel, code: &str, out: &mut Output, gone: &mut 
             if interrupt_deadline.is_none() && !out.send(e).await {
                 kernel.interrupt().await;
                 interrupt_deadline = Some(Instant::now() + INTERRUPT_GRACE);
+            }
+        }
+    }
+    if kernel.late_results && !result_seen && !error_sent {
+        // Deno's result may come just after its idle: wait for it a little.
+        let linger = Instant::now() + LATE_RESULT_GRACE;
+        while let Ok(Some(m)) = tokio::time::timeout_at(linger, iopub.recv()).await {
+            if m.parent_msg_id.as_deref() == Some(id.as_str()) && m.header.msg_type == "execute_result" {
+                for e in translate_iopub(&m, &mut error_sent).events {
+                    out.send(e).await;
+                }
+                break;
             }
         }
     }

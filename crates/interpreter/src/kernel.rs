@@ -78,6 +78,8 @@ pub struct Kernel {
     pub session: String,
     pgid: Pid,
     interrupt_mode: InterruptMode,
+    /// Deno's kernel (2.x) sometimes publishes a cell's `execute_result` after its `idle`.
+    pub late_results: bool,
     shell_tx: Mutex<DealerSendHalf>,
     control_tx: Mutex<DealerSendHalf>,
     shell_rx: Mutex<mpsc::Receiver<Message>>,
@@ -129,6 +131,7 @@ impl Kernel {
             session: wire::random_hex(16),
             pgid,
             interrupt_mode: spec.interrupt_mode,
+            late_results: spec.name == "deno",
             shell_tx: Mutex::new(channels.shell_tx),
             control_tx: Mutex::new(channels.control_tx),
             shell_rx: Mutex::new(channels.shell_rx),

@@ -103,6 +103,10 @@ fn main() -> anyhow::Result<()> {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
+        // Small NDJSON lines must not wait for the client's delayed ACK (Nagle).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let served = axum::serve(listener, router(app.clone())).with_graceful_shutdown(shutdown).await;
         app.registry.kill_all();
         served.context("serve")

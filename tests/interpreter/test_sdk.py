@@ -83,3 +83,20 @@ def test_sdk_without_token_is_refused(server):
     with pytest.raises(SandboxException) as e:
         make(server, token=None).run_code("1")
     assert "401" in str(e.value)
+
+
+def test_js_sdk(server, kernel_user):
+    import os
+    import shutil
+    import subprocess
+
+    here = os.path.dirname(__file__)
+    if not shutil.which("node") or not os.path.isdir(f"{here}/../js/node_modules/@e2b/code-interpreter"):
+        pytest.skip("needs node and tests/js/node_modules (npm ci in tests/js)")
+    r = subprocess.run(
+        ["node", f"{here}/sdk_js.mjs", server.url, TOKEN, kernel_user.pw_dir],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr

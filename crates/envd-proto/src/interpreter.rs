@@ -7,8 +7,10 @@
 //! - Only `/execute` carries `X-Access-Token`; the `/contexts` calls of both SDKs send none.
 //! - Python reads `stdout`/`stderr` `timestamp` as given (typed as an int, used as is); JS
 //!   ignores it and stamps its own time. E2B's server sends the Jupyter header date (a string).
-//! - JS keeps every result key it does not know in `extra` itself, so a result's unknown MIME
-//!   types must be nested under `extra` (Python's `Result(**data)` would drop unknown keys).
+//! - Results: Python builds `Result(**data)`, so it reads unknown MIME types from a nested
+//!   `extra` and ignores unknown keys; JS builds its `extra` from the result's unknown top-level
+//!   keys and skips a nested `extra`. Unknown MIME types are therefore sent both ways (E2B's
+//!   server sends the nested form only, which leaves JS's `extra` empty).
 
 use std::collections::BTreeMap;
 
@@ -119,6 +121,9 @@ pub struct ResultEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra: Option<BTreeMap<String, Value>>,
     pub is_main_result: bool,
+    /// The same MIME types as `extra`, as top-level keys (for the JS SDK).
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_top_level: BTreeMap<String, Value>,
 }
 
 impl ResultEvent {
@@ -157,6 +162,7 @@ impl ResultEvent {
             }
         }
         r.text = r.text.map(unquote);
+        r.extra_top_level = extra.clone();
         r.extra = (!extra.is_empty()).then_some(extra);
         r
     }
@@ -243,6 +249,8 @@ mod tests {
                 "data": {"col": [1, 2]},
                 "chart": {"type": "line"},
                 "extra": {"application/vnd.custom": "zz", "text/markdown": 5},
+                "application/vnd.custom": "zz",
+                "text/markdown": 5,
                 "is_main_result": true,
             })
         );

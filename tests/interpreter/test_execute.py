@@ -335,3 +335,40 @@ def test_bash_interrupt_on_disconnect(server):
     with pytest.raises(httpx.ReadTimeout):
         server.execute("sleep 600", context_id=ctx, timeout=1.5)
     assert stdout_of(server.execute("echo $K", context_id=ctx, timeout=30)).strip() == "kept"
+
+
+def test_sigterm_ends_running_cells_and_kernels(envd, kernel_user):
+    from conftest import start_server, stop_server
+
+    srv = start_server(envd, kernel_user, kernel_user.pw_dir, extra=["--start", "python"])
+    try:
+        kernels = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == srv.proc.pid]
+        assert kernels
+        result = {}
+
+        def run():
+            try:
+                result["events"] = srv.execute("while True: pass", timeout=60)
+            except httpx.HTTPError as e:
+                result["error"] = e
+
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(1)
+        start = time.time()
+        srv.proc.terminate()
+        srv.proc.wait(timeout=15)
+        assert time.time() - start < 10
+        t.join(timeout=15)
+        time.sleep(0.5)
+        assert not [p for p in kernels if os.path.exists(f"/proc/{p}")]
+    finally:
+        stop_server(srv)
+
+
+def _ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None

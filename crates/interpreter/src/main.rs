@@ -96,12 +96,17 @@ fn main() -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("listen on {}", cli.listen))?;
         tracing::info!(addr = %cli.listen, "listening");
         tokio::spawn(start_contexts(app.clone(), start));
-        let shutdown = async {
+        let app2 = app.clone();
+        let shutdown = async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
+            // Executions in progress end (KernelDied) so that their streams close and the
+            // graceful shutdown does not wait for cells that never end.
+            tracing::info!("shutting down: killing the kernels");
+            app2.registry.kill_all();
         };
         // Small NDJSON lines must not wait for the client's delayed ACK (Nagle).
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

@@ -330,18 +330,22 @@ pub async fn run_cell(kernel: &Kernel, code: &str, out: &mut Output, gone: &mut 
         }
     }
     if kernel.late_results && !result_seen && !error_sent {
-        // Deno's result may come just after its idle: wait for it a little.
-        let linger = Instant::now() + LATE_RESULT_GRACE;
-        while let Ok(Some(m)) = tokio::time::timeout_at(linger, iopub.recv()).await {
-            if m.parent_msg_id.as_deref() == Some(id.as_str()) && m.header.msg_type == "execute_result" {
-                for e in translate_iopub(&m, &mut error_sent).events {
-                    out.send(e).await;
-                }
-                break;
-            }
-        }
+        late_result(&mut iopub, &id, out).await;
     }
     Outcome::Done
+}
+
+/// Deno's result may come just after its `idle`: waits LATE_RESULT_GRACE for it.
+async fn late_result(iopub: &mut mpsc::Receiver<Message>, id: &str, out: &mut Output) {
+    let linger = Instant::now() + LATE_RESULT_GRACE;
+    while let Ok(Some(m)) = tokio::time::timeout_at(linger, iopub.recv()).await {
+        if m.parent_msg_id.as_deref() == Some(id) && m.header.msg_type == "execute_result" {
+            for e in translate_iopub(&m, &mut false).events {
+                out.send(e).await;
+            }
+            return;
+        }
+    }
 }
 
 /// Sends a `stream` message's text in pieces of at most MAX_CHUNK bytes.

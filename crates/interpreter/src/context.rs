@@ -326,6 +326,7 @@ impl Registry {
             ctx
         };
         ctx.kill();
+        crate::kernel::remove_logs(&self.settings.runtime_dir, id);
         Ok(())
     }
 

@@ -29,7 +29,7 @@ use crate::wire::{self, Key, Message};
 const CHANNEL_DEPTH: usize = 8;
 const IOPUB_DEPTH: usize = 1;
 /// A kernel's log is rotated (to `.1`) at this size.
-const LOG_ROTATE_BYTES: u64 = 1 << 20;
+const LOG_ROTATE_BYTES: u64 = 256 << 10;
 /// Largest message accepted from a kernel; bigger ones are dropped (and logged).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
@@ -103,7 +103,7 @@ impl Kernel {
         let ports = free_ports()?;
         let key_text = wire::random_hex(32);
         let conn_file = settings.runtime_dir.join(format!("kernel-{name}-{}.json", wire::random_hex(4)));
-        let log = settings.runtime_dir.join(format!("kernel-{name}.log"));
+        let log = log_path(&settings.runtime_dir, name);
         write_connection_file(&conn_file, &ports, &key_text, &spec.name, settings.account.as_ref())
             .map_err(KernelError::Files)?;
         let guard = FileGuard(conn_file.clone());
@@ -497,6 +497,20 @@ async fn read_loop<S: SocketRecv>(mut socket: S, key: Arc<Key>, out: mpsc::Sende
             Err(e) => tracing::warn!(channel, "dropped a message from the kernel: {e}"),
         }
     }
+}
+
+/// The log of the kernels of context `name` (rotated to `<log>.1`).
+pub fn log_path(runtime_dir: &Path, name: &str) -> PathBuf {
+    runtime_dir.join(format!("kernel-{name}.log"))
+}
+
+/// Removes the logs of context `name` (deleted).
+pub fn remove_logs(runtime_dir: &Path, name: &str) {
+    let log = log_path(runtime_dir, name);
+    let mut old = log.clone().into_os_string();
+    old.push(".1");
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(old);
 }
 
 /// Makes the private runtime directory (root only can list it; kernels reach their files by

@@ -81,9 +81,9 @@ def test_matplotlib_png_and_chart(server):
 
 
 def test_dataframe_as_data(server):
-    ev = server.execute("import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': ['x', 'y']})")
+    ev = server.execute("import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': ['x', 'y'], 'c': [0.5, float('nan')]})")
     res = [r for r in events_of(ev, "result") if r["is_main_result"]][0]
-    assert res["data"] == {"a": [1, 2], "b": ["x", "y"]}
+    assert res["data"] == {"a": [1, 2], "b": ["x", "y"], "c": [0.5, None]}
     assert "<table" in res["html"]
 
 

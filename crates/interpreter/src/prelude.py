@@ -1,9 +1,9 @@
 # Run silently in every new Python kernel by ember-interpreter: rich results as E2B's
 # code-interpreter template makes them (pandas DataFrames as `e2b/data`, matplotlib figures as
-# `e2b/chart` through e2b-charts), and tracebacks without colours. Nothing is imported before it is needed.
+# `e2b/chart` through e2b-charts; these replace formatters an IPython start-up file registered),
+# tracebacks without colours, and output flushed by the MiB. Nothing is imported before it is
+# needed.
 def __ember_setup():
-    import datetime
-
     ip = get_ipython()  # noqa: F821 (IPython's builtin)
     try:
         ip.run_line_magic("colors", "nocolor")
@@ -39,10 +39,10 @@ def __ember_setup():
             ip.display_formatter.active_types = active + [mime]
 
     def dataframe(df):
-        result = df.to_dict(orient="list")
-        for key, values in result.items():
-            result[key] = [v.isoformat() if isinstance(v, (datetime.date, datetime.datetime)) else v for v in values]
-        return result
+        # Through pandas' JSON writer: numpy scalars, NaN (null) and timestamps (ISO) as JSON.
+        import json
+
+        return {str(c): json.loads(df[c].to_json(orient="values", date_format="iso")) for c in df.columns}
 
     def figure(fig):
         try:

@@ -3,7 +3,7 @@ kernels as an unprivileged user), real Jupyter kernels (ipykernel, bash_kernel, 
 target/interp-venv and target/interp-deno, and a stand-in for envd's `GET /envs` that checks the
 access token.
 
-Environment: INTERPRETER_BIN (default: the static release build, built if missing),
+Set up with tests/interpreter/setup.sh. Environment: INTERPRETER_BIN (default: the static release build, built if missing),
 INTERP_VENV, INTERP_DENO, INTERP_USER (default emberci, created if missing; needs root)."""
 
 import http.server

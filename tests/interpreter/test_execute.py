@@ -44,6 +44,20 @@ def test_execution_count_increases(server):
     assert b == a + 1
 
 
+def test_warm_runs_outside_the_history_and_needs_the_token(server):
+    """`POST /warm` (Ember's own, called on pooled sandboxes) runs each context's warm-up cell:
+    execution counts, variables a client set and `_` stay as they were."""
+    server.execute("warm_probe = 41")
+    before = events_of(server.execute("warm_probe"), "number_of_executions")[0]["execution_count"]
+    assert httpx.post(f"{server.url}/warm").status_code == 401
+    assert httpx.post(f"{server.url}/warm", headers={"X-Access-Token": "wrong"}).status_code == 401
+    r = httpx.post(f"{server.url}/warm", headers=server.headers, timeout=120)
+    assert r.status_code == 204, r.text
+    after = server.execute("warm_probe + 1")
+    assert events_of(after, "number_of_executions")[0]["execution_count"] == before + 1
+    assert main_text(after) == "42"
+
+
 def test_quoted_text_is_unquoted(server):
     assert main_text(server.execute("'abc'")) == "abc"
     assert main_text(server.execute('"x"')) == "x"

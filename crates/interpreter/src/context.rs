@@ -99,6 +99,22 @@ impl Context {
         self.ensure_kernel(settings, &mut state).await.map(|_| ())
     }
 
+    /// Runs the language's warm-up cell outside the history (see [`Language::warm_up_code`]): in a
+    /// guest restored from a snapshot under TCG, the first execution pays for translating the
+    /// kernel's code afresh, which this moves off a client's first cell.
+    pub async fn exercise(&self, settings: &KernelSettings) -> Result<(), ContextError> {
+        let Some(code) = self.language.warm_up_code() else { return Ok(()) };
+        let mut state = self.queue.lock().await;
+        let kernel = self.ensure_kernel(settings, &mut state).await?;
+        match execute::run_unrecorded(&kernel, code).await {
+            Ok(_) => Ok(()),
+            Err(source) => {
+                self.forget(&kernel);
+                Err(ContextError::Start { language: self.language, source })
+            }
+        }
+    }
+
     /// Kills the kernel and starts a new one (same id and cwd).
     pub async fn restart(&self, settings: &KernelSettings) -> Result<(), ContextError> {
         self.kill();

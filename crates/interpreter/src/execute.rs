@@ -378,9 +378,19 @@ async fn lost(kernel: &Kernel, out: &mut Output, why: &str) -> Outcome {
 /// Runs `code` silently (no output, no history) and waits for its reply. Returns the error of
 /// the reply, if any.
 pub async fn run_silent(kernel: &Kernel, code: &str) -> Result<Option<ExecutionError>, KernelError> {
+    run_unseen(kernel, code, true).await
+}
+
+/// Runs `code` with its output (which the next cell drops as stale) but outside the history, so
+/// the execution count does not move: the kernel's whole execution path runs, result included.
+pub async fn run_unrecorded(kernel: &Kernel, code: &str) -> Result<Option<ExecutionError>, KernelError> {
+    run_unseen(kernel, code, false).await
+}
+
+async fn run_unseen(kernel: &Kernel, code: &str, silent: bool) -> Result<Option<ExecutionError>, KernelError> {
     let mut shell = kernel.shell_rx().await;
     while shell.try_recv().is_ok() {}
-    let content = json!({"code": code, "silent": true, "store_history": false, "user_expressions": {},
+    let content = json!({"code": code, "silent": silent, "store_history": false, "user_expressions": {},
         "allow_stdin": false, "stop_on_error": false});
     let id = kernel.send_shell("execute_request", content).await?;
     let wait = async {

@@ -70,6 +70,16 @@ impl Language {
         }
     }
 
+    /// A cell that exercises the kernel's execution path (result included) without changing
+    /// anything a user sees, for [`crate::context::Context::exercise`]; none where a run costs
+    /// more than it saves.
+    pub fn warm_up_code(self) -> Option<&'static str> {
+        match self {
+            Language::Python | Language::JavaScript | Language::TypeScript => Some("1 + 1"),
+            Language::Bash | Language::R | Language::Java => None,
+        }
+    }
+
     /// The kernelspec (directory name) that runs it. Deno's kernel serves JS and TS.
     pub fn kernelspec(self) -> &'static str {
         match self {

@@ -101,6 +101,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/contexts", get(list_contexts).post(create_context))
         .route("/contexts/{id}", delete(delete_context))
         .route("/contexts/{id}/restart", post(restart_context))
+        .route("/warm", post(warm))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
 }
@@ -227,6 +228,19 @@ async fn restart_context(
     let ctx = app.registry.get(&id)?;
     ctx.restart(&app.registry.settings).await?;
     Ok(Json(()).into_response())
+}
+
+/// `POST /warm` (Ember's, not E2B's; needs the access token): runs each context's warm-up cell
+/// outside the history, one context after another, so a client's first cell does not pay for
+/// what a restored guest has not run yet (the daemon calls it on the sandboxes it pools).
+async fn warm(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    check_access(&app, &headers).await?;
+    let ids: Vec<String> = app.registry.list().into_iter().map(|c| c.id).collect();
+    for id in ids {
+        let Ok(ctx) = app.registry.get(&id) else { continue };
+        ctx.exercise(&app.registry.settings).await?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Starts the start-up contexts (they become the default contexts of their languages), then

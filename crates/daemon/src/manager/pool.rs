@@ -54,6 +54,9 @@ impl Manager {
                     Ok(sandbox) => {
                         pause = FIRST_RETRY;
                         warm_init(&sandbox, self.ca_bundle()).await;
+                        if template == INTERPRETER_TEMPLATE {
+                            warm_interpreter(&sandbox).await;
+                        }
                         self.pool.lock().await.entry(template).or_default().push_back(sandbox)
                     }
                     Err(e) => {
@@ -79,5 +82,17 @@ async fn warm_init(sandbox: &Sandbox, ca_bundle: Option<String>) {
     let request = super::init_request(sandbox.id(), Default::default(), token.clone(), ca_bundle);
     if let Err(e) = sandbox.agent().post_json("/init", &request, token.as_deref()).await {
         tracing::debug!(sandbox = %sandbox.id(), error = %e, "warming a pooled sandbox's /init");
+    }
+}
+
+/// Has the code interpreter of a pooled sandbox run a cell in each of its warm contexts, outside
+/// their history (`POST /warm`, the interpreter's own): under TCG a restored guest translates
+/// the kernels' code afresh on their first cell, which this takes off the client's first
+/// `run_code`. The execution counts and variables a client sees do not change.
+async fn warm_interpreter(sandbox: &Sandbox) {
+    let token = sandbox.agent().token().map(str::to_string);
+    let interpreter = sandbox.agent().with_port(ember_image::template::INTERPRETER_PORT);
+    if let Err(e) = interpreter.post_json("/warm", &serde_json::json!({}), token.as_deref()).await {
+        tracing::debug!(sandbox = %sandbox.id(), error = %e, "warming a pooled sandbox's code interpreter");
     }
 }

@@ -30,7 +30,7 @@ before(async () => {
   chmodSync(dataDir, 0o755) // the unprivileged QEMU user must reach the sandboxes' disks
   const port = await freePort()
   const url = `http://127.0.0.1:${port}`
-  daemon = spawn(ember, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--destroy-on-exit'], {
+  daemon = spawn(ember, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--destroy-on-exit', '--interpreter-pool', '0'], {
     env: { ...process.env, EMBER_API_KEY: key },
     stdio: 'ignore',
   })

@@ -36,6 +36,11 @@ class Daemon:
         self.proc = None
 
     def start(self, *extra):
+        """Starts `ember serve` with `extra` flags; without a code-interpreter pool unless
+        `extra` names one (idle code-interpreter guests cost CPU, and tests that count sandbox
+        directories count only their own)."""
+        if "--interpreter-pool" not in extra:
+            extra = (*extra, "--interpreter-pool", "0")
         env = {**os.environ, "EMBER_API_KEY": KEY, "EMBER_LOG": "info"}
         log = open(os.path.join(self.data_dir, "daemon.log"), "a")
         self.proc = subprocess.Popen(
@@ -84,7 +89,7 @@ def daemon():
     data_dir = tempfile.mkdtemp(prefix="ember-serve-test-")
     os.chmod(data_dir, 0o755)  # the unprivileged QEMU user must reach the sandboxes' disks
     d = Daemon(data_dir, free_port())
-    d.start("--destroy-on-exit")
+    d.start("--destroy-on-exit", "--interpreter-pool", "1")
     os.environ.update(E2B_API_URL=d.url, E2B_SANDBOX_URL=d.url, E2B_API_KEY=KEY)
     yield d
     d.stop()

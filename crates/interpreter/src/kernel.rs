@@ -445,11 +445,19 @@ struct Channels {
 
 async fn connect_all(ports: Ports, key: Key) -> Result<Channels, KernelError> {
     let endpoint = |port: u16| format!("tcp://127.0.0.1:{port}");
-    let mut shell = zeromq::DealerSocket::new();
+    // No connect time-out of the sockets' own (zeromq's default gives up after 30 s): the
+    // caller bounds the whole start with the kernel start time-out, and a kernel that takes
+    // longer to bind its ports (bash_kernel under TCG) is still connected to.
+    let options = || {
+        let mut o = zeromq::SocketOptions::default();
+        o.no_connect_timeout();
+        o
+    };
+    let mut shell = zeromq::DealerSocket::with_options(options());
     shell.connect(&endpoint(ports.shell)).await?;
-    let mut control = zeromq::DealerSocket::new();
+    let mut control = zeromq::DealerSocket::with_options(options());
     control.connect(&endpoint(ports.control)).await?;
-    let mut iopub = zeromq::SubSocket::new();
+    let mut iopub = zeromq::SubSocket::with_options(options());
     iopub.connect(&endpoint(ports.iopub)).await?;
     iopub.subscribe("").await?;
     let (shell_tx, shell_recv) = shell.split();

@@ -101,6 +101,10 @@ pub struct Manager {
     /// Sandboxes already restored from each pooled template, waiting unassigned for a create.
     pool: tokio::sync::Mutex<HashMap<&'static str, std::collections::VecDeque<Sandbox>>>,
     refill: tokio::sync::Notify,
+    /// Set at shutdown: the pool's fillers stop, and one that finishes a create destroys it.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Pool creates in flight (shutdown waits for them, so none leaves a sandbox behind).
+    filling: std::sync::atomic::AtomicUsize,
 }
 
 impl Manager {
@@ -132,6 +136,8 @@ impl Manager {
             creating: Mutex::new(0),
             pool: Default::default(),
             refill: Default::default(),
+            stopping: Default::default(),
+            filling: Default::default(),
         })
     }
 
@@ -384,6 +390,7 @@ impl Manager {
     /// At shutdown: destroys every sandbox, or leaves them running to be adopted by the next
     /// daemon. Pooled sandboxes and network slots made ahead of time are always removed.
     pub async fn shutdown(&self, destroy: bool) {
+        self.stop_pool().await;
         for sandbox in self.pool.lock().await.drain().flat_map(|(_, sandboxes)| sandboxes) {
             let _ = sandbox.destroy().await;
         }

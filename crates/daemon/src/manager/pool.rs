@@ -3,6 +3,7 @@
 //! `--max-sandboxes`, one filler per template. The code interpreter's filler is also what builds
 //! that template in the background after a start, so the first `run_code` does not wait for it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,12 +45,18 @@ impl Manager {
         // A failing create (a template that does not build) is tried again less and less often.
         let mut pause = FIRST_RETRY;
         loop {
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
             let (pooled, all_pooled) = {
                 let pool = self.pool.lock().await;
                 (pool.get(template).map_or(0, |p| p.len()), pool.values().map(|p| p.len()).sum::<usize>())
             };
             let busy = self.running() + *self.creating.lock().unwrap_or_else(|e| e.into_inner());
             if pooled < size && all_pooled + busy < self.config.max_sandboxes {
+                // Counted until the sandbox is in the pool (or destroyed), so a shutdown that
+                // drains the pool does not miss it.
+                let _filling = Filling::new(&self.filling);
                 match self.runtime.create(&self.spec(template, &Checked::open())).await {
                     Ok(sandbox) => {
                         pause = FIRST_RETRY;
@@ -57,9 +64,16 @@ impl Manager {
                         if template == INTERPRETER_TEMPLATE {
                             warm_interpreter(&sandbox).await;
                         }
-                        self.pool.lock().await.entry(template).or_default().push_back(sandbox)
+                        let mut pool = self.pool.lock().await;
+                        if self.stopping.load(Ordering::Acquire) {
+                            drop(pool);
+                            let _ = sandbox.destroy().await;
+                            return;
+                        }
+                        pool.entry(template).or_default().push_back(sandbox)
                     }
                     Err(e) => {
+                        drop(_filling);
                         tracing::error!(template, error = %e, retry_in_secs = pause.as_secs(), "filling the sandbox pool");
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(MAX_RETRY);
@@ -69,6 +83,36 @@ impl Manager {
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), self.refill.notified()).await;
         }
+    }
+
+    /// Stops the fillers and waits (at most [`STOP_WAIT`]) for their creates in flight, which
+    /// destroy what they made; a create still running after that (a template being built) is
+    /// left to the next start's clean-up.
+    pub(super) async fn stop_pool(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
+        while self.filling.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// How long a shutdown waits for the pool's creates in flight.
+const STOP_WAIT: Duration = Duration::from_secs(60);
+
+/// Counts one pool create in flight while it lives.
+struct Filling<'a>(&'a AtomicUsize);
+
+impl<'a> Filling<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Filling<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -89,7 +89,7 @@ def daemon():
     data_dir = tempfile.mkdtemp(prefix="ember-serve-test-")
     os.chmod(data_dir, 0o755)  # the unprivileged QEMU user must reach the sandboxes' disks
     d = Daemon(data_dir, free_port())
-    d.start("--destroy-on-exit", "--interpreter-pool", "1")
+    d.start("--destroy-on-exit")
     os.environ.update(E2B_API_URL=d.url, E2B_SANDBOX_URL=d.url, E2B_API_KEY=KEY)
     yield d
     d.stop()

@@ -115,12 +115,7 @@ fn build_tree(cache: &Cache, key: &str, base: &Path) -> Result<(), ImageError> {
         cache::remove_any(&root.join(cache_dir))?;
     }
     std::fs::write(root.join("etc/resolv.conf"), "").map_err(io_err("empty resolv.conf"))?;
-    let staged = cache.root().join(TREE_KIND).join(format!("{key}.root"));
-    cache::remove_any(&staged)?;
-    std::fs::rename(&root, &staged).map_err(io_err("stage tree"))?;
-    cache::remove_any(&scratch)?;
-    cache.publish(TREE_KIND, key, &staged)?;
-    Ok(())
+    rootfs::publish_tree(cache, TREE_KIND, key, &scratch)
 }
 
 /// Host settings a registry fetch inside the chroot may need: proxies and mirrors.

@@ -111,12 +111,17 @@ fn build_tree(cache: &Cache, key: &str, mirror: &str) -> Result<(), ImageError> 
     write("etc/hosts", HOSTS, 0o644)?;
     write("etc/hostname", "ember\n", 0o644)?;
     write("etc/resolv.conf", "", 0o644)?;
-    // Move the finished tree up so the entry directory is the root itself.
-    let staged = cache.root().join(TREE_KIND).join(format!("{key}.root"));
+    publish_tree(cache, TREE_KIND, key, &scratch)
+}
+
+/// Publishes the tree built at `scratch/root` as entry `key` of `kind`: the tree is moved up
+/// first, so that the entry directory is the root itself.
+pub(crate) fn publish_tree(cache: &Cache, kind: &str, key: &str, scratch: &Path) -> Result<(), ImageError> {
+    let staged = cache.root().join(kind).join(format!("{key}.root"));
     cache::remove_any(&staged)?;
-    std::fs::rename(&root, &staged).map_err(io_err("stage tree"))?;
-    cache::remove_any(&scratch)?;
-    cache.publish(TREE_KIND, key, &staged)?;
+    std::fs::rename(scratch.join("root"), &staged).map_err(io_err("stage tree"))?;
+    cache::remove_any(scratch)?;
+    cache.publish(kind, key, &staged)?;
     Ok(())
 }
 

@@ -385,17 +385,21 @@ def test_sandbox_env_vars_reach_every_context(ci):
 # --- time-outs, reconnecting, long and silent cells ----------------------------------------------
 
 
+def interpreter_log(sbx):
+    """The tail of the guest's ember-interpreter log, for a failing assertion's message."""
+    with contextlib.suppress(Exception):
+        return sbx.commands.run("tail -20 /var/log/ember/*.log", user="root", timeout=60).stdout
+    return "(log unavailable)"
+
+
 def test_timeout_interrupts_the_cell_and_the_context_goes_on(ci):
     ci.run_code("before = 'kept'\ncounter = 0")
-    t0 = time.monotonic()
     with pytest.raises(TimeoutException):
         ci.run_code("while True:\n    counter += 1", timeout=3)
-    assert time.monotonic() - t0 < 30
-    t1 = time.monotonic()
-    ex = ci.run_code("before", timeout=60)
-    took = time.monotonic() - t1
-    assert ex.error is None and ex.text == "kept", ex
-    assert took < 10, f"the context answered {took:.1f}s after the time-out: was the kernel interrupted?"
+    # Interrupted, not killed: a kernel that ignored the interrupt is killed after a grace period
+    # and its successor has no `before`; a cell never interrupted makes this call time out.
+    ex = ci.run_code("before")
+    assert ex.error is None and ex.text == "kept", (ex, interpreter_log(ci))
     # The loop stopped: the counter no longer moves.
     a = ci.run_code("counter").text
     time.sleep(1)
@@ -403,11 +407,12 @@ def test_timeout_interrupts_the_cell_and_the_context_goes_on(ci):
 
 
 def test_timeout_in_a_javascript_cell(ci):
+    ci.run_code("globalThis.before = 'kept'", language="javascript")
     with pytest.raises(TimeoutException):
         ci.run_code("while (true) {}", language="javascript", timeout=3)
-    t0 = time.monotonic()
-    assert ci.run_code("6 * 7", language="javascript", timeout=60).text == "42"
-    assert time.monotonic() - t0 < 30
+    # Deno takes `interrupt_request` (it exits on SIGINT): the kernel and its state survive.
+    ex = ci.run_code("globalThis.before", language="javascript")
+    assert ex.error is None and ex.text == "kept", (ex, interpreter_log(ci))
 
 
 def test_reconnect_sees_earlier_state(ci):
@@ -520,10 +525,8 @@ def test_a_kernel_that_dies_is_an_error_and_the_next_cell_works(ci):
         raise
     except SandboxException:
         pass  # an HTTP error from the server is also a clear error
-    t0 = time.monotonic()
     ex = ci.run_code("1 + 1", timeout=240)
     assert ex.error is None and ex.text == "2", ex
-    assert time.monotonic() - t0 < 180
     assert ci.commands.run("echo alive").stdout == "alive\n"
 
 

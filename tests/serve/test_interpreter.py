@@ -7,7 +7,7 @@ the cell runs, errors (name, value, traceback), rich results (a matplotlib figur
 e2b-charts chart, a pandas DataFrame as `data`, HTML/Markdown/JSON/LaTeX/SVG and unknown MIME types,
 display results apart from the cell's value), execution counts, contexts (cwd, list, restart,
 remove), environment variables per call and per sandbox, the execution time-out interrupting the
-kernel, reconnecting, JavaScript/TypeScript and bash cells, an unknown language, two sandboxes'
+kernel, reconnecting, JavaScript/TypeScript, bash and R cells, an unknown language, two sandboxes'
 kernels kept apart, executions in one context run one at a time, a kernel that dies, a cell printing
 ~100 MB, a stream silent for longer than a keepalive period, the async SDK, and a sandbox without
 public traffic (the SDK sends the traffic token; a request without it is refused).
@@ -480,6 +480,25 @@ def test_bash_cells(ci):
     ci.run_code("export KEPT=7; cd /tmp", language="bash")
     ex = ci.run_code("echo \"$KEPT $(pwd)\"", language="bash")
     assert "7 /tmp" in stdout(ex), ex.logs
+
+
+def test_r_cells(ci):
+    # IRkernel starts on the first R cell (it is not warm in the template).
+    ci.run_code("x <- 40", language="r", timeout=300)
+    # IRkernel shows values with display_data, not execute_result, and display_data is not the
+    # main result (as in E2B's server): the value is among the results, `text` is None.
+    ex = ci.run_code("x + 2", language="r")
+    assert ex.error is None and [r.text for r in ex.results] == ["[1] 42"], ex
+    assert "from r" in stdout(ci.run_code("cat('from r\\n')", language="r")), ex.logs
+    err = ci.run_code("stop('r failed')", language="r").error
+    assert err is not None and "r failed" in err.value, err
+    ex = ci.run_code("Sys.getenv('PER_CALL')", language="r", envs={"PER_CALL": "r-now"})
+    assert [r.text for r in ex.results] == ['[1] "r-now"'], ex
+    ex = ci.run_code("Sys.getenv('FROM_CREATE')", language="r")
+    assert [r.text for r in ex.results] == ['[1] "sandbox-level"'], ex
+    # A plot comes back as a PNG.
+    ex = ci.run_code("plot(1:10)", language="r")
+    assert any(r.png for r in ex.results), ex.results
 
 
 def test_unknown_language_is_a_clear_error(ci):

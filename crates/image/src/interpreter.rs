@@ -1,8 +1,9 @@
 //! The code-interpreter template's tree: the `base` tree plus Jupyter kernels and the data
 //! libraries (`guest/interpreter/`): ipykernel with pandas, numpy, matplotlib and E2B's chart
-//! and data formatters (`e2b-charts`), bash_kernel, and Deno (whose `deno jupyter` kernel serves
-//! JavaScript and TypeScript, and gives sandboxes a Deno runtime). Every Python package is pinned
-//! and installed without dependency resolution; Deno is pinned too. Cached by the hash of the base
+//! and data formatters (`e2b-charts`), bash_kernel, Deno (whose `deno jupyter` kernel serves
+//! JavaScript and TypeScript, and gives sandboxes a Deno runtime), and R with IRkernel from
+//! Debian. Every Python package is pinned and installed without dependency resolution; Deno is
+//! pinned too, and R comes from the suite the base tree is built from. Cached by the hash of the base
 //! tree's key and this recipe, like the base tree.
 //!
 //! The packages come from PyPI and the npm registry, fetched by the tree's own pip and npm inside
@@ -26,7 +27,10 @@ const KERNELS: &[(&str, &str)] = &[
     ("python3", include_str!("../../../guest/interpreter/kernels/python3/kernel.json")),
     ("deno", include_str!("../../../guest/interpreter/kernels/deno/kernel.json")),
     ("bash", include_str!("../../../guest/interpreter/kernels/bash/kernel.json")),
+    ("ir", include_str!("../../../guest/interpreter/kernels/ir/kernel.json")),
 ];
+/// Debian packages for the R kernel (about 150 MB with their libraries).
+const APT_PACKAGES: &[&str] = &["r-base-core", "r-cran-irkernel"];
 /// IPython's start-up file and kernel settings for the user's profile.
 const IPYTHON_STARTUP: &str = include_str!("../../../guest/interpreter/ipython_startup.py");
 const IPYTHON_CONFIG: &str = include_str!("../../../guest/interpreter/ipython_kernel_config.py");
@@ -47,8 +51,9 @@ const BUILD_REQUIREMENTS: &str = "tmp/ember-requirements.txt";
 fn recipe() -> String {
     let kernels: Vec<String> = KERNELS.iter().map(|(n, k)| format!("kernel {n}:\n{k}")).collect();
     format!(
-        "ember-interpreter-tree-v1\nrequirements:\n{REQUIREMENTS}\n{}\nstartup:\n{IPYTHON_STARTUP}\nconfig:\n{IPYTHON_CONFIG}\ndeno={DENO_PACKAGE}\n",
-        kernels.join("\n")
+        "ember-interpreter-tree-v1\nrequirements:\n{REQUIREMENTS}\n{}\nstartup:\n{IPYTHON_STARTUP}\nconfig:\n{IPYTHON_CONFIG}\ndeno={DENO_PACKAGE}\napt={}\n",
+        kernels.join("\n"),
+        APT_PACKAGES.join(",")
     )
 }
 
@@ -73,7 +78,7 @@ fn build_tree(cache: &Cache, key: &str, base: &Path) -> Result<(), ImageError> {
         return Err(ImageError::NotRoot);
     }
     tools::require(&[tool("cp", "coreutils"), tool("chroot", "coreutils")])?;
-    eprintln!("==> building the code-interpreter root filesystem (Jupyter kernels, pandas, matplotlib, Deno; key {key}); a few minutes once");
+    eprintln!("==> building the code-interpreter root filesystem (Jupyter kernels, pandas, matplotlib, Deno, R; key {key}); a few minutes once");
     let scratch = cache.scratch(TREE_KIND, key)?;
     let log = cache.root().join(TREE_KIND).join(format!("{key}.log"));
     let _ = std::fs::remove_file(&log);
@@ -88,6 +93,14 @@ fn build_tree(cache: &Cache, key: &str, base: &Path) -> Result<(), ImageError> {
     std::fs::write(root.join(BUILD_REQUIREMENTS), REQUIREMENTS).map_err(io_err("write the requirements"))?;
     {
         let _proc = ProcMount::new(&root)?;
+        step::run(
+            "interpreter: apt-get install R and IRkernel",
+            chroot(&root, "sh")
+                .args(["-c", "set -e; apt-get update -q; apt-get install -y -q --no-install-recommends \"$@\"; apt-get clean; rm -rf /var/lib/apt/lists/*", "apt"])
+                .args(APT_PACKAGES)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            &log,
+        )?;
         step::run(
             "interpreter: pip install (ipykernel, pandas, numpy, matplotlib, e2b-charts, bash_kernel)",
             fetching(chroot(&root, "python3"))

@@ -6,7 +6,9 @@
 #      and come from the same QEMU release;
 #   2. the state of our usual image: installs qemu-utils from bookworm-backports (newer than
 #      qemu-system-x86, which it Breaks), runs setup-host.sh again, and checks the same;
-#   3. runs setup-host.sh once more, which must change nothing.
+#   3. runs setup-host.sh once more, which must change nothing;
+#   4. the tests' Node (tests/setup-node.sh): bare Debian 12 has no npm and Node 18, and the
+#      script must still give a Node the JS SDKs accept (fetched from the npm registry).
 # Needs root and the network to the Debian mirror. Downloaded packages are cached in
 # EMBER_CACHE_DIR/fresh-host/debs so that a second run is faster. Exits non-zero on failure.
 set -euo pipefail
@@ -128,4 +130,22 @@ if [ -n "$out" ]; then
     exit 1
 fi
 in_root id ember-qemu >/dev/null
+
+step "4. tests/setup-node.sh on a root without npm"
+if in_root sh -c 'command -v npm' >/dev/null; then
+    echo "check-fresh-host: FAILED to set up: npm is already in the root" >&2
+    exit 1
+fi
+# The host's CA bundle, for a host whose HTTPS goes through a TLS-inspecting proxy.
+cp /etc/ssl/certs/ca-certificates.crt "$root/tmp/host-ca.pem"
+node_bin=$(in_root env npm_config_cafile=/tmp/host-ca.pem EMBER_CACHE_DIR=/var/tmp/ember-cache \
+    bash -c 'cd /ember && tests/setup-node.sh')
+node_version=$(in_root "$node_bin/node" --version)
+case "$node_version" in
+v22.*) step "node $node_version at $node_bin" ;;
+*)
+    echo "check-fresh-host: FAILED: tests/setup-node.sh gave node $node_version" >&2
+    exit 1
+    ;;
+esac
 step "passed in $(($(date +%s) - started)) s"

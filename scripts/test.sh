@@ -7,12 +7,15 @@ cd "$(dirname "$0")/.."
 scripts/setup-host.sh
 # When the set-up scripts change, prove them on a fresh Debian 12 root (about 2 minutes); a pass
 # is remembered by the scripts' hash.
-fresh_key=$(cat scripts/setup-host.sh scripts/check-fresh-host.sh | sha256sum | cut -c1-16)
+fresh_key=$(cat scripts/setup-host.sh scripts/check-fresh-host.sh tests/setup-node.sh | sha256sum | cut -c1-16)
 fresh_stamp="${EMBER_CACHE_DIR:-/var/cache/ember}/fresh-host/passed-$fresh_key"
 if [ ! -f "$fresh_stamp" ]; then
     scripts/check-fresh-host.sh
     touch "$fresh_stamp"
 fi
+# The JS SDKs need Node >= 20.18.1 (Debian 12 has 18): a pinned Node, cached outside the checkout.
+PATH="$(tests/setup-node.sh):$PATH"
+export PATH
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/build.sh

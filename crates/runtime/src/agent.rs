@@ -197,6 +197,31 @@ impl AgentClient {
             .map_err(|_| AgentError::Timeout("/health".into()))?
     }
 
+    /// Writes `data` to `path` in the guest as `user` (`POST /files`, a raw body), within
+    /// `timeout`. The caller bounds `data`.
+    pub async fn upload(&self, path: &str, user: &str, data: Bytes, timeout: Duration) -> Result<(), AgentError> {
+        let query = format!("/files?path={}&username={}", query_escape(path), query_escape(user));
+        let mut builder = Request::post(query.as_str())
+            .header(header::HOST, self.addr.to_string())
+            .header(header::CONTENT_TYPE, "application/octet-stream");
+        if let Some(token) = &self.token {
+            builder = builder.header("x-access-token", token.as_str());
+        }
+        let req = builder.body(Full::new(data)).map_err(|e| AgentError::Other(e.to_string()))?;
+        tokio::time::timeout(timeout, async {
+            let resp = self.send(req, CONNECT_TIMEOUT).await?;
+            let status = resp.status();
+            // Read the answer so that the guest's side completes.
+            let _ = http_body_util::Limited::new(resp.into_body(), 64 << 10).collect().await;
+            if !status.is_success() {
+                return Err(AgentError::Status(status));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|_| AgentError::Timeout("/files".into()))?
+    }
+
     /// Starts a process as `user` (the agent's default user if `None`) and streams its events.
     /// The answer's headers must come within [`CALL_TIMEOUT`]; the stream is the caller's to bound.
     pub async fn start(&self, request: &StartRequest, user: Option<&str>) -> Result<ProcessStream, AgentError> {
@@ -222,6 +247,19 @@ impl AgentClient {
 }
 
 /// Runs one call into the guest under [`CALL_TIMEOUT`].
+/// Percent-encodes a query value (everything but RFC 3986's unreserved characters and `/`).
+fn query_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 async fn deadline<T>(
     what: &str,
     call: impl std::future::Future<Output = Result<T, AgentError>>,

@@ -14,6 +14,8 @@
 //!   snapshots/          0710 root:QEMU
 //!     ID/               0710 root:QEMU
 //!       disk.qcow2      0440 root:QEMU    state 0400 root, shape.json 0600 root
+//!   templates/ layers/  0710 root:QEMU   built templates and build layers, laid out and sealed
+//!                                         like snapshots (ember-builder)
 //!   slots/              0700 root
 //! ```
 
@@ -32,6 +34,10 @@ use crate::{io_err, RuntimeError};
 pub const SANDBOXES: &str = "sandboxes";
 /// Where snapshots of sandboxes live in the data directory.
 pub const SNAPSHOTS: &str = "snapshots";
+/// Where built templates live in the data directory (each a saved sandbox, like a snapshot).
+pub const TEMPLATES: &str = "templates";
+/// Where template builds keep their cached layers (each a saved sandbox, like a snapshot).
+pub const LAYERS: &str = "layers";
 /// Where network slots' markers live in the data directory.
 pub const SLOTS: &str = "slots";
 /// A snapshot's disk in its directory (a backing image of the overlays made from it).
@@ -75,11 +81,13 @@ pub fn prepare_data_dir(data_dir: &Path, qemu_group: Option<Gid>) -> Result<(), 
             private_file(&file).map_err(io_err(ctx(&file)))?;
         }
     }
-    let snapshots = data_dir.join(SNAPSHOTS);
-    private_subdir(&snapshots).map_err(io_err(ctx(&snapshots)))?;
-    for dir in subdirs(&snapshots)? {
-        private_subdir(&dir).map_err(io_err(ctx(&dir)))?;
-        seal_snapshot(&dir)?;
+    for saved in [SNAPSHOTS, TEMPLATES, LAYERS] {
+        let saved = data_dir.join(saved);
+        private_subdir(&saved).map_err(io_err(ctx(&saved)))?;
+        for dir in subdirs(&saved)? {
+            private_subdir(&dir).map_err(io_err(ctx(&dir)))?;
+            seal_snapshot(&dir)?;
+        }
     }
     Ok(())
 }

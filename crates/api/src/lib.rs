@@ -245,3 +245,159 @@ mod tests {
         assert!(v["domain"].is_null());
     }
 }
+
+// --- template builds (E2B's v2/v3 build API) -------------------------------------------------
+
+/// Body of `POST /v3/templates`. Unknown fields are ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateBuildRequest {
+    /// The template's name, possibly `name:tag`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Older SDKs' name for `name`.
+    #[serde(default)]
+    pub alias: Option<String>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub cpu_count: Option<i64>,
+    #[serde(default, rename = "memoryMB")]
+    pub memory_mb: Option<i64>,
+    #[serde(default)]
+    pub min_free_disk_mb: Option<i64>,
+}
+
+/// Answer of `POST /v3/templates` (202).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateBuildRequested {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+    pub public: bool,
+    pub names: Vec<String>,
+    pub tags: Vec<String>,
+    pub aliases: Vec<String>,
+}
+
+/// Answer of `GET /templates/{id}/files/{hash}` (201).
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateFileUpload {
+    pub present: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// One step of a build body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateStep {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    #[serde(default)]
+    pub files_hash: Option<String>,
+    #[serde(default)]
+    pub force: Option<bool>,
+}
+
+/// Body of `POST /v2/templates/{id}/builds/{buildID}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateBuildStart {
+    #[serde(default)]
+    pub from_image: Option<String>,
+    #[serde(default)]
+    pub from_template: Option<String>,
+    #[serde(default)]
+    pub from_image_registry: Option<serde_json::Value>,
+    #[serde(default)]
+    pub force: Option<bool>,
+    #[serde(default)]
+    pub steps: Option<Vec<TemplateStep>>,
+    #[serde(default)]
+    pub start_cmd: Option<String>,
+    #[serde(default)]
+    pub ready_cmd: Option<String>,
+}
+
+/// Why a build failed.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildStatusReason {
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+}
+
+/// Answer of `GET /templates/{id}/builds/{buildID}/status`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateBuildInfo {
+    /// Plain lines (older clients).
+    pub logs: Vec<String>,
+    pub log_entries: Vec<serde_json::Value>,
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<BuildStatusReason>,
+}
+
+/// A build as `GET /templates/{id}` lists it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateBuild {
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+    pub status: String,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    pub cpu_count: u32,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: u32,
+}
+
+/// A template as `GET /templates` lists it (`builds` only in `GET /templates/{id}`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Template {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+    pub cpu_count: u32,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: u32,
+    #[serde(rename = "diskSizeMB")]
+    pub disk_size_mb: u64,
+    pub public: bool,
+    pub aliases: Vec<String>,
+    pub names: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub created_by: Option<serde_json::Value>,
+    pub last_spawned_at: Option<String>,
+    pub spawn_count: u64,
+    pub build_count: u64,
+    pub envd_version: String,
+    pub build_status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub builds: Option<Vec<TemplateBuild>>,
+}
+
+/// Answer of `GET /templates/aliases/{alias}`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateAlias {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    pub public: bool,
+}

@@ -154,8 +154,11 @@ IFS=
 srcs=( $SRC )
 if [ ${#srcs[@]} -eq 0 ]; then echo "COPY: nothing matches '$SRC' in the uploaded files" >&2; exit 1; fi
 case "$DEST" in /*) ;; *) DEST="$WORKDIR/$DEST" ;; esac
-if [ ${#srcs[@]} -gt 1 ] || [[ "$DEST" == */ ]]; then mkdir -p "$DEST"; fi
 copied=()
+# A destination directory made here belongs to the owner too.
+if [ ! -e "$DEST" ] && { [ ${#srcs[@]} -gt 1 ] || [[ "$DEST" == */ ]] || [ -d "${srcs[0]}" ]; }; then
+    mkdir -p "$DEST"; copied+=("${DEST%/}")
+fi
 for s in "${srcs[@]}"; do
     if [ -d "$s" ] && [ ! -L "$s" ]; then
         mkdir -p "$DEST"

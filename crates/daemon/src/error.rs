@@ -50,7 +50,7 @@ impl From<crate::manager::LifecycleError> for ApiError {
     fn from(e: crate::manager::LifecycleError) -> Self {
         use crate::manager::LifecycleError as L;
         match e {
-            L::NotFound(_) => ApiError::NotFound(e.to_string()),
+            L::NotFound(_) | L::Missing(_) => ApiError::NotFound(e.to_string()),
             L::Invalid(_) | L::UnknownTemplate(_) => ApiError::BadRequest(e.to_string()),
             L::TooMany(_) | L::Quota(_) => ApiError::TooMany(e.to_string()),
             L::Conflict(_) => ApiError::Conflict(e.to_string()),

@@ -1,4 +1,5 @@
-//! `ember serve`: one HTTP/1.1 port serving E2B's REST API ([`sandboxes`], behind [`auth`]) and
+//! `ember serve`: one HTTP/1.1 port serving E2B's REST API ([`sandboxes`], [`templates`] and
+//! [`snapshots`], behind [`auth`]) and
 //! all sandbox traffic ([`proxy`]), with the sandboxes' lifecycle and state in [`manager`].
 
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@ pub mod page;
 pub mod proxy;
 pub mod sandboxes;
 pub mod snapshots;
+pub mod templates;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +61,8 @@ pub struct ServeConfig {
     pub max_snapshots_per_team: usize,
     /// Bytes all snapshots together may use on the host.
     pub max_snapshot_bytes: u64,
+    /// How long a template build's ready command may keep failing (E2B's 10 minutes if none).
+    pub build_ready_timeout_secs: Option<u64>,
     /// The domain exposed ports are reached under: `{port}-{sandboxID}.{domain}` (returned by
     /// create as `domain`, so the SDKs' `get_host` names it).
     pub domain: String,
@@ -81,10 +85,19 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/sandboxes/{id}/network", axum::routing::put(network::update))
         .route("/sandboxes/{id}/snapshots", post(snapshots::create))
         .route("/snapshots", get(snapshots::list))
-        .route("/templates/{id}", axum::routing::delete(snapshots::delete))
+        .route("/templates", get(templates::list))
+        .route("/v2/templates", get(templates::list).post(templates::request))
+        .route("/v3/templates", post(templates::request))
+        .route("/templates/{id}", get(templates::get).delete(templates::delete))
+        .route("/templates/{id}/files/{hash}", get(templates::files))
+        .route("/v2/templates/{id}/builds/{build}", post(templates::start))
+        .route("/templates/{id}/builds/{build}/status", get(templates::status))
+        .route("/templates/aliases/{alias}", get(templates::alias))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), auth::require_key));
     Router::new()
         .route("/health", get(|| async { StatusCode::NO_CONTENT }))
+        // The upload URL authorises itself (a signed, expiring token); its body is streamed.
+        .route("/templates/uploads/{token}", axum::routing::put(templates::upload).layer(DefaultBodyLimit::disable()))
         .merge(api)
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -80,6 +80,7 @@ impl Daemon {
             max_snapshots_per_team: 10,
             max_snapshot_bytes: 1 << 30,
             domain: "sandboxes.test".into(),
+            build_ready_timeout_secs: None,
         };
         let runtime_config = RuntimeConfig::new(
             data.path().to_path_buf(),

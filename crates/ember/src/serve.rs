@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// port of that sandbox (default: the listen address).
     #[arg(long)]
     domain: Option<String>,
+    /// How long a template build's ready command may keep failing, in seconds (E2B's default:
+    /// 600).
+    #[arg(long, value_name = "SECS")]
+    build_ready_timeout: Option<u64>,
     /// Resolver the sandboxes' DNS service forwards to (repeatable; default: the host's, from
     /// /etc/resolv.conf). An address, with :PORT if not 53.
     #[arg(long = "dns", value_name = "ADDR")]
@@ -107,6 +111,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_snapshots_per_team: args.max_snapshots_per_team,
         max_snapshot_bytes: args.max_snapshot_gib.saturating_mul(1 << 30),
         domain,
+        build_ready_timeout_secs: args.build_ready_timeout,
     };
     // Build the template before taking requests, with progress shown, rather than in the first create.
     runtime.cache.prepare(ember_runtime::private::qemu_group(runtime.qemu_user.as_deref())?)?;

@@ -1,6 +1,6 @@
 //! Ember's state in embedded SQLite (one file in the data directory, WAL mode): API keys,
 //! stored only as SHA-256 hashes, each belonging to a team; and the sandboxes the daemon runs,
-//! so that a restarted daemon knows what to adopt. Schema changes are numbered migrations.
+//! so that a restarted daemon knows what to adopt; snapshots; built templates and their builds. Schema changes are numbered migrations.
 //! The database holds sandboxes' access tokens: its files are root's alone (0600).
 
 #![forbid(unsafe_code)]
@@ -8,6 +8,7 @@
 mod keys;
 mod sandboxes;
 mod snapshots;
+mod templates;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -17,6 +18,7 @@ use rusqlite::Connection;
 pub use keys::{KeyInfo, NewKey};
 pub use sandboxes::{SandboxRecord, SandboxState};
 pub use snapshots::SnapshotRecord;
+pub use templates::{BuildRecord, BuildStatus, TemplateRecord};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,30 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT;
+",
+    "
+    CREATE TABLE templates (
+        id TEXT PRIMARY KEY,
+        team TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        vcpus INTEGER NOT NULL,
+        memory_mib INTEGER NOT NULL,
+        UNIQUE (team, name)
+    );
+    CREATE TABLE template_builds (
+        id TEXT PRIMARY KEY,
+        template_id TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        reason_step TEXT,
+        created_ms INTEGER NOT NULL,
+        finished_ms INTEGER,
+        defaults TEXT,
+        agent_token TEXT
+    );
+    CREATE INDEX template_builds_template ON template_builds(template_id);
 ",
 ];
 

@@ -10,6 +10,9 @@ pub enum LifecycleError {
     /// No such sandbox for this team.
     #[error("sandbox \"{0}\" not found")]
     NotFound(String),
+    /// No such thing (a template, a build) for this team: the message says what.
+    #[error("{0} not found")]
+    Missing(String),
     /// A request outside the bounds (time-out, maps, names).
     #[error("{0}")]
     Invalid(String),

@@ -9,6 +9,7 @@
 //! away mid-way cannot leave the database and the processes disagreeing.
 
 mod adopt;
+mod builds;
 mod error;
 mod network;
 mod pause;
@@ -27,6 +28,7 @@ use ember_store::{now_ms, SandboxRecord, SandboxState, Store};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+pub use builds::{split_name, Upload, MAX_UPLOAD_BYTES};
 pub use error::LifecycleError;
 
 use crate::network::Checked;
@@ -105,6 +107,7 @@ pub struct Manager {
     stopping: std::sync::atomic::AtomicBool,
     /// Pool creates in flight (shutdown waits for them, so none leaves a sandbox behind).
     filling: std::sync::atomic::AtomicUsize,
+    builds: builds::Builds,
 }
 
 impl Manager {
@@ -115,6 +118,7 @@ impl Manager {
         let store = Store::open(&config.data_dir.join("ember.db")).context("open the state database")?;
         let runtime = Runtime::new(runtime_config).context("start the sandbox runtime")?;
         let manager = Self::new(config, store, runtime);
+        manager.fail_unfinished_builds();
         manager.adopt_all().await;
         tokio::spawn(Arc::clone(&manager).reap());
         for (template, _) in manager.pool_sizes() {
@@ -138,6 +142,7 @@ impl Manager {
             refill: Default::default(),
             stopping: Default::default(),
             filling: Default::default(),
+            builds: builds::Builds::new(),
         })
     }
 
@@ -220,11 +225,19 @@ impl Manager {
         let source = self.resolve_template(team, &req.template_id)?;
         let timeout = self.check_timeout(req.timeout.unwrap_or(self.default_timeout()))?;
         let metadata = check_map("metadata", req.metadata.unwrap_or_default(), false)?;
-        let env_vars = check_map("envVars", req.env_vars.unwrap_or_default(), true)?;
+        let mut env_vars = check_map("envVars", req.env_vars.unwrap_or_default(), true)?;
+        let defaults = match &source {
+            Source::Built { defaults, .. } => defaults.clone(),
+            _ => ember_builder::Defaults::base(),
+        };
+        // The template's env vars, under the request's.
+        for (k, v) in &defaults.env {
+            env_vars.entry(k.clone()).or_insert_with(|| v.clone());
+        }
         let _slot = self.reserve_slot()?;
         let (spec, pooled) = match &source {
             Source::Template(t) => (self.spec(t, &net), self.take_pooled(t).await),
-            Source::Snapshot(..) => (self.spec(DEFAULT_TEMPLATE, &net), None),
+            Source::Snapshot(..) | Source::Built { .. } => (self.spec(DEFAULT_TEMPLATE, &net), None),
         };
         let sandbox = match (pooled, &source) {
             (Some(sandbox), _) => self.with_policy(sandbox, &net).await?,
@@ -232,7 +245,9 @@ impl Manager {
             (None, Source::Snapshot(id, _)) => {
                 self.runtime.create_from_saved(&self.snapshot_dir(id), net.policy.clone()).await?
             }
+            (None, Source::Built { dir, .. }) => self.runtime.create_from_saved(dir, net.policy.clone()).await?,
         };
+        let (vcpus, memory_mib) = (sandbox.shape().vcpus, sandbox.shape().memory_mib);
         let id = sandbox.id().to_string();
         let span = tracing::info_span!("sandbox", id = %id);
         async {
@@ -245,8 +260,8 @@ impl Manager {
                 metadata,
                 env_vars,
                 access_token: Some(random_hex(16)),
-                vcpus: spec.vcpus,
-                memory_mib: spec.memory_mib,
+                vcpus,
+                memory_mib,
                 disk_mib: ember_runtime::disk_size_mib(),
                 started_ms,
                 end_ms: started_ms + timeout * 1000,
@@ -256,11 +271,11 @@ impl Manager {
                 traffic_token: net.private_traffic().then(|| random_hex(16)),
             };
             let held = match &source {
-                Source::Snapshot(_, token) => token.clone(),
+                Source::Snapshot(_, token) | Source::Built { token, .. } => token.clone(),
                 Source::Template(_) => sandbox.agent().token().map(str::to_string),
             };
             let stored = async {
-                init_agent(sandbox.agent(), &record, held.as_deref(), self.ca_bundle()).await?;
+                init_agent(sandbox.agent(), &record, Some(&defaults), held.as_deref(), self.ca_bundle()).await?;
                 self.store.insert_sandbox(&record)?;
                 Ok::<_, LifecycleError>(())
             }
@@ -282,10 +297,21 @@ impl Manager {
         .await
     }
 
-    /// A built-in template, or one of the team's snapshots by id or name.
+    /// A built-in template, one of the team's built templates (`name`, `name:tag` or its id),
+    /// or one of the team's snapshots by id or name.
     fn resolve_template(&self, team: &str, name: &str) -> Result<Source, LifecycleError> {
         if let Some((_, t)) = TEMPLATES.iter().find(|(n, _)| *n == name) {
             return Ok(Source::Template(t));
+        }
+        let (base, tag) = split_name(name);
+        if let Some(template) = self.store.find_template(team, base)? {
+            let build = self
+                .store
+                .ready_build(&template.id, tag)?
+                .ok_or_else(|| LifecycleError::UnknownTemplate(format!("{name} (no ready build tagged {tag})")))?;
+            let defaults = serde_json::from_str(build.defaults.as_deref().unwrap_or("{}"))
+                .map_err(|e| LifecycleError::Invalid(format!("template {name}: {e}")))?;
+            return Ok(Source::Built { dir: self.template_dir(&build.id), token: build.agent_token, defaults });
         }
         match self.store.find_snapshot(team, name)? {
             Some(snapshot) => Ok(Source::Snapshot(snapshot.id, snapshot.agent_token)),
@@ -421,6 +447,13 @@ enum Source {
     Template(&'static str),
     /// A snapshot's id, and the access token its saved agent holds.
     Snapshot(String, Option<String>),
+    /// A built template: its saved sandbox, the token its agent holds, and its sandboxes'
+    /// defaults.
+    Built {
+        dir: PathBuf,
+        token: Option<String>,
+        defaults: ember_builder::Defaults,
+    },
 }
 
 /// Gives the agent the sandbox's identity: env vars, access token, default user, the host's
@@ -430,15 +463,20 @@ enum Source {
 async fn init_agent(
     agent: &AgentClient,
     record: &SandboxRecord,
+    defaults: Option<&ember_builder::Defaults>,
     token: Option<&str>,
     ca_bundle: Option<String>,
 ) -> Result<(), LifecycleError> {
-    let request = init_request(&record.id, record.env_vars.clone(), record.access_token.clone(), ca_bundle);
+    let mut request = init_request(&record.id, record.env_vars.clone(), record.access_token.clone(), ca_bundle);
+    if let Some(defaults) = defaults {
+        request.default_user = Some(defaults.user.clone());
+        request.default_workdir = defaults.workdir.clone();
+    }
     agent.post_json("/init", &request, token).await.map_err(|e| ember_runtime::RuntimeError::from(e).into())
 }
 
-/// The `/init` body that gives sandbox `id` its identity: `env_vars`, `access_token`, the
-/// default user, the host's time, fresh entropy, its hostname (the id) and the extra CA
+/// The `/init` body that gives sandbox `id` its identity: `env_vars`, `access_token`, the host's
+/// time, fresh entropy, its hostname (the id) and the extra CA
 /// certificates it should trust.
 fn init_request(
     id: &str,
@@ -450,7 +488,6 @@ fn init_request(
         ca_bundle,
         env_vars: Some(env_vars),
         access_token,
-        default_user: Some("user".into()),
         timestamp: Some(ember_envd_proto::time::rfc3339(std::time::SystemTime::now())),
         entropy: Some(random_hex(32)),
         hostname: Some(id.to_string()),

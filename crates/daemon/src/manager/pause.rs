@@ -84,7 +84,7 @@ impl Manager {
         let policy = crate::network::stored(&record).policy;
         let sandbox = self.runtime.resume(&record.id, false, policy).await?;
         // The resumed agent holds the sandbox's token; this sets the clock and reseeds the RNG.
-        init_agent(sandbox.agent(), &record, record.access_token.as_deref(), self.ca_bundle()).await?;
+        init_agent(sandbox.agent(), &record, None, record.access_token.as_deref(), self.ca_bundle()).await?;
         self.set_end(live, now_ms() + timeout_secs * 1000, false)?;
         // Not recorded as running: the VM is torn down, and the caller ends the sandbox.
         self.transition(live, &mut slot, Some(sandbox))?;

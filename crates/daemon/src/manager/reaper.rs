@@ -62,7 +62,7 @@ async fn reinit_if_needed(live: Arc<Live>, ca_bundle: Option<String>) {
     match live.agent.initialised(AGENT_CHECK_TIMEOUT).await {
         Ok(false) => {
             tracing::warn!(sandbox = %id, "the agent restarted without its state; initialising it again");
-            if let Err(e) = init_agent(&live.agent, &live.record(), None, ca_bundle).await {
+            if let Err(e) = init_agent(&live.agent, &live.record(), None, None, ca_bundle).await {
                 tracing::warn!(sandbox = %id, error = %e, "re-initialising the agent");
             }
         }

@@ -1,0 +1,254 @@
+"""Template builds with the official SDK's `Template` builder (`e2b`, pinned) against `ember serve`.
+
+What is checked: a template with COPY (files uploaded through the daemon's signed URL), RUN, ENV,
+WORKDIR, USER and a start command with a ready check, whose sandboxes start with the server up and
+the template's user, workdir and env vars as their defaults; a Dockerfile parsed by the SDK; the
+layer cache (a rebuild takes every step from it, a changed step redoes only itself and what
+follows, skip_cache redoes everything); a failing RUN reported with its output and step; a ready
+command that never passes; `name:tag`; a template built from another; `Template.exists`, list,
+get and delete; another team sees none of it; bad build bodies get 4xx with `{code, message}`.
+
+Each build runs in a real sandbox (TCG here); nothing here reaches outside this machine.
+
+Run: target/sdk-venv/bin/python -m pytest tests/serve/test_templates.py -q -p no:cacheprovider
+"""
+
+import os
+import tempfile
+import time
+
+import httpx
+import pytest
+from e2b import BuildException, Sandbox, Template, wait_for_port
+
+from conftest import KEY, Daemon, free_port
+
+BUILD_TIMEOUT = 900  # seconds one SDK call may wait for a build (TCG, two cores)
+
+
+def build(template, name, **kwargs):
+    logs = []
+    kwargs.setdefault("request_timeout", BUILD_TIMEOUT)
+    info = Template.build(template, name, on_build_logs=lambda e: logs.append(e.message), **kwargs)
+    return info, logs
+
+
+def api(daemon, method, path, key=KEY, **kwargs):
+    return httpx.request(method, f"{daemon.url}{path}", headers={"X-API-Key": key}, timeout=60, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def context():
+    with tempfile.TemporaryDirectory() as d:
+        os.makedirs(f"{d}/app/sub")
+        with open(f"{d}/app/hello.txt", "w") as f:
+            f.write("hello from the context\n")
+        with open(f"{d}/app/sub/deep.txt", "w") as f:
+            f.write("deep\n")
+        with open(f"{d}/tool.sh", "w") as f:
+            f.write("#!/bin/sh\necho tool-ran\n")
+        yield d
+
+
+@pytest.fixture(scope="module")
+def web(daemon, context):
+    """A template with every step type and a server as its start command."""
+    t = (
+        Template(file_context_path=context)
+        .from_base_image()
+        .copy("app", "/opt/app/")
+        .copy("tool.sh", "/usr/local/bin/tool", mode=0o755, user="root")
+        .run_cmd("useradd --create-home builder && echo made-by-$(whoami) > /opt/marker", user="root")
+        .set_envs({"GREETING": "hello world", "APP_MODE": "test"})
+        .set_workdir("/opt/app")
+        .set_user("builder")
+        .run_cmd("echo \"$GREETING from $(pwd) as $(whoami)\" > /tmp/seen-at-build")
+        .set_start_cmd("python3 -m http.server 8123 --directory /opt/app", wait_for_port(8123))
+    )
+    info, logs = build(t, "web-suite")
+    return t, info, logs
+
+
+def test_a_template_gives_its_sandboxes_files_env_user_workdir_and_a_running_server(web):
+    _, info, logs = web
+    assert info.name == "web-suite" and info.template_id and info.build_id
+    assert any("[3/7] RUN" in m for m in logs), "\n".join(logs)
+    for _ in range(2):  # every new sandbox, not only the first
+        s = Sandbox.create("web-suite")
+        try:
+            r = s.commands.run("whoami; pwd; echo \"$GREETING|$APP_MODE\"; cat /opt/marker /tmp/seen-at-build; tool")
+            assert r.stdout.splitlines() == [
+                "builder",
+                "/opt/app",
+                "hello world|test",
+                "made-by-root",
+                "hello world from /opt/app as builder",
+                "tool-ran",
+            ], r.stdout
+            # COPY: a directory's contents into the destination, owned by the user current then.
+            r = s.commands.run("cat hello.txt sub/deep.txt; stat -c '%U %a' /opt/app/hello.txt /usr/local/bin/tool")
+            assert r.stdout.splitlines() == ["hello from the context", "deep", "user 644", "root 755"], r.stdout
+            # The start command runs in the sandbox, restored with it.
+            r = s.commands.run("curl -s localhost:8123/hello.txt")
+            assert r.stdout == "hello from the context\n", r
+            # A create's own env vars win over the template's.
+            assert s.get_info().template_id
+        finally:
+            s.kill()
+    s = Sandbox.create("web-suite", envs={"APP_MODE": "override"})
+    try:
+        assert s.commands.run("echo $APP_MODE $GREETING").stdout == "override hello world\n"
+    finally:
+        s.kill()
+
+
+def test_a_rebuild_takes_every_step_from_the_cache(web):
+    t, _, _ = web
+    _, logs = build(t, "web-suite")
+    cached = [m for m in logs if m.startswith("CACHED [")]
+    assert len(cached) == 7, logs
+    assert any("7 of 7 steps from the cache" in m for m in logs), logs
+
+
+def test_a_changed_step_redoes_itself_and_what_follows_and_skip_cache_redoes_all(daemon):
+    base = Template().from_base_image().run_cmd("echo one > /tmp/one")
+    _, logs = build(base.run_cmd("echo two-a > /tmp/two"), "layers-suite")
+    assert not any(m.startswith("CACHED") for m in logs), logs
+    _, logs = build(Template().from_base_image().run_cmd("echo one > /tmp/one").run_cmd("echo two-b > /tmp/two"),
+                    "layers-suite")
+    assert any(m.startswith("CACHED [1/2]") for m in logs), logs
+    assert any(m.startswith("[2/2] RUN echo two-b") for m in logs), logs
+    s = Sandbox.create("layers-suite")
+    try:
+        assert s.commands.run("cat /tmp/one /tmp/two").stdout == "one\ntwo-b\n"
+    finally:
+        s.kill()
+    _, logs = build(Template().from_base_image().run_cmd("echo one > /tmp/one").run_cmd("echo two-b > /tmp/two"),
+                    "layers-suite", skip_cache=True)
+    assert not any(m.startswith("CACHED") for m in logs), logs
+
+
+def test_a_failing_run_is_reported_with_its_output_and_step(daemon):
+    t = Template().from_base_image().run_cmd("echo fine").run_cmd("echo boom-output; echo boom-err >&2; exit 3")
+    logs = []
+    with pytest.raises(BuildException) as e:
+        Template.build(t, "failing-suite", on_build_logs=lambda x: logs.append(x.message), request_timeout=BUILD_TIMEOUT)
+    assert "step 2" in str(e.value) and "exit" in str(e.value), str(e.value)
+    assert "boom-output" in logs and "boom-err" in logs, logs
+    # Nothing usable was left: a create from it fails clearly.
+    r = api(daemon, "POST", "/sandboxes", json={"templateID": "failing-suite"})
+    assert r.status_code == 400 and "no ready build" in r.json()["message"], r.text
+
+
+def test_a_dockerfile(daemon, context):
+    dockerfile = """
+FROM e2bdev/base
+ENV DOCKER_VAR=from-dockerfile
+WORKDIR /srv
+COPY tool.sh ./tool.sh
+RUN chmod +x tool.sh && ./tool.sh > ran.txt
+USER root
+"""
+    t = Template(file_context_path=context).from_dockerfile(dockerfile)
+    build(t, "dockerfile-suite")
+    s = Sandbox.create("dockerfile-suite")
+    try:
+        r = s.commands.run("echo $DOCKER_VAR; pwd; whoami; cat ran.txt")
+        assert r.stdout.splitlines() == ["from-dockerfile", "/srv", "root", "tool-ran"], r.stdout
+    finally:
+        s.kill()
+
+
+def test_name_tag_exists_from_template_list_get_and_delete(daemon, web):
+    t = Template().from_template("web-suite").run_cmd("echo layered > /tmp/layered")
+    info, _ = build(t, "tagged-suite:v1")
+    assert info.tags == ["v1"], info
+    assert Template.exists("tagged-suite") and not Template.exists("no-such-template-suite")
+    s = Sandbox.create("tagged-suite:v1")
+    try:
+        # The parent's files, defaults and server, plus the new step.
+        r = s.commands.run("cat /tmp/layered; whoami; curl -s localhost:8123/sub/deep.txt")
+        assert r.stdout == "layered\nbuilder\ndeep\n", r.stdout
+    finally:
+        s.kill()
+    r = api(daemon, "POST", "/sandboxes", json={"templateID": "tagged-suite"})
+    assert r.status_code == 400 and "latest" in r.json()["message"], r.text
+    listed = api(daemon, "GET", "/templates").json()
+    mine = [x for x in listed if x["names"] == ["tagged-suite"]]
+    assert len(mine) == 1 and mine[0]["buildStatus"] == "ready", listed
+    got = api(daemon, "GET", f"/templates/{info.template_id}").json()
+    assert got["builds"][0]["buildID"] == info.build_id and got["builds"][0]["status"] == "ready", got
+    assert api(daemon, "DELETE", f"/templates/{info.template_id}").status_code == 204
+    assert api(daemon, "GET", f"/templates/{info.template_id}").status_code == 404
+    assert not Template.exists("tagged-suite")
+    r = api(daemon, "POST", "/sandboxes", json={"templateID": "tagged-suite:v1"})
+    assert r.status_code == 400, r.text
+
+
+def test_another_team_sees_no_template(daemon, other_key, web):
+    _, info, _ = web
+    for method, path in [
+        ("GET", f"/templates/{info.template_id}"),
+        ("GET", f"/templates/{info.template_id}/builds/{info.build_id}/status"),
+        ("GET", "/templates/aliases/web-suite"),
+        ("DELETE", f"/templates/{info.template_id}"),
+    ]:
+        r = api(daemon, method, path, key=other_key)
+        assert r.status_code == 404, (path, r.status_code, r.text)
+    assert api(daemon, "GET", "/templates", key=other_key).json() == []
+    r = api(daemon, "POST", "/sandboxes", key=other_key, json={"templateID": "web-suite"})
+    assert r.status_code == 400, r.text
+    # Still there for its own team.
+    assert api(daemon, "GET", f"/templates/{info.template_id}").status_code == 200
+
+
+def test_bad_build_requests_get_clear_errors(daemon):
+    r = api(daemon, "POST", "/v3/templates", json={"name": "Bad Name!"})
+    assert r.status_code == 400 and "name" in r.json()["message"], r.text
+    r = api(daemon, "POST", "/v3/templates", json={"name": "base"})
+    assert r.status_code == 400, r.text
+    r = api(daemon, "POST", "/v3/templates", content=b"{not json")
+    assert r.status_code == 400, r.text
+    made = api(daemon, "POST", "/v3/templates", json={"name": "bad-steps-suite", "cpuCount": 2, "memoryMB": 512})
+    assert made.status_code == 202, made.text
+    tid, bid = made.json()["templateID"], made.json()["buildID"]
+    start = f"/v2/templates/{tid}/builds/{bid}"
+    cases = [
+        ({"steps": [{"type": "FROM", "args": ["x"]}]}, "unknown step type"),
+        ({"steps": [{"type": "COPY", "args": ["a", "/b"], "filesHash": "0" * 64}]}, "were not uploaded"),
+        ({"steps": [{"type": "COPY", "args": ["a", "/b"], "filesHash": "../x"}]}, "filesHash"),
+        ({"steps": [{"type": "ENV", "args": ["1BAD", "x"]}]}, "env var name"),
+        ({"fromImage": "python:3.12"}, "pulling other images"),
+        ({"fromTemplate": "no-such-template-suite"}, "not found"),
+    ]
+    for body, words in cases:
+        r = api(daemon, "POST", start, json=body)
+        assert 400 <= r.status_code < 500 and words in r.json()["message"], (body, r.status_code, r.text)
+    r = api(daemon, "GET", f"/templates/{tid}/files/not-a-hash")
+    assert r.status_code == 400, r.text
+    r = httpx.put(f"{daemon.url}/templates/uploads/{'0' * 64}", content=b"x", timeout=10)
+    assert r.status_code == 404, r.text
+    # The build was never started: still waiting, and deletable.
+    status = api(daemon, "GET", f"/templates/{tid}/builds/{bid}/status").json()
+    assert status["status"] == "waiting", status
+    assert api(daemon, "DELETE", f"/templates/{tid}").status_code == 204
+
+
+def test_a_ready_command_that_never_passes_fails_the_build():
+    data_dir = tempfile.mkdtemp(prefix="ember-templates-test-")
+    os.chmod(data_dir, 0o755)
+    d = Daemon(data_dir, free_port())
+    d.start("--destroy-on-exit", "--pool", "0", "--build-ready-timeout", "8")
+    try:
+        t = Template().from_base_image().set_start_cmd("sleep 1000", "test -f /tmp/never")
+        client_env = {"api_url": d.url, "api_key": KEY, "request_timeout": BUILD_TIMEOUT}
+        with pytest.raises(BuildException) as e:
+            Template.build(t, "never-ready", **client_env)
+        assert "ready command" in str(e.value), str(e.value)
+        r = httpx.get(f"{d.url}/templates", headers={"X-API-Key": KEY}, timeout=30).json()
+        assert r[0]["buildStatus"] == "error", r
+    finally:
+        d.stop()
+        import shutil
+
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -209,7 +209,7 @@ impl RegistryClient {
     pub async fn manifest(&mut self, reference: &str) -> Result<(ManifestDoc, String), ClientError> {
         let url = format!("{}/manifests/{reference}", self.base);
         let response = self.get(&url, MANIFEST_ACCEPT, true).await?;
-        let response = check_status(response, &url, reference).await?;
+        let response = check_status(response, &url, reference, &self.repository).await?;
         let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         let what = format!("manifest {reference}");
         let body = read_limited(response, self.max_manifest_bytes, &what, &url).await?;
@@ -230,7 +230,7 @@ impl RegistryClient {
         }
         let url = format!("{}/blobs/{}", self.base, desc.digest);
         let response = self.get(&url, &[], true).await?;
-        let response = check_status(response, &url, &desc.digest).await?;
+        let response = check_status(response, &url, &desc.digest, &self.repository).await?;
         let body = read_limited(response, desc.size, &what, &url).await?;
         verify(&what, desc, body.len() as u64, &sha256_digest(&body))?;
         Ok(body)
@@ -246,7 +246,7 @@ impl RegistryClient {
             move |source| ClientError::Io { context, source }
         };
         let response = self.get(&url, &[], false).await?;
-        let mut response = check_status(response, &url, &desc.digest).await?;
+        let mut response = check_status(response, &url, &desc.digest, &self.repository).await?;
         let mut out = tokio::fs::File::create(file).await.map_err(io("create"))?;
         let mut hasher = Sha256::new();
         let mut received: u64 = 0;
@@ -378,7 +378,7 @@ impl RegistryClient {
 }
 
 /// Maps error statuses (and the registry's error codes) to errors.
-async fn check_status(response: Response, url: &str, what: &str) -> Result<Response, ClientError> {
+async fn check_status(response: Response, url: &str, what: &str, repository: &str) -> Result<Response, ClientError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
@@ -404,7 +404,7 @@ async fn check_status(response: Response, url: &str, what: &str) -> Result<Respo
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
     Err(match (status, code) {
         (_, "MANIFEST_UNKNOWN") => ClientError::ManifestUnknown(what.to_string()),
-        (_, "NAME_UNKNOWN") => ClientError::NameUnknown(what.to_string()),
+        (_, "NAME_UNKNOWN") => ClientError::NameUnknown(repository.to_string()),
         (_, "BLOB_UNKNOWN") => ClientError::BlobUnknown(what.to_string()),
         (StatusCode::NOT_FOUND, _) if url.contains("/manifests/") => ClientError::ManifestUnknown(what.to_string()),
         (StatusCode::NOT_FOUND, _) if url.contains("/blobs/") => ClientError::BlobUnknown(what.to_string()),

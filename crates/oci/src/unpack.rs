@@ -12,6 +12,7 @@
 //! regular files and `SCHILY.xattr.*` extended attributes are kept; character and block devices
 //! are skipped with a warning.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
@@ -19,6 +20,7 @@ use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -28,6 +30,8 @@ use tar::EntryType;
 const MAX_SYMLINKS: usize = 40;
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+/// What one entry's headers (long names, pax records) may take in the archive.
+const METADATA_ALLOWANCE: u64 = 4 << 20;
 
 /// Errors applying a layer.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +119,10 @@ impl Unpacker {
 
     /// Applies one uncompressed tar layer.
     pub fn apply_layer<R: Read>(&mut self, tar: R, diff_id: Option<&str>) -> Result<(), UnpackError> {
-        let mut hashing = HashingReader { inner: tar, hasher: Sha256::new() };
+        // The tar crate reads long names and pax headers into memory whatever their size: the
+        // reader refuses to give it more than an entry's data plus METADATA_ALLOWANCE at a time.
+        let allowance = Rc::new(Cell::new(METADATA_ALLOWANCE));
+        let mut hashing = HashingReader { inner: tar, hasher: Sha256::new(), allowance: allowance.clone() };
         let mut written = HashSet::new();
         {
             let mut archive = tar::Archive::new(&mut hashing);
@@ -126,12 +133,20 @@ impl Unpacker {
                 if self.entries > self.max_entries {
                     return Err(UnpackError::TooManyEntries { max: self.max_entries });
                 }
+                // Every entry's data counts, also what is skipped (devices, links with data).
+                let size = entry.size();
+                self.unpacked_bytes = self.unpacked_bytes.saturating_add(size);
+                if self.unpacked_bytes > self.max_unpacked_bytes {
+                    return Err(UnpackError::TooLarge { max: self.max_unpacked_bytes });
+                }
+                allowance.set(size.div_ceil(512).saturating_mul(512).saturating_add(METADATA_ALLOWANCE));
                 self.apply_entry(&mut entry, &mut written)?;
             }
         }
         if let Some(expected) = diff_id {
             // Hash what follows the end-of-archive blocks too, but not without bound.
             let budget = self.max_unpacked_bytes.saturating_sub(self.unpacked_bytes);
+            allowance.set(u64::MAX);
             let drained =
                 io::copy(&mut (&mut hashing).take(budget + 1), &mut io::sink()).map_err(io_err("read layer"))?;
             if drained > budget {
@@ -170,13 +185,16 @@ impl Unpacker {
             }
             return Ok(());
         }
-        if let Some(hidden) = name_str.strip_prefix(WHITEOUT_PREFIX) {
-            if hidden.starts_with(WHITEOUT_PREFIX) {
+        if let Some(hidden) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            if hidden.is_empty() || hidden == b"." || hidden == b".." {
+                return Err(UnpackError::UnsafePath(raw_path));
+            }
+            if hidden.starts_with(WHITEOUT_PREFIX.as_bytes()) {
                 tracing::debug!(path = %raw_path, "skipping aufs metadata entry");
                 return Ok(());
             }
             if let Some(dir) = self.resolve_dir(parents, false, &raw_path)? {
-                remove_any(&dir.join(hidden)).map_err(io_err(format!("whiteout {raw_path}")))?;
+                remove_any(&dir.join(OsStr::from_bytes(hidden))).map_err(io_err(format!("whiteout {raw_path}")))?;
             }
             return Ok(());
         }
@@ -200,10 +218,6 @@ impl Unpacker {
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let size = entry.size();
-                self.unpacked_bytes = self.unpacked_bytes.saturating_add(size);
-                if self.unpacked_bytes > self.max_unpacked_bytes {
-                    return Err(UnpackError::TooLarge { max: self.max_unpacked_bytes });
-                }
                 replace(&target, &raw_path)?;
                 let mut file = OpenOptions::new()
                     .write(true)
@@ -234,7 +248,7 @@ impl Unpacker {
                 let link = entry
                     .link_name_bytes()
                     .map(|l| PathBuf::from(OsStr::from_bytes(&l)))
-                    .ok_or_else(|| UnpackError::BadHardLink { path: raw_path.clone(), target: String::new() })?;
+                    .ok_or_else(|| UnpackError::UnsafePath(format!("{raw_path} (symlink without a target)")))?;
                 replace(&target, &raw_path)?;
                 std::os::unix::fs::symlink(&link, &target).map_err(io_err(format!("symlink {raw_path}")))?;
                 if self.chown {
@@ -477,14 +491,22 @@ fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Hashes what is read, and fails a read past the allowance left.
 struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
+    allowance: Rc<Cell<u64>>,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let left = self.allowance.get();
+        if left == 0 && !buf.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "tar metadata (long name or pax header) too large"));
+        }
+        let max = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let n = self.inner.read(&mut buf[..max])?;
+        self.allowance.set(left - n as u64);
         self.hasher.update(&buf[..n]);
         Ok(n)
     }

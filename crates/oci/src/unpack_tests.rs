@@ -295,6 +295,38 @@ fn size_and_entry_limits() {
 }
 
 #[test]
+fn whiteouts_of_dot_and_dot_dot_are_refused() {
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("root");
+    fs::create_dir(&root).unwrap();
+    fs::write(outer.path().join("sibling"), "keep").unwrap();
+    for path in [".wh...", "a/.wh...", ".wh..", ".wh."] {
+        let err = apply(&root, Layer::new().dir("a").file(path, "")).unwrap_err();
+        assert!(matches!(err, UnpackError::UnsafePath(_)), "{path}: {err}");
+    }
+    assert_eq!(read(&outer.path().join("sibling")), "keep");
+    assert!(root.join("a").is_dir());
+}
+
+#[test]
+fn huge_tar_metadata_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let mut l = Layer::new();
+    l.raw("pax", EntryType::XHeader, 0o644, (0, 0), None, &vec![b'a'; 6 << 20]).file("f", "x");
+    let err = apply(root.path(), &mut l).unwrap_err();
+    assert!(err.to_string().contains("too large"), "{err}");
+    // A long name of normal size is fine.
+    let long = format!("{}/{}/file", "d".repeat(150), "e".repeat(150));
+    let mut l = Layer::new();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    l.0.append_data(&mut h, &long, &b"z"[..]).unwrap();
+    apply(root.path(), &mut l).unwrap();
+    assert_eq!(read(&root.path().join(&long)), "z");
+}
+
+#[test]
 fn safe_components_rules() {
     assert_eq!(safe_components(b"./a//b/./c/").unwrap(), vec!["a", "b", "c"]);
     assert!(safe_components(b"./").unwrap().is_empty());

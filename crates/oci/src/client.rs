@@ -6,7 +6,7 @@
 //! else is `https://` with the system's CA roots (plus [`PullConfig::ca_bundle`]), and an
 //! HTTPS request is never redirected to plain HTTP.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
@@ -21,6 +21,8 @@ use crate::{Credentials, PullConfig};
 
 /// The most a token endpoint's answer may be.
 const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
+/// Debian's CA bundle (update-ca-certificates).
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Redirects followed for one request (blob downloads are usually redirected once).
 const MAX_REDIRECTS: usize = 5;
 
@@ -181,7 +183,11 @@ impl RegistryClient {
             .connect_timeout(config.timeout)
             .read_timeout(config.timeout)
             .redirect(redirect);
-        if let Some(bundle) = &config.ca_bundle {
+        // The system bundle is loaded explicitly as well as through the native-roots loader:
+        // where HTTPS goes through an intercepting proxy, its CA is only in that file.
+        let system = Path::new(SYSTEM_CA_BUNDLE);
+        let bundles = config.ca_bundle.iter().map(PathBuf::as_path).chain(system.is_file().then_some(system));
+        for bundle in bundles {
             let pem = std::fs::read(bundle)
                 .map_err(|e| ClientError::Setup(format!("reading CA bundle {}: {e}", bundle.display())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)

@@ -372,3 +372,20 @@ async fn pull_through_token_auth_and_an_index() {
         crate::pull_and_unpack(&format!("{addr}/test/img:amd"), Some(&alice), dest.path(), &few).await.unwrap_err();
     assert!(matches!(err, OciError::TooManyLayers { count: 1, max: 0 }), "{err}");
 }
+
+#[test]
+fn ca_bundles() {
+    let r = Reference::parse("registry.example/a:b").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").unwrap();
+    let config = PullConfig { ca_bundle: Some(junk), ..PullConfig::default() };
+    assert!(matches!(RegistryClient::new(&r, None, &config), Err(ClientError::Setup(_))));
+    let missing = PullConfig { ca_bundle: Some(dir.path().join("missing.pem")), ..PullConfig::default() };
+    assert!(matches!(RegistryClient::new(&r, None, &missing), Err(ClientError::Setup(_))));
+    if Path::new(SYSTEM_CA_BUNDLE).is_file() {
+        let system = PullConfig { ca_bundle: Some(SYSTEM_CA_BUNDLE.into()), ..PullConfig::default() };
+        let client = RegistryClient::new(&r, None, &system).unwrap();
+        assert_eq!(client.base, "https://registry.example/v2/a");
+    }
+}

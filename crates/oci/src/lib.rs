@@ -27,11 +27,21 @@
 //!   numeric owners, symlinks and hard links, and refusing any path that could leave the root.
 //! - [`manifest`]: the JSON documents.
 //!
+//! The entry point is [`pull_and_unpack`]`(reference, creds, dest, config)`, which returns a
+//! [`PulledImage`]: the image's run settings ([`ImageConfig`]: `Env`, `WorkingDir`, `User`,
+//! `Cmd`, `Entrypoint`) with the normalised reference and the manifest digest (for caching a
+//! template by what it was built from).
+//!
 //! Registry content is treated as hostile: everything is bounded by [`PullConfig`] (download
 //! size, unpacked size, manifest and config size, layer count, entry count, time), and every
 //! blob is verified before it is unpacked. All layers are downloaded and verified before the
 //! first one is applied; a failure part-way through unpacking leaves `dest` half-written, so
-//! callers unpack into a fresh directory and discard it on error.
+//! callers unpack into a fresh directory and discard it on error. If the pull is dropped or times
+//! out while unpacking, the unpacking thread stops before its next entry. `dest` must not be
+//! writable by anyone else while the pull runs (its checks are made on a tree only it changes).
+//!
+//! Not supported: zstd-compressed layers (a clear error), Docker schema 1 manifests, device nodes
+//! (skipped with a warning; a guest mounts devtmpfs), HTTPS with certificate checks disabled.
 
 #![forbid(unsafe_code)]
 

@@ -3,6 +3,8 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -85,8 +87,10 @@ async fn pull(
         .map_err(|source| OciError::Io { context: format!("create {}", dest.display()), source })?;
     let dest = dest.to_path_buf();
     let (max_unpacked, max_entries) = (config.max_unpacked_bytes, config.max_entries);
+    let mut unpacker = Unpacker::new(&dest, max_unpacked, max_entries);
+    // If this future is dropped (the pull timed out), the blocking task stops too.
+    let _cancel_on_drop = CancelOnDrop(unpacker.cancel_flag());
     let unpacked = tokio::task::spawn_blocking(move || -> Result<u64, OciError> {
-        let mut unpacker = Unpacker::new(&dest, max_unpacked, max_entries);
         for (i, file) in layer_files.iter().enumerate() {
             unpacker.apply_layer_file(file, diff_ids.get(i).map(String::as_str))?;
         }
@@ -152,6 +156,14 @@ async fn resolve(
                 }
             }
         }
+    }
+}
+
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

@@ -21,6 +21,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -61,6 +63,9 @@ pub enum UnpackError {
     /// The image has more files than the configured maximum.
     #[error("image has more than {max} entries")]
     TooManyEntries { max: u64 },
+    /// The pull was abandoned (timed out or dropped) while unpacking.
+    #[error("unpacking cancelled")]
+    Cancelled,
     /// The uncompressed layer does not hash to the diff ID in the image config.
     #[error("layer diff ID mismatch: expected {expected}, got {actual}")]
     DiffIdMismatch { expected: String, actual: String },
@@ -81,6 +86,8 @@ pub struct Unpacker {
     entries: u64,
     /// Whether to set owners (needs root; otherwise files belong to the caller).
     chown: bool,
+    /// Set by the owner to stop between two entries.
+    cancel: Arc<AtomicBool>,
 }
 
 impl Unpacker {
@@ -93,7 +100,14 @@ impl Unpacker {
             unpacked_bytes: 0,
             entries: 0,
             chown: nix::unistd::geteuid().is_root(),
+            cancel: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// A flag that, once set, makes the unpacking stop with [`UnpackError::Cancelled`] before
+    /// its next entry.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
     }
 
     /// Bytes of regular file content written so far.
@@ -129,6 +143,9 @@ impl Unpacker {
             let entries = archive.entries().map_err(io_err("read layer"))?;
             for entry in entries {
                 let mut entry = entry.map_err(io_err("read layer entry"))?;
+                if self.cancel.load(Ordering::Relaxed) {
+                    return Err(UnpackError::Cancelled);
+                }
                 self.entries += 1;
                 if self.entries > self.max_entries {
                     return Err(UnpackError::TooManyEntries { max: self.max_entries });

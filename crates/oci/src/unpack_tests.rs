@@ -334,3 +334,13 @@ fn safe_components_rules() {
     assert!(safe_components(b"/a").is_none());
     assert_eq!(safe_components(b"a..b/..c").unwrap(), vec!["a..b", "..c"]);
 }
+
+#[test]
+fn cancel_flag_stops_before_the_next_entry() {
+    let root = tempfile::tempdir().unwrap();
+    let mut u = unpacker(root.path());
+    u.cancel_flag().store(true, std::sync::atomic::Ordering::Relaxed);
+    let err = u.apply_layer(&Layer::new().file("a", "a").bytes()[..], None).unwrap_err();
+    assert!(matches!(err, UnpackError::Cancelled), "{err}");
+    assert!(!root.path().join("a").exists());
+}

@@ -16,7 +16,7 @@
 //! ```
 //!
 //! The pieces:
-//! - [`reference`]: parses `python:3.12-slim`, `registry:5000/ns/img@sha256:...` the way Docker
+//! - [`reference`](mod@reference): parses `python:3.12-slim`, `registry:5000/ns/img@sha256:...` the way Docker
 //!   does (Docker Hub `docker.io` → `registry-1.docker.io`, `library/` for official images,
 //!   `latest` by default).
 //! - [`client`]: the registry API v2 — bearer-token challenges (`WWW-Authenticate`), optional

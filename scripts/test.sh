@@ -22,6 +22,8 @@ scripts/build.sh
 export EMBER_AGENT_BIN="$PWD/target/release/ember-agent"
 target/release/ember template build base
 target/release/ember template build code-interpreter
+# A registry, skopeo and umoci for the OCI pull tests (ember-oci's and the template builds').
+crates/oci/tests/setup.sh
 # The official SDK as a test client, pinned.
 if [ ! -x target/sdk-venv/bin/python ] || ! cmp -s tests/sdk/requirements.txt target/sdk-venv/requirements.txt; then
     rm -rf target/sdk-venv

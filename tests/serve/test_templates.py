@@ -13,7 +13,11 @@ Each build runs in a real sandbox (TCG here); nothing here reaches outside this 
 Run: target/sdk-venv/bin/python -m pytest tests/serve/test_templates.py -q -p no:cacheprovider
 """
 
+import json
 import os
+import shutil
+import socket
+import subprocess
 import tempfile
 import time
 
@@ -35,6 +39,94 @@ def build(template, name, **kwargs):
 
 def api(daemon, method, path, key=KEY, **kwargs):
     return httpx.request(method, f"{daemon.url}{path}", headers={"X-API-Key": key}, timeout=60, **kwargs)
+
+
+# Programs the tiny test image carries (from this host, with their libraries): a shell and what
+# the builder's COPY and the tests use.
+TINY_PROGRAMS = ["bash", "sh", "cat", "ls", "mkdir", "cp", "rm", "chown", "chmod", "mktemp", "tar", "gzip", "id",
+                 "sync", "basename", "dirname", "sleep", "env", "whoami", "pwd", "test", "stat"]
+
+
+def run(*cmd, **kwargs):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kwargs)
+
+
+def make_tiny_rootfs(root):
+    """A root filesystem made here: this host's bash and a few tools with their libraries, in
+    Debian's merged-/usr layout, and an /etc of its own."""
+    files = set()
+    for name in TINY_PROGRAMS:
+        path = shutil.which(name)
+        assert path, name
+        files.add(path)
+        for line in run("ldd", path).stdout.splitlines():
+            lib = next((p for p in line.split() if p.startswith("/")), None)
+            if lib:
+                files.add(lib)
+    for f in sorted(files):
+        # Merged /usr: /bin, /lib, /lib64 and /sbin are links into /usr (made below).
+        top = f.split("/")[1]
+        inside = f"/usr{f}" if top in ("bin", "lib", "lib64", "sbin") else f
+        dest = os.path.join(root, inside.lstrip("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy2(os.path.realpath(f), dest)
+    for top in ["bin", "lib", "lib64", "sbin"]:
+        os.makedirs(os.path.join(root, "usr", top), exist_ok=True)
+        if not os.path.lexists(os.path.join(root, top)):
+            os.symlink(f"usr/{top}", os.path.join(root, top))
+    os.makedirs(os.path.join(root, "etc"), exist_ok=True)
+    os.makedirs(os.path.join(root, "root"), exist_ok=True)
+    with open(os.path.join(root, "etc/passwd"), "w") as f:
+        f.write("root:x:0:0:root:/root:/bin/bash\n")
+    with open(os.path.join(root, "etc/group"), "w") as f:
+        f.write("root:x:0:\n")
+    with open(os.path.join(root, "etc/ember-tiny"), "w") as f:
+        f.write("tiny image made by the test\n")
+
+
+@pytest.fixture(scope="module")
+def registry():
+    """Debian's docker-registry on 127.0.0.1 with a tiny image pushed to it as `tiny/bash:1`
+    (built here with umoci and pushed with skopeo); yields the registry's host:port."""
+    for tool in ["docker-registry", "skopeo", "umoci"]:
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} is missing: run crates/oci/tests/setup.sh")
+    work = tempfile.mkdtemp(prefix="ember-registry-test-")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    addr = f"127.0.0.1:{port}"
+    with open(f"{work}/config.yml", "w") as f:
+        f.write(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {work}/storage\n"
+                f"http:\n  addr: {addr}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", f"{work}/config.yml"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "docker-registry did not start"
+                time.sleep(0.2)
+        layout, image = f"{work}/oci", f"{work}/oci:t"
+        run("umoci", "init", "--layout", layout)
+        run("umoci", "new", "--image", image)
+        run("umoci", "unpack", "--image", image, f"{work}/bundle")
+        make_tiny_rootfs(f"{work}/bundle/rootfs")
+        run("umoci", "repack", "--refresh-bundle", "--image", image, f"{work}/bundle")
+        run("umoci", "config", "--image", image, "--config.env", "FROM_IMAGE=image-env",
+            "--config.env", "PATH=/usr/local/bin:/usr/bin:/bin", "--config.workingdir", "/work")
+        with open(f"{work}/policy.json", "w") as f:
+            json.dump({"default": [{"type": "insecureAcceptAnything"}]}, f)
+        run("skopeo", "--policy", f"{work}/policy.json", "copy", "--quiet", "--dest-tls-verify=false",
+            f"oci:{layout}:t", f"docker://{addr}/tiny/bash:1")
+        yield addr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -140,21 +232,49 @@ def test_a_failing_run_is_reported_with_its_output_and_step(daemon):
     assert r.status_code == 400 and "no ready build" in r.json()["message"], r.text
 
 
-def test_a_dockerfile(daemon, context):
-    dockerfile = """
-FROM e2bdev/base
+def test_an_image_from_a_registry(daemon, context, registry):
+    t = (
+        Template(file_context_path=context)
+        .from_image(f"{registry}/tiny/bash:1")
+        .copy("tool.sh", "/opt/tool.sh")
+        .run_cmd("echo \"built on $FROM_IMAGE in $(pwd) as $(whoami)\" > /tmp/built")
+    )
+    _, logs = build(t, "image-suite")
+    assert any(m.startswith(f"pulled {registry}/tiny/bash:1") for m in logs), logs
+    s = Sandbox.create("image-suite")
+    try:
+        r = s.commands.run("cat /tmp/built /etc/ember-tiny; echo $FROM_IMAGE; pwd; bash /opt/tool.sh")
+        assert r.stdout.splitlines() == [
+            "built on image-env in /work as root",
+            "tiny image made by the test",
+            "image-env",
+            "/work",
+            "tool-ran",
+        ], r.stdout
+    finally:
+        s.kill()
+    # An unknown tag in the same registry fails the build at its base.
+    with pytest.raises(BuildException) as e:
+        Template.build(Template().from_image(f"{registry}/tiny/bash:nope"), "image-missing-suite",
+                       request_timeout=BUILD_TIMEOUT)
+    assert "manifest unknown" in str(e.value).lower(), str(e.value)
+
+
+def test_a_dockerfile(daemon, context, registry):
+    dockerfile = f"""
+FROM {registry}/tiny/bash:1
 ENV DOCKER_VAR=from-dockerfile
 WORKDIR /srv
 COPY tool.sh ./tool.sh
 RUN chmod +x tool.sh && ./tool.sh > ran.txt
-USER root
+USER user
 """
     t = Template(file_context_path=context).from_dockerfile(dockerfile)
     build(t, "dockerfile-suite")
     s = Sandbox.create("dockerfile-suite")
     try:
-        r = s.commands.run("echo $DOCKER_VAR; pwd; whoami; cat ran.txt")
-        assert r.stdout.splitlines() == ["from-dockerfile", "/srv", "root", "tool-ran"], r.stdout
+        r = s.commands.run("echo $DOCKER_VAR $FROM_IMAGE; pwd; whoami; cat ran.txt")
+        assert r.stdout.splitlines() == ["from-dockerfile image-env", "/srv", "user", "tool-ran"], r.stdout
     finally:
         s.kill()
 
@@ -218,7 +338,8 @@ def test_bad_build_requests_get_clear_errors(daemon):
         ({"steps": [{"type": "COPY", "args": ["a", "/b"], "filesHash": "0" * 64}]}, "were not uploaded"),
         ({"steps": [{"type": "COPY", "args": ["a", "/b"], "filesHash": "../x"}]}, "filesHash"),
         ({"steps": [{"type": "ENV", "args": ["1BAD", "x"]}]}, "env var name"),
-        ({"fromImage": "python:3.12"}, "pulling other images"),
+        ({"fromImage": "python:3.12", "fromImageRegistry": {"type": "aws"}}, "only \"registry\""),
+        ({"fromImage": "UPPER CASE!"}, "fromImage"),
         ({"fromTemplate": "no-such-template-suite"}, "not found"),
     ]
     for body, words in cases:

@@ -46,18 +46,6 @@ impl BootParams {
         p
     }
 
-    /// The `ip -batch` script that brings up loopback and eth0.
-    pub fn ip_batch(&self) -> String {
-        let mut s = String::from("link set lo up\n");
-        if let Some(ip) = &self.ip {
-            s += &format!("addr add {ip} dev eth0\nlink set eth0 up\n");
-            if let Some(gw) = &self.gw {
-                s += &format!("route add default via {gw} dev eth0\n");
-            }
-        }
-        s
-    }
-
     /// The guest's own address, without its prefix (`169.254.0.21/30` -> `169.254.0.21`).
     pub fn guest_addr(&self) -> Option<IpAddr> {
         let ip = self.ip.as_deref()?;
@@ -166,17 +154,13 @@ fn mount_all() {
 }
 
 fn configure_network(params: &BootParams) {
-    let run = || -> std::io::Result<bool> {
-        let mut child = Command::new("ip").args(["-batch", "-"]).stdin(Stdio::piped()).spawn()?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(params.ip_batch().as_bytes())?;
-        }
-        Ok(child.wait()?.success())
-    };
-    match run() {
-        Ok(true) => {}
-        Ok(false) => log("ember-init: network configuration failed"),
-        Err(e) => log(&format!("ember-init: cannot run ip: {e}")),
+    let addr = params.ip.as_deref().and_then(crate::netconf::parse_cidr);
+    if params.ip.is_some() && addr.is_none() {
+        log("ember-init: ember.ip is not an IPv4 ADDR/PREFIX; eth0 is left down");
+    }
+    let gateway = params.gw.as_deref().and_then(|g| g.parse().ok());
+    if let Err(e) = crate::netconf::configure(addr, gateway) {
+        log(&format!("ember-init: network configuration failed: {e}"));
     }
 }
 
@@ -189,15 +173,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_boot_params_and_builds_ip_script() {
+    fn parses_boot_params() {
         let p =
             BootParams::parse("console=ttyS0 ember.ip=169.254.0.21/30 ember.gw=169.254.0.22 ember.hostname=sb1 quiet");
         assert_eq!(p.ip.as_deref(), Some("169.254.0.21/30"));
         assert_eq!(p.hostname.as_deref(), Some("sb1"));
-        let script = p.ip_batch();
-        assert!(script.contains("addr add 169.254.0.21/30 dev eth0"));
-        assert!(script.contains("route add default via 169.254.0.22"));
-        assert_eq!(BootParams::parse("quiet").ip_batch(), "link set lo up\n");
+        assert_eq!(p.gw.as_deref(), Some("169.254.0.22"));
+        assert_eq!(BootParams::parse("quiet").ip, None);
         assert_eq!(p.guest_addr(), Some(IpAddr::from([169, 254, 0, 21])));
     }
 

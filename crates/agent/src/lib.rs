@@ -19,6 +19,7 @@ pub mod files;
 pub mod forward;
 pub mod fs;
 pub mod init;
+pub mod netconf;
 pub mod process;
 pub mod server;
 pub mod services;

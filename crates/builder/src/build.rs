@@ -12,6 +12,7 @@ use ember_runtime::{EgressPolicy, Runtime, Sandbox, SandboxSpec};
 use crate::guest::{self, Command, Output};
 use crate::layers::{self, LayerMeta, Layers};
 use crate::log::BuildLog;
+use crate::source::{self, Ready};
 use crate::spec::{Defaults, Step, StepSpec};
 
 /// The step names E2B gives the parts of a build that are not steps.
@@ -25,6 +26,8 @@ pub enum Start {
     Builtin { template: String, vcpus: u32, memory_mib: u32 },
     /// A saved sandbox: another template's build. `identity` names it for the layer keys.
     Saved { dir: PathBuf, identity: String, defaults: Defaults, agent_token: Option<String> },
+    /// An OCI image (`python:3.12-slim`, `registry:5000/team/app:1`), booted with this shape.
+    Image { reference: String, credentials: Option<ember_oci::Credentials>, vcpus: u32, memory_mib: u32 },
 }
 
 /// A build, checked.
@@ -105,7 +108,16 @@ pub async fn build(
     log: Arc<BuildLog>,
 ) -> Result<Built, BuildError> {
     let n = spec.steps.len();
-    let identity = identity(runtime, &spec.start).await?;
+    match &spec.start {
+        Start::Builtin { template, vcpus, memory_mib } => {
+            log.info(Some(BASE_STEP), &format!("FROM {template} ({vcpus} vCPUs, {memory_mib} MiB)"))
+        }
+        Start::Saved { identity, .. } => log.info(Some(BASE_STEP), &format!("FROM template build {identity}")),
+        Start::Image { reference, vcpus, memory_mib, .. } => {
+            log.info(Some(BASE_STEP), &format!("FROM {reference} ({vcpus} vCPUs, {memory_mib} MiB)"))
+        }
+    }
+    let (identity, ready) = source::prepare(runtime, &spec.start, &log).await?;
     let mut keys = vec![layers::start_key(&identity)];
     for s in &spec.steps {
         let next = layers::step_key(keys.last().map(String::as_str).unwrap_or_default(), &s.step);
@@ -120,21 +132,23 @@ pub async fn build(
             None => break,
         }
     }
-    match &spec.start {
-        Start::Builtin { template, vcpus, memory_mib } => {
-            log.info(Some(BASE_STEP), &format!("FROM {template} ({vcpus} vCPUs, {memory_mib} MiB)"))
-        }
-        Start::Saved { identity, .. } => log.info(Some(BASE_STEP), &format!("FROM template build {identity}")),
-    }
     let done = cached.as_ref().map_or(0, |(i, _)| *i);
     for (i, s) in spec.steps.iter().enumerate().take(done) {
         log.info(Some(&(i + 1).to_string()), &format!("CACHED [{}/{n}] {}", i + 1, s.step.describe()));
     }
-    let (sandbox, mut defaults, held) = launch(runtime, spec, cached.map(|(_, l)| l)).await?;
+    let (sandbox, mut defaults, held) = launch(runtime, spec, ready, cached.map(|(_, l)| l)).await?;
     let token = hex::encode(rand::random::<[u8; 16]>());
     let run = async {
         init(&sandbox, &defaults, held.as_deref(), &token, config.ca_bundle.clone()).await?;
         let agent = sandbox.agent().clone().with_token(Some(token.clone()));
+        if let (0, Start::Image { .. }, Some(dir)) = (done, &spec.start, defaults.workdir.clone()) {
+            // As container runtimes do: an image's WorkingDir exists once it runs.
+            let env = [("DIR".to_string(), dir)].into();
+            let mkdir = Command { cmd: "mkdir -p \"$DIR\"", user: "root", cwd: Some("/"), env: &env };
+            guest::run(&agent, &log, BASE_STEP, &mkdir, Output::Logged, config.step_timeout)
+                .await
+                .map_err(|e| BuildError::at(BASE_STEP, format!("making the image's working directory: {e}")))?;
+        }
         for (i, s) in spec.steps.iter().enumerate().skip(done) {
             let label = (i + 1).to_string();
             log.info(Some(&label), &format!("[{}/{n}] {}", i + 1, s.step.describe()));
@@ -158,49 +172,44 @@ pub async fn build(
     Ok(Built { defaults, agent_token: Some(token), cached_steps: done })
 }
 
-/// What the layer keys start from: the built-in template's image and shape, or the source build.
-async fn identity(runtime: &Runtime, start: &Start) -> Result<String, BuildError> {
-    match start {
-        Start::Builtin { template, vcpus, memory_mib } => {
-            let config = runtime.config();
-            let (cache, name, bins) = (config.cache.clone(), template.clone(), config.binaries.clone());
-            let tpl = tokio::task::spawn_blocking(move || ember_image::template::ensure(&cache, &name, &bins))
-                .await
-                .map_err(|e| BuildError::at(BASE_STEP, e.to_string()))?
-                .map_err(|e| BuildError::at(BASE_STEP, e.to_string()))?;
-            Ok(format!("builtin {template} {} {vcpus}x{memory_mib}", tpl.key))
-        }
-        Start::Saved { identity, .. } => Ok(format!("saved {identity}")),
-    }
-}
-
 /// The build sandbox: restored from the last cached layer, or made from the source.
 async fn launch(
     runtime: &Runtime,
     spec: &BuildSpec,
+    ready: Ready,
     cached: Option<(PathBuf, LayerMeta)>,
 ) -> Result<(Sandbox, Defaults, Option<String>), BuildError> {
     let base = |e: ember_runtime::RuntimeError| BuildError::at(BASE_STEP, format!("starting the build sandbox: {e}"));
     let policy = spec.policy.clone();
-    match (cached, &spec.start) {
+    let (vcpus, memory_mib) = match &spec.start {
+        Start::Builtin { vcpus, memory_mib, .. } | Start::Image { vcpus, memory_mib, .. } => (*vcpus, *memory_mib),
+        Start::Saved { .. } => (0, 0),
+    };
+    let sandbox_spec = |template: String, from_snapshot: bool| SandboxSpec {
+        template,
+        from_snapshot,
+        vcpus,
+        memory_mib,
+        die_with_parent: false,
+        policy: policy.clone(),
+    };
+    match (cached, ready) {
         (Some((dir, meta)), _) => {
             Ok((runtime.create_from_saved(&dir, policy).await.map_err(base)?, meta.defaults, meta.agent_token))
         }
-        (None, Start::Builtin { template, vcpus, memory_mib }) => {
-            let sandbox_spec = SandboxSpec {
-                template: template.clone(),
-                from_snapshot: true,
-                vcpus: *vcpus,
-                memory_mib: *memory_mib,
-                die_with_parent: false,
-                policy,
-            };
-            let sandbox = runtime.create(&sandbox_spec).await.map_err(base)?;
+        (None, Ready::Builtin { template }) => {
+            let sandbox = runtime.create(&sandbox_spec(template, true)).await.map_err(base)?;
             let held = sandbox.agent().token().map(str::to_string);
             Ok((sandbox, Defaults::base(), held))
         }
-        (None, Start::Saved { dir, defaults, agent_token, .. }) => {
-            Ok((runtime.create_from_saved(dir, policy).await.map_err(base)?, defaults.clone(), agent_token.clone()))
+        (None, Ready::Saved { dir, defaults, agent_token }) => {
+            Ok((runtime.create_from_saved(&dir, policy).await.map_err(base)?, defaults, agent_token))
+        }
+        (None, Ready::Image { template, defaults }) => {
+            let spec = sandbox_spec(template.name.clone(), false);
+            let sandbox = runtime.create_from_template(&template, &spec).await.map_err(base)?;
+            let held = sandbox.agent().token().map(str::to_string);
+            Ok((sandbox, defaults, held))
         }
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! - [`spec`]: the steps, checked, and the defaults a template gives its sandboxes;
 //! - [`build`]: one build, through [`ember_runtime`];
+//! - [`source`]: where a build starts (a built-in template, another build, an OCI image);
 //! - [`layers`]: the layer cache; [`guest`]: commands and files in the build sandbox;
 //! - [`log`]: the build log the status endpoint pages through.
 
@@ -14,6 +15,7 @@ pub mod build;
 pub mod guest;
 pub mod layers;
 pub mod log;
+pub mod source;
 pub mod spec;
 
 pub use build::{build, BuildConfig, BuildError, BuildSpec, Built, Start, BASE_STEP, FINALIZE_STEP};

@@ -25,7 +25,8 @@ pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// (a backing file of sandboxes' overlays), and that image's name: the kind's directory and its
 /// entries are 0710 with QEMU's group, the image 0440. The kinds are `rootfs` (template images)
 /// and `snapshots` (template snapshots, made by `ember-runtime`).
-pub const QEMU_BACKING: &[(&str, &str)] = &[("rootfs", "rootfs.ext4"), ("snapshots", "disk.qcow2")];
+pub const QEMU_BACKING: &[(&str, &str)] =
+    &[("rootfs", "rootfs.ext4"), ("rootfs-oci", "rootfs.ext4"), ("snapshots", "disk.qcow2")];
 
 /// The cache root, and the settings of what is built into it.
 #[derive(Debug, Clone)]

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod interpreter;
 pub mod kernel;
+pub mod oci;
 pub mod private;
 pub mod rootfs;
 pub mod step;

@@ -143,6 +143,17 @@ pub struct Tree<'a> {
 
 /// Returns the cached template image (`tree` plus `installs`, as ext4), building it if missing.
 pub fn ensure_image(cache: &Cache, tree: Tree<'_>, installs: &[Install]) -> Result<(PathBuf, String), ImageError> {
+    ensure_image_in(cache, IMAGE_KIND, KEEP_IMAGES, tree, installs)
+}
+
+/// [`ensure_image`] in cache kind `kind`, of which `keep` entries are kept.
+pub(crate) fn ensure_image_in(
+    cache: &Cache,
+    kind: &str,
+    keep: usize,
+    tree: Tree<'_>,
+    installs: &[Install],
+) -> Result<(PathBuf, String), ImageError> {
     let mut parts: Vec<&[u8]> = vec![b"ember-image-v2\n", tree.key.as_bytes()];
     let size = IMAGE_SIZE_MIB.to_le_bytes();
     parts.push(&size);
@@ -151,14 +162,14 @@ pub fn ensure_image(cache: &Cache, tree: Tree<'_>, installs: &[Install]) -> Resu
         parts.extend([install.path.as_bytes(), &mode[..], &install.bytes[..]]);
     }
     let key = cache::key(&parts);
-    let image = cache.entry(IMAGE_KIND, &key).join(IMAGE_FILE);
+    let image = cache.entry(kind, &key).join(IMAGE_FILE);
     if image.is_file() {
-        cache.touch(IMAGE_KIND, &key);
+        cache.touch(kind, &key);
         return Ok((image, key));
     }
-    let _lock = cache.lock(IMAGE_KIND, &key)?;
+    let _lock = cache.lock(kind, &key)?;
     if image.is_file() {
-        cache.touch(IMAGE_KIND, &key);
+        cache.touch(kind, &key);
         return Ok((image, key));
     }
     let _tree_lock = cache.lock(tree.kind, tree.key)?;
@@ -171,7 +182,7 @@ pub fn ensure_image(cache: &Cache, tree: Tree<'_>, installs: &[Install]) -> Resu
         std::fs::write(&path, &install.bytes).map_err(io_err(format!("install {}", path.display())))?;
         set_mode(&path, install.mode)?;
     }
-    let scratch = cache.scratch(IMAGE_KIND, &key)?;
+    let scratch = cache.scratch(kind, &key)?;
     let out = scratch.join(IMAGE_FILE);
     step::run(
         "rootfs: mkfs.ext4",
@@ -185,10 +196,10 @@ pub fn ensure_image(cache: &Cache, tree: Tree<'_>, installs: &[Install]) -> Resu
     // Sandboxes only ever read the template image through their copy-on-write overlays; QEMU
     // reopens it after dropping privileges, so its group may read it.
     private::backing_image(&out).map_err(io_err(format!("set the access of {}", out.display())))?;
-    cache.publish(IMAGE_KIND, &key, &scratch)?;
-    cache.touch(IMAGE_KIND, &key);
+    cache.publish(kind, &key, &scratch)?;
+    cache.touch(kind, &key);
     // Each agent build makes a new image; keep a few (running sandboxes hold theirs open).
-    cache.prune(IMAGE_KIND, KEEP_IMAGES, &key);
+    cache.prune(kind, keep, &key);
     Ok((image, key))
 }
 

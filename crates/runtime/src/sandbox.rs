@@ -80,8 +80,19 @@ impl Runtime {
             tokio::task::spawn_blocking(move || template::ensure(&cache, &name, &bins)).await.map_err(|e| {
                 RuntimeError::Io { context: "template build task".into(), source: std::io::Error::other(e) }
             })??;
+        self.create_from_template(&tpl, spec).await
+    }
+
+    /// Creates a sandbox of template `tpl` (a built-in one, or an image made from an OCI image
+    /// for a build), restored from its snapshot if `spec.from_snapshot`, else booted.
+    pub async fn create_from_template(
+        &self,
+        tpl: &template::Template,
+        spec: &SandboxSpec,
+    ) -> Result<Sandbox, RuntimeError> {
+        check_sizes(spec.vcpus, spec.memory_mib)?;
         let snapshot = match spec.from_snapshot {
-            true => Some(self.ensure_template_snapshot(&tpl, spec.vcpus, spec.memory_mib).await?),
+            true => Some(self.ensure_template_snapshot(tpl, spec.vcpus, spec.memory_mib).await?),
             false => None,
         };
         let slot = self.slots.take()?;

@@ -73,6 +73,27 @@ fn check_label(what: &str, s: &str, slash: bool) -> Result<(), LifecycleError> {
     }
 }
 
+/// Credentials from `fromImageRegistry`: `{type: "registry", username, password}`; the cloud
+/// registries' types (aws, gcp) are E2B cloud features and refused.
+fn registry_credentials(
+    registry: Option<&serde_json::Value>,
+) -> Result<Option<ember_oci::Credentials>, LifecycleError> {
+    let Some(registry) = registry.filter(|r| !r.is_null()) else { return Ok(None) };
+    let field = |name: &str| registry.get(name).and_then(|v| v.as_str()).map(str::to_string);
+    match field("type").as_deref() {
+        Some("registry") => match (field("username"), field("password")) {
+            (Some(username), Some(password)) if username.len() <= 1024 && password.len() <= 16384 => {
+                Ok(Some(ember_oci::Credentials { username, password }))
+            }
+            _ => Err(LifecycleError::Invalid("fromImageRegistry needs a username and a password".into())),
+        },
+        other => Err(LifecycleError::Invalid(format!(
+            "fromImageRegistry type {}: only \"registry\" (username and password) is supported",
+            other.unwrap_or("(none)")
+        ))),
+    }
+}
+
 /// A build id: a random UUID (version 4), as E2B's are.
 fn new_build_id() -> String {
     let h = random_hex(16);
@@ -258,8 +279,8 @@ impl Manager {
         })
     }
 
-    /// Where a build starts: `fromTemplate` (built-in or the team's), or `fromImage`, of which
-    /// only E2B's base image (Ember's `base`) is known here.
+    /// Where a build starts: `fromTemplate` (built-in or the team's), or `fromImage`: E2B's base
+    /// image is Ember's `base`, any other is pulled from its registry.
     fn build_start(
         &self,
         team: &str,
@@ -295,10 +316,16 @@ impl Manager {
                 None | Some("e2bdev/base" | "e2bdev/base:latest" | "e2bdev/code-interpreter" | "base") => {
                     Ok(builtin("base"))
                 }
-                Some(other) => Err(LifecycleError::Invalid(format!(
-                    "fromImage '{other}': this Ember builds from E2B's base image (e2bdev/base, Ember's base) or \
-                     from a template (fromTemplate); pulling other images is not supported yet"
-                ))),
+                Some(reference) => {
+                    ember_oci::Reference::parse(reference)
+                        .map_err(|e| LifecycleError::Invalid(format!("fromImage '{reference}': {e}")))?;
+                    Ok(Start::Image {
+                        reference: reference.to_string(),
+                        credentials: registry_credentials(body.from_image_registry.as_ref())?,
+                        vcpus: template.vcpus,
+                        memory_mib: template.memory_mib,
+                    })
+                }
             },
         }
     }

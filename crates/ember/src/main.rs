@@ -3,10 +3,14 @@
 
 #![forbid(unsafe_code)]
 
+mod api_client;
 mod apikey;
+mod build_context;
+mod dockerfile;
 mod run;
 mod serve;
 mod template;
+mod template_remote;
 
 use std::process::ExitCode;
 

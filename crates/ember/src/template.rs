@@ -1,30 +1,123 @@
-//! `ember template ...`: build templates ahead of first use.
+//! `ember template ...`: build a built-in template's images ahead of first use, or build, list
+//! and delete the team's templates through a running `ember serve`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use anyhow::bail;
+use clap::{Args, Subcommand};
+
+use crate::api_client::{Client, DEFAULT_URL};
+use crate::template_remote::{self, BuildOptions};
 
 #[derive(Subcommand)]
 pub enum TemplateCmd {
-    /// Build a template's kernel and root filesystem (otherwise done on first use).
-    Build { name: String },
+    /// Build a built-in template's kernel and root filesystem (otherwise done on first use),
+    /// or, with -f, a template from a Dockerfile through `ember serve`.
+    Build(BuildArgs),
+    /// List the team's templates (through `ember serve`).
+    #[command(alias = "ls")]
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete a template by name or ID (through `ember serve`).
+    #[command(alias = "delete")]
+    Rm {
+        /// The template's name (NAME[:TAG]) or ID.
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// A built-in template (base, code-interpreter) to build locally.
+    #[arg(conflicts_with_all = ["file", "template_name"], required_unless_present = "file")]
+    builtin: Option<String>,
+    /// The Dockerfile to build a template from (through `ember serve`).
+    #[arg(short = 'f', long = "file", value_name = "DOCKERFILE", requires = "template_name")]
+    file: Option<PathBuf>,
+    /// The template's name, NAME[:TAG].
+    #[arg(long = "name", value_name = "NAME[:TAG]")]
+    template_name: Option<String>,
+    /// The directory COPY sources are relative to (default: the Dockerfile's).
+    #[arg(long, value_name = "DIR", requires = "file")]
+    context: Option<PathBuf>,
+    /// vCPUs of the template's sandboxes.
+    #[arg(long, requires = "file")]
+    cpus: Option<u32>,
+    /// Memory of the template's sandboxes, in MiB.
+    #[arg(long = "memory-mb", requires = "file")]
+    memory_mb: Option<u32>,
+    /// The command that tells the start command is ready (default: `sleep 20`, as E2B).
+    #[arg(long = "ready-cmd", value_name = "CMD", requires = "file")]
+    ready_cmd: Option<String>,
+    /// Rebuild every step instead of reusing cached layers.
+    #[arg(long = "skip-cache", requires = "file")]
+    skip_cache: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// Where `ember serve` is and the key to use.
+#[derive(Args)]
+pub struct ServerArgs {
+    /// The URL of `ember serve` (default: $EMBER_URL, else http://127.0.0.1:3000).
+    #[arg(long)]
+    url: Option<String>,
+    /// The API key (default: $EMBER_API_KEY, else $E2B_API_KEY).
+    #[arg(long = "api-key")]
+    api_key: Option<String>,
+}
+
+impl ServerArgs {
+    fn client(self) -> anyhow::Result<Client> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let url = self.url.or_else(|| env("EMBER_URL")).unwrap_or_else(|| DEFAULT_URL.into());
+        let Some(key) = self.api_key.or_else(|| env("EMBER_API_KEY")).or_else(|| env("E2B_API_KEY")) else {
+            bail!("no API key: pass --api-key or set EMBER_API_KEY (make one with `ember apikey create`)");
+        };
+        Client::new(&url, key)
+    }
 }
 
 pub async fn run(cmd: TemplateCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        TemplateCmd::Build { name } => {
-            let cache = ember::settings::cache();
-            cache.prepare(ember_runtime::private::qemu_group(ember::settings::qemu_user().as_deref())?)?;
-            let bins = ember::settings::guest_binaries()?;
-            let t = tokio::task::spawn_blocking(move || ember_image::template::ensure(&cache, &name, &bins)).await??;
-            println!(
-                "template {} ready (key {}): kernel {}, root disk {}",
-                t.name,
-                t.key,
-                t.kernel.display(),
-                t.rootfs.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        TemplateCmd::Build(args) => match (args.builtin, args.file, args.template_name) {
+            (Some(name), None, None) => build_builtin(name).await,
+            (None, Some(dockerfile), Some(name)) => {
+                let client = args.server.client()?;
+                let opts = BuildOptions {
+                    dockerfile,
+                    name,
+                    context: args.context,
+                    cpus: args.cpus,
+                    memory_mb: args.memory_mb,
+                    ready_cmd: args.ready_cmd,
+                    skip_cache: args.skip_cache,
+                };
+                template_remote::build(&client, opts).await
+            }
+            _ => bail!("give a built-in template's name, or -f DOCKERFILE --name NAME"),
+        },
+        TemplateCmd::List { server } => template_remote::list(&server.client()?).await,
+        TemplateCmd::Rm { name, server } => template_remote::remove(&server.client()?, &name).await,
     }
+}
+
+async fn build_builtin(name: String) -> anyhow::Result<ExitCode> {
+    let cache = ember::settings::cache();
+    cache.prepare(ember_runtime::private::qemu_group(ember::settings::qemu_user().as_deref())?)?;
+    let bins = ember::settings::guest_binaries()?;
+    let t = tokio::task::spawn_blocking(move || ember_image::template::ensure(&cache, &name, &bins)).await??;
+    println!(
+        "template {} ready (key {}): kernel {}, root disk {}",
+        t.name,
+        t.key,
+        t.kernel.display(),
+        t.rootfs.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -148,6 +148,14 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/sandboxes/nope/snapshots"),
     ("GET", "/snapshots"),
     ("DELETE", "/templates/nope"),
+    ("GET", "/templates/nope"),
+    ("GET", "/templates"),
+    ("GET", "/v2/templates"),
+    ("POST", "/v3/templates"),
+    ("GET", "/templates/nope/files/0000000000000000000000000000000000000000000000000000000000000000"),
+    ("POST", "/v2/templates/nope/builds/nope"),
+    ("GET", "/templates/nope/builds/nope/status"),
+    ("GET", "/templates/aliases/nope"),
 ];
 
 fn method(m: &str) -> Method {
@@ -265,7 +273,7 @@ async fn bodies_over_one_mib_are_413() {
 async fn unknown_sandboxes_are_404() {
     let d = Daemon::new();
     for (m, path) in ENDPOINTS.iter().filter(|(_, p)| p.contains("/nope")) {
-        let expected = if path.starts_with("/templates") { "snapshot \"nope\"" } else { "sandbox \"nope\"" };
+        let expected = if path.contains("templates") { "template \"nope\"" } else { "sandbox \"nope\"" };
         for body in ["", "{}", r#"{"timeout":60}"#] {
             let a = d.send(method(m), path, Some(ENV_KEY), body.to_string()).await;
             let message = a.assert_error(StatusCode::NOT_FOUND, &format!("{m} {path} {body}"));
@@ -341,7 +349,8 @@ async fn unknown_paths_are_404_json() {
 #[tokio::test]
 async fn wrong_methods_are_405_json() {
     let d = Daemon::new();
-    for (method, path) in [(Method::PUT, "/sandboxes"), (Method::GET, "/templates/x"), (Method::PATCH, "/snapshots")] {
+    for (method, path) in [(Method::PUT, "/sandboxes"), (Method::PATCH, "/templates/x"), (Method::PATCH, "/snapshots")]
+    {
         let a = d.send(method.clone(), path, Some(ENV_KEY), Body::empty()).await;
         a.assert_error(StatusCode::METHOD_NOT_ALLOWED, &format!("{method} {path}"));
     }
@@ -419,4 +428,63 @@ async fn a_500_answer_is_json_with_a_summary() {
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body, json!({"code": 500, "message": "the sandbox operation failed; see the daemon's log"}));
+}
+
+#[tokio::test]
+async fn template_builds_are_requested_uploaded_and_checked_per_team() {
+    let d = Daemon::new();
+    let made = d.send(Method::POST, "/v3/templates", Some(ENV_KEY), r#"{"name":"web:v1"}"#.to_string()).await;
+    assert_eq!(made.status, StatusCode::ACCEPTED, "{}", made.text);
+    let made = made.json();
+    let (tid, bid) = (made["templateID"].as_str().unwrap(), made["buildID"].as_str().unwrap());
+    assert_eq!(made["names"], json!(["web"]));
+    assert_eq!(made["tags"], json!(["v1"]));
+    // Another team sees nothing of it.
+    for path in
+        [format!("/templates/{tid}"), format!("/templates/{tid}/builds/{bid}/status"), "/templates/aliases/web".into()]
+    {
+        d.get(&path, &d.other).await.assert_error(StatusCode::NOT_FOUND, &path);
+    }
+    assert_eq!(d.get("/templates", &d.other).await.json(), json!([]));
+    // An upload URL, then the upload, then the files are present.
+    let hash = "ab".repeat(32);
+    let link = d.get(&format!("/templates/{tid}/files/{hash}"), ENV_KEY).await;
+    assert_eq!(link.status, StatusCode::CREATED, "{}", link.text);
+    let url = link.json()["url"].as_str().unwrap().to_string();
+    let path = url.split_once("/templates/uploads/").map(|(_, t)| format!("/templates/uploads/{t}")).unwrap();
+    let put = d.send(Method::PUT, &path, None, Body::from(vec![7u8; 1000])).await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+    let again = d.get(&format!("/templates/{tid}/files/{hash}"), ENV_KEY).await.json();
+    assert_eq!(again, json!({"present": true}));
+    // Another team's link for the same hash is its own: the upload is not shared.
+    let other = d.send(Method::POST, "/v3/templates", Some(&d.other), r#"{"name":"web"}"#.to_string()).await.json();
+    let theirs = d.get(&format!("/templates/{}/files/{hash}", other["templateID"].as_str().unwrap()), &d.other).await;
+    assert_eq!(theirs.json()["present"], json!(false));
+    // Bad build bodies: 400 with what is wrong, and the build stays waiting.
+    let start = format!("/v2/templates/{tid}/builds/{bid}");
+    for (body, words) in [
+        (r#"{"steps":[{"type":"RUN"}]}"#, "RUN needs a command"),
+        (
+            r#"{"steps":[{"type":"COPY","args":["a","/b"],"filesHash":"cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"}]}"#,
+            "were not uploaded",
+        ),
+        (r#"{"fromTemplate":"web","fromImage":"x"}"#, "not both"),
+        (r#"{"fromImageRegistry":{"type":"gcp"},"fromImage":"a/b"}"#, "only"),
+        (r#"{"steps": 3}"#, "invalid JSON"),
+    ] {
+        let a = d.send(Method::POST, &start, Some(ENV_KEY), body.to_string()).await;
+        let message = a.assert_error(StatusCode::BAD_REQUEST, body);
+        assert!(message.contains(words), "{body}: {message}");
+    }
+    let status = d.get(&format!("/templates/{tid}/builds/{bid}/status"), ENV_KEY).await.json();
+    assert_eq!(status["status"], json!("waiting"));
+    // Upload URLs are single-purpose and unknown ones are 404.
+    d.send(Method::PUT, "/templates/uploads/nope", None, Body::from("x"))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "upload");
+    assert_eq!(
+        d.send(Method::DELETE, &format!("/templates/{tid}"), Some(ENV_KEY), Body::empty()).await.status,
+        StatusCode::NO_CONTENT
+    );
+    d.get(&format!("/templates/{tid}"), ENV_KEY).await.assert_error(StatusCode::NOT_FOUND, "deleted");
 }

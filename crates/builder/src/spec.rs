@@ -14,6 +14,8 @@ pub const MAX_STEPS: usize = 256;
 pub const MAX_ARG_BYTES: usize = 64 << 10;
 /// Most env vars a template may set.
 pub const MAX_ENV_VARS: usize = 256;
+/// The guest's `PATH` when nothing sets one (the agent's).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// A step's arguments that do not make sense.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,14 +163,55 @@ impl Defaults {
         Defaults { user: "user".into(), workdir: Some("/home/user".into()), env: BTreeMap::new() }
     }
 
-    /// Applies an ENV, WORKDIR or USER step (the others change nothing here).
+    /// Applies an ENV, WORKDIR or USER step (the others change nothing here). ENV values may
+    /// name earlier variables (`$NAME`, `${NAME}`), as in Docker: `PATH=/opt/bin:$PATH`.
     pub fn apply(&mut self, step: &Step) {
         match step {
-            Step::Env { vars } => self.env.extend(vars.iter().cloned()),
+            Step::Env { vars } => {
+                for (k, v) in vars {
+                    let value = self.expand(v);
+                    self.env.insert(k.clone(), value);
+                }
+            }
             Step::Workdir { path } => self.workdir = Some(self.resolve(path)),
             Step::User { name } => self.user = name.clone(),
             Step::Copy { .. } | Step::Run { .. } => {}
         }
+    }
+
+    /// `value` with `$NAME` and `${NAME}` replaced by the env vars so far (`PATH` is the
+    /// guest's default until set; unknown names are empty; `\$` is a literal `$`).
+    pub fn expand(&self, value: &str) -> String {
+        let lookup = |name: &str| match self.env.get(name) {
+            Some(v) => v.clone(),
+            None if name == "PATH" => DEFAULT_PATH.to_string(),
+            None => String::new(),
+        };
+        let mut out = String::with_capacity(value.len());
+        let mut chars = value.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' if chars.peek() == Some(&'$') => {
+                    out.push('$');
+                    chars.next();
+                }
+                '$' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    let name: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                    out.push_str(&lookup(&name));
+                }
+                '$' if chars.peek().is_some_and(|c| c.is_ascii_alphabetic() || *c == '_') => {
+                    let mut name = String::new();
+                    while let Some(c) = chars.peek().copied().filter(|c| c.is_ascii_alphanumeric() || *c == '_') {
+                        name.push(c);
+                        chars.next();
+                    }
+                    out.push_str(&lookup(&name));
+                }
+                c => out.push(c),
+            }
+        }
+        out
     }
 
     /// `path` made absolute against the current workdir (`/` if none).
@@ -284,6 +327,21 @@ mod tests {
             assert_eq!(e.index, 7, "{e}");
             assert!(e.to_string().starts_with(&format!("step 7 ({kind})")), "{e}");
         }
+    }
+
+    #[test]
+    fn env_values_expand_earlier_variables() {
+        let mut d = Defaults::base();
+        let env = |vars: &[(&str, &str)]| Step::Env {
+            vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        d.apply(&env(&[("PATH", "/opt/bin:$PATH"), ("HOME_APP", "/srv")]));
+        assert_eq!(d.env["PATH"], format!("/opt/bin:{DEFAULT_PATH}"));
+        d.apply(&env(&[("APP", "${HOME_APP}/app"), ("PRICE", "\\$5"), ("NONE", "[$UNSET]"), ("LONE", "$ 1")]));
+        assert_eq!(d.env["APP"], "/srv/app");
+        assert_eq!(d.env["PRICE"], "$5");
+        assert_eq!(d.env["NONE"], "[]");
+        assert_eq!(d.env["LONE"], "$ 1");
     }
 
     #[test]

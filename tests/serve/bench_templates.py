@@ -37,6 +37,8 @@ def report(label, times):
 
 
 def allocated(path):
+    if os.path.isfile(path):
+        return os.lstat(path).st_blocks * 512
     total = 0
     for root, _, files in os.walk(path):
         for f in files:

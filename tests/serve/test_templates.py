@@ -289,8 +289,12 @@ def test_name_tag_exists_from_template_list_get_and_delete(daemon, web):
         # The parent's files, defaults and server, plus the new step.
         r = s.commands.run("cat /tmp/layered; whoami; curl -s localhost:8123/sub/deep.txt")
         assert r.stdout == "layered\nbuilder\ndeep\n", r.stdout
+        _check_listing_and_delete(daemon, info, s)
     finally:
         s.kill()
+
+
+def _check_listing_and_delete(daemon, info, running):
     r = api(daemon, "POST", "/sandboxes", json={"templateID": "tagged-suite"})
     assert r.status_code == 400 and "latest" in r.json()["message"], r.text
     listed = api(daemon, "GET", "/templates").json()
@@ -303,6 +307,10 @@ def test_name_tag_exists_from_template_list_get_and_delete(daemon, web):
     assert not Template.exists("tagged-suite")
     r = api(daemon, "POST", "/sandboxes", json={"templateID": "tagged-suite:v1"})
     assert r.status_code == 400, r.text
+    # A sandbox made from it runs on, and pauses and resumes: its disk's backing is kept.
+    running.pause()
+    again = Sandbox.connect(running.sandbox_id)
+    assert again.commands.run("cat /tmp/layered").stdout == "layered\n"
 
 
 def test_another_team_sees_no_template(daemon, other_key, web):

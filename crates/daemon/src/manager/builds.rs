@@ -26,6 +26,10 @@ const MAX_UPLOAD_URLS: usize = 1024;
 const MAX_LOGS: usize = 256;
 /// Most tags on one build.
 const MAX_TAGS: usize = 16;
+/// Bytes of uploaded COPY archives one team may keep.
+const MAX_TEAM_UPLOAD_BYTES: u64 = 4 << 30;
+/// Templates one team may have.
+const MAX_TEMPLATES_PER_TEAM: usize = 100;
 
 /// What an upload URL allows: one archive for one team.
 #[derive(Debug, Clone)]
@@ -143,6 +147,12 @@ impl Manager {
         if !(1..=8).contains(&vcpus) || !(128..=8192).contains(&memory_mib) {
             return Err(LifecycleError::Invalid("cpuCount must be 1-8 and memoryMB 128-8192".into()));
         }
+        let known = self.store.templates(team)?;
+        if known.len() >= MAX_TEMPLATES_PER_TEAM && !known.iter().any(|t| t.name == name) {
+            return Err(LifecycleError::Quota(format!(
+                "the team has {MAX_TEMPLATES_PER_TEAM} templates, the most it may have; delete one first"
+            )));
+        }
         let template = self.store.upsert_template(&TemplateRecord {
             id: ember_runtime::sandbox::new_id(),
             team: team.into(),
@@ -176,6 +186,14 @@ impl Manager {
         }
         if self.uploads_dir(team).join(hash).is_file() {
             return Ok(None);
+        }
+        let used = super::snapshots::dir_bytes(&self.uploads_dir(team));
+        if used >= MAX_TEAM_UPLOAD_BYTES {
+            return Err(LifecycleError::Quota(format!(
+                "the team's uploaded files use {} MiB, the most it may ({} MiB)",
+                used >> 20,
+                MAX_TEAM_UPLOAD_BYTES >> 20
+            )));
         }
         let token = random_hex(32);
         let mut uploads = self.builds.uploads.lock().unwrap_or_else(|e| e.into_inner());
@@ -420,10 +438,33 @@ impl Manager {
             return Err(LifecycleError::Conflict(format!("template {key} is being built; delete it afterwards")));
         }
         self.store.delete_template(&template.id)?;
-        for b in builds {
-            let _ = std::fs::remove_dir_all(self.template_dir(&b.id));
+        let dirs: Vec<PathBuf> = builds.iter().map(|b| self.template_dir(&b.id)).collect();
+        let used = self.backing_images(&dirs);
+        for dir in dirs {
+            if used.contains(&dir.join(ember_runtime::private::SNAPSHOT_DISK)) {
+                // Sandboxes, snapshots, layers or templates made from it still read its disk.
+                tracing::info!(dir = %dir.display(), "a deleted template's files are kept: other disks are backed by them");
+            } else {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
         }
         Ok(true)
+    }
+
+    /// Every image some disk in the data directory is backed by (through its chain), except
+    /// the disks in `except`.
+    fn backing_images(&self, except: &[PathBuf]) -> std::collections::HashSet<PathBuf> {
+        let mut used = std::collections::HashSet::new();
+        for kind in ["sandboxes", "snapshots", "templates", "layers", "run/sandboxes"] {
+            let Ok(entries) = std::fs::read_dir(self.config.data_dir.join(kind)) else { continue };
+            for dir in entries.flatten().map(|e| e.path()).filter(|d| !except.contains(d)) {
+                let Ok(files) = std::fs::read_dir(&dir) else { continue };
+                for disk in files.flatten().map(|f| f.path()).filter(|f| f.extension().is_some_and(|e| e == "qcow2")) {
+                    used.extend(ember_vmm::disk::backing_chain(&disk));
+                }
+            }
+        }
+        used
     }
 
     /// At start: builds an earlier daemon left unfinished have failed.

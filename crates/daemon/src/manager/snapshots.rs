@@ -99,7 +99,7 @@ impl Manager {
 }
 
 /// Bytes of the files under `dir` (allocated blocks, so sparse files count what they use).
-fn dir_bytes(dir: &Path) -> u64 {
+pub(super) fn dir_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries

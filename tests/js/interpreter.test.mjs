@@ -4,30 +4,13 @@
 // chart), a DataFrame as data, contexts with a cwd, env vars, the execution time-out interrupting
 // the kernel, JavaScript/TypeScript/bash cells, an unknown language, and a sandbox without public
 // traffic (the SDK sends the traffic token). No cell reaches the network.
-import crypto from 'node:crypto'
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync, readdirSync, existsSync, chmodSync } from 'node:fs'
-import { createServer } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join, dirname } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { startDaemon, stopDaemon } from './daemon.mjs'
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
-const ember = process.env.EMBER_BIN ?? join(root, 'target', 'release', 'ember')
-const key = 'e2b_' + crypto.randomBytes(20).toString('hex')
 const LIFETIME_MS = 1_800_000 // a test sandbox's time-out: the slowest test stays well under it
 const FIRST_CREATE_MS = 3_600_000 // the first create may build the template (many minutes)
-let daemon, dataDir, url
-
-const freePort = () =>
-  new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address()
-      s.close(() => resolve(port))
-    })
-  })
+let daemon, url
 
 let Sandbox, NotFoundError, SandboxError, TimeoutError
 
@@ -47,25 +30,9 @@ async function withSandbox(opts, fn) {
 
 before(
   async () => {
-    dataDir = mkdtempSync(join(tmpdir(), 'ember-js-interpreter-test-'))
-    chmodSync(dataDir, 0o755) // the unprivileged QEMU user must reach the sandboxes' disks
-    const port = await freePort()
-    url = `http://127.0.0.1:${port}`
     // No pool of `base` sandboxes: every test here uses the code-interpreter template.
-    daemon = spawn(ember, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--destroy-on-exit', '--pool', '0', '--interpreter-pool', '1'], {
-      env: { ...process.env, EMBER_API_KEY: key },
-      stdio: 'ignore',
-    })
-    const deadline = Date.now() + 600_000
-    for (;;) {
-      try {
-        if ((await fetch(`${url}/health`)).status === 204) break
-      } catch {}
-      assert.ok(Date.now() < deadline, 'ember serve did not come up')
-      assert.equal(daemon.exitCode, null, 'ember serve exited')
-      await new Promise((r) => setTimeout(r, 100))
-    }
-    Object.assign(process.env, { E2B_API_URL: url, E2B_SANDBOX_URL: url, E2B_API_KEY: key })
+    daemon = await startDaemon('interpreter', ['--pool', '0', '--interpreter-pool', '1'])
+    url = daemon.url
     ;({ Sandbox, NotFoundError, SandboxError, TimeoutError } = await import('@e2b/code-interpreter'))
     // Wait for the template: its first create may build it.
     const until = Date.now() + FIRST_CREATE_MS
@@ -89,16 +56,7 @@ before(
   { timeout: FIRST_CREATE_MS + 1_200_000 },
 )
 
-after(async () => {
-  if (!daemon) return
-  if (daemon.exitCode === null) {
-    daemon.kill('SIGTERM')
-    await new Promise((r) => daemon.once('exit', r))
-  }
-  const left = existsSync(join(dataDir, 'sandboxes')) ? readdirSync(join(dataDir, 'sandboxes')) : []
-  rmSync(dataDir, { recursive: true, force: true })
-  assert.deepEqual(left, [], 'sandboxes left after the daemon stopped')
-})
+after(() => stopDaemon(daemon))
 
 test('state is kept between cells and the execution count goes up', { timeout: 300_000 }, () =>
   withSandbox({}, async (sbx) => {

@@ -1,59 +1,17 @@
 // The official E2B JS SDK (pinned in package.json) drives a real `ember serve` started here:
 // create with metadata and env vars, commands, PTY, files, listing, time-outs, kill.
-import crypto from 'node:crypto'
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn, execFileSync } from 'node:child_process'
-import { mkdtempSync, rmSync, readdirSync, existsSync, chmodSync } from 'node:fs'
-import { createServer } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join, dirname } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { startDaemon, stopDaemon } from './daemon.mjs'
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
-const ember = process.env.EMBER_BIN ?? join(root, 'target', 'release', 'ember')
-const key = 'e2b_' + crypto.randomBytes(20).toString('hex')
-let daemon, dataDir
-
-const freePort = () =>
-  new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address()
-      s.close(() => resolve(port))
-    })
-  })
-
-let Sandbox, CommandExitError
+let daemon, Sandbox, CommandExitError
 
 before(async () => {
-  dataDir = mkdtempSync(join(tmpdir(), 'ember-js-test-'))
-  chmodSync(dataDir, 0o755) // the unprivileged QEMU user must reach the sandboxes' disks
-  const port = await freePort()
-  const url = `http://127.0.0.1:${port}`
-  daemon = spawn(ember, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--destroy-on-exit', '--interpreter-pool', '0'], {
-    env: { ...process.env, EMBER_API_KEY: key },
-    stdio: 'ignore',
-  })
-  const deadline = Date.now() + 600_000
-  for (;;) {
-    try {
-      if ((await fetch(`${url}/health`)).status === 204) break
-    } catch {}
-    assert.ok(Date.now() < deadline, 'ember serve did not come up')
-    assert.equal(daemon.exitCode, null, 'ember serve exited')
-    await new Promise((r) => setTimeout(r, 100))
-  }
-  Object.assign(process.env, { E2B_API_URL: url, E2B_SANDBOX_URL: url, E2B_API_KEY: key })
+  daemon = await startDaemon('serve', ['--interpreter-pool', '0'])
   ;({ Sandbox, CommandExitError } = await import('e2b'))
 })
 
-after(async () => {
-  daemon.kill('SIGTERM')
-  await new Promise((r) => daemon.once('exit', r))
-  const left = existsSync(join(dataDir, 'sandboxes')) ? readdirSync(join(dataDir, 'sandboxes')) : []
-  rmSync(dataDir, { recursive: true, force: true })
-  assert.deepEqual(left, [], 'sandboxes left after the daemon stopped')
-})
+after(() => stopDaemon(daemon))
 
 test('create with metadata and env vars, run commands', async () => {
   const sbx = await Sandbox.create({ metadata: { lang: 'js' }, envs: { FROM_JS: 'hello' } })

@@ -14,6 +14,7 @@ Run: EMBER_AGENT_BIN=$PWD/target/release/ember-agent \
 
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 
@@ -46,8 +47,19 @@ def ember(*args, key=KEY, timeout=120):
     return subprocess.run([EMBER, "template", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+_made_dirs = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_made_dirs():
+    yield
+    for d in _made_dirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def dockerfile_dir(text, files=None):
     d = tempfile.mkdtemp(prefix="ember-cli-test-")
+    _made_dirs.append(d)
     with open(os.path.join(d, "Dockerfile"), "w") as f:
         f.write(text)
     for name, content in (files or {}).items():

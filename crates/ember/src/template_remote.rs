@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use ember_api::{
+    Template, TemplateBuildInfo, TemplateBuildRequest, TemplateBuildRequested, TemplateBuildStart, TemplateFileUpload,
+    TemplateStep,
+};
 use hyper::{Method, StatusCode};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::api_client::{path_segment, Client, HttpError};
 use crate::{build_context, dockerfile};
@@ -27,72 +29,6 @@ pub struct BuildOptions {
     pub memory_mb: Option<u32>,
     pub ready_cmd: Option<String>,
     pub skip_cache: bool,
-}
-
-#[derive(Deserialize)]
-struct Requested {
-    #[serde(rename = "templateID")]
-    template_id: String,
-    #[serde(rename = "buildID")]
-    build_id: String,
-}
-
-#[derive(Deserialize)]
-struct FileUpload {
-    present: bool,
-    url: Option<String>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct WireStep {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    args: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    files_hash: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct BuildStatus {
-    status: String,
-    #[serde(default)]
-    log_entries: Vec<LogEntry>,
-    reason: Option<Reason>,
-}
-
-#[derive(Deserialize)]
-struct LogEntry {
-    #[serde(default)]
-    level: String,
-    #[serde(default)]
-    message: String,
-}
-
-#[derive(Deserialize)]
-struct Reason {
-    message: String,
-    step: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TemplateSummary {
-    #[serde(rename = "templateID")]
-    template_id: String,
-    #[serde(default)]
-    names: Vec<String>,
-    #[serde(default)]
-    aliases: Vec<String>,
-    #[serde(default)]
-    build_status: String,
-    #[serde(default)]
-    cpu_count: u32,
-    #[serde(rename = "memoryMB", default)]
-    memory_mb: u32,
-    #[serde(default)]
-    created_at: String,
 }
 
 fn read_dockerfile(path: &Path) -> anyhow::Result<String> {
@@ -128,23 +64,22 @@ pub async fn build(client: &Client, opts: BuildOptions) -> anyhow::Result<ExitCo
         } else {
             None
         };
-        steps.push(WireStep { kind: step.kind, args: step.args, files_hash });
+        steps.push(TemplateStep { kind: step.kind.into(), args: Some(step.args), files_hash, force: None });
     }
 
-    let mut request = json!({ "name": opts.name });
-    if let Some(cpus) = opts.cpus {
-        request["cpuCount"] = cpus.into();
-    }
-    if let Some(memory) = opts.memory_mb {
-        request["memoryMB"] = memory.into();
-    }
-    let requested: Requested = client.json(Method::POST, "/v3/templates", Some(&request)).await?;
+    let request = TemplateBuildRequest {
+        name: Some(opts.name.clone()),
+        cpu_count: opts.cpus.map(i64::from),
+        memory_mb: opts.memory_mb.map(i64::from),
+        ..Default::default()
+    };
+    let requested: TemplateBuildRequested = client.json(Method::POST, "/v3/templates", Some(&request)).await?;
     let id = path_segment(&requested.template_id);
     println!("Building template {} (ID {}, build {})", opts.name, requested.template_id, requested.build_id);
 
     for (src, archive) in archives {
         let path = format!("/templates/{id}/files/{}", archive.hash);
-        let upload: FileUpload = client.json(Method::GET, &path, None::<&()>).await?;
+        let upload: TemplateFileUpload = client.json(Method::GET, &path, None::<&()>).await?;
         match (upload.present, upload.url) {
             (false, Some(url)) => {
                 println!("Uploading {src} ({} entries, {} bytes)", archive.entries, archive.data.len());
@@ -155,15 +90,19 @@ pub async fn build(client: &Client, opts: BuildOptions) -> anyhow::Result<ExitCo
         }
     }
 
-    let mut start = json!({ "fromImage": parsed.from_image, "steps": steps, "force": opts.skip_cache });
-    if let Some(cmd) = &parsed.start_cmd {
-        start["startCmd"] = cmd.clone().into();
-    }
-    match (&opts.ready_cmd, &parsed.start_cmd) {
-        (Some(ready), _) => start["readyCmd"] = ready.clone().into(),
-        (None, Some(_)) => start["readyCmd"] = DEFAULT_READY_CMD.into(),
-        (None, None) => {}
-    }
+    let ready_cmd = match (&opts.ready_cmd, &parsed.start_cmd) {
+        (Some(ready), _) => Some(ready.clone()),
+        (None, Some(_)) => Some(DEFAULT_READY_CMD.to_string()),
+        (None, None) => None,
+    };
+    let start = TemplateBuildStart {
+        from_image: Some(parsed.from_image),
+        steps: Some(steps),
+        force: Some(opts.skip_cache),
+        start_cmd: parsed.start_cmd.clone(),
+        ready_cmd,
+        ..Default::default()
+    };
     let path = format!("/v2/templates/{id}/builds/{}", path_segment(&requested.build_id));
     client.call(Method::POST, &path, Some(&start)).await?;
 
@@ -186,20 +125,21 @@ pub async fn build(client: &Client, opts: BuildOptions) -> anyhow::Result<ExitCo
 }
 
 /// Streams the build's log to stdout until it ends, and returns its last status.
-async fn follow(client: &Client, id: &str, build_id: &str) -> anyhow::Result<BuildStatus> {
+async fn follow(client: &Client, id: &str, build_id: &str) -> anyhow::Result<TemplateBuildInfo> {
     let mut offset = 0usize;
     let mut out = std::io::stdout();
     loop {
         let path = format!("/templates/{id}/builds/{}/status?logsOffset={offset}", path_segment(build_id));
-        let status: BuildStatus = client.json(Method::GET, &path, None::<&()>).await?;
+        let status: TemplateBuildInfo = client.json(Method::GET, &path, None::<&()>).await?;
         let got = status.log_entries.len();
         for entry in &status.log_entries {
-            let level = match entry.level.as_str() {
+            let field = |name: &str| entry.get(name).and_then(|v| v.as_str()).unwrap_or_default();
+            let level = match field("level") {
                 "error" => "ERROR ",
                 "warn" => "WARN ",
                 _ => "",
             };
-            writeln!(out, "{level}{}", entry.message.trim_end())?;
+            writeln!(out, "{level}{}", field("message").trim_end())?;
         }
         out.flush()?;
         offset += got;
@@ -214,7 +154,7 @@ async fn follow(client: &Client, id: &str, build_id: &str) -> anyhow::Result<Bui
 }
 
 pub async fn list(client: &Client) -> anyhow::Result<ExitCode> {
-    let templates: Vec<TemplateSummary> = client.json(Method::GET, "/templates", None::<&()>).await?;
+    let templates: Vec<Template> = client.json(Method::GET, "/templates", None::<&()>).await?;
     if templates.is_empty() {
         println!("No templates (build one with `ember template build -f Dockerfile --name NAME`)");
         return Ok(ExitCode::SUCCESS);

@@ -229,13 +229,8 @@ pub fn is_files_hash(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// A POSIX-portable env var name.
-pub fn is_env_name(s: &str) -> bool {
-    let mut bytes = s.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && s.len() <= 256
-}
+/// A portable env var name (the rule the code interpreter uses too).
+pub use ember_envd_proto::is_env_name;
 
 /// A user or group name as useradd accepts it (or a numeric id).
 fn check_user(name: &str) -> Result<(), String> {

@@ -31,3 +31,14 @@ pub const CONNECT_JSON: &str = "application/connect+json";
 /// it has none (never initialised, or restarted without its saved state) and refuses every call
 /// but `/health` and `/init` until the host initialises it again.
 pub const INITIALISED_HEADER: &str = "x-ember-initialised";
+
+/// Longest env var name accepted where names must be usable in code (a kernel's, a build's).
+pub const MAX_ENV_NAME: usize = 256;
+
+/// A portable env var name: `[A-Za-z_][A-Za-z0-9_]*`, at most [`MAX_ENV_NAME`] bytes.
+pub fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name.len() <= MAX_ENV_NAME
+}

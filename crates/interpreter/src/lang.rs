@@ -7,8 +7,8 @@ use std::fmt;
 
 /// Most variables one call may set.
 pub const MAX_ENV_VARS: usize = 256;
-/// Longest variable name.
-pub const MAX_ENV_KEY: usize = 256;
+/// What a variable name is, and its longest (the same rule as template builds').
+pub use ember_envd_proto::{is_env_name, MAX_ENV_NAME as MAX_ENV_KEY};
 /// Most bytes of names and values together in one call.
 pub const MAX_ENV_BYTES: usize = 1 << 20;
 
@@ -157,14 +157,6 @@ pub fn check_env(vars: &BTreeMap<String, String>) -> Result<(), EnvError> {
         }
     }
     Ok(())
-}
-
-/// `[A-Za-z_][A-Za-z0-9_]*`, at most MAX_ENV_KEY bytes.
-pub fn is_env_name(k: &str) -> bool {
-    let mut bytes = k.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && k.len() <= MAX_ENV_KEY
 }
 
 /// A JSON string literal: also a valid string literal in Python and JavaScript (control

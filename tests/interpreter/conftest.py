@@ -6,6 +6,7 @@ access token.
 Set up with tests/interpreter/setup.sh. Environment: INTERPRETER_BIN (default: the static release build, built if missing),
 INTERP_VENV, INTERP_DENO, INTERP_USER (default emberci, created if missing; needs root)."""
 
+import contextlib
 import http.server
 import json
 import os
@@ -182,21 +183,26 @@ def wait_healthy(srv, deadline=120):
 
 
 def stop_server(srv):
+    """Stops the server and removes what it made; returns its log."""
     srv.proc.terminate()
     try:
         srv.proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         srv.proc.kill()
+    text = srv.log_text()
     shutil.rmtree(srv.runtime_dir, ignore_errors=True)
     shutil.rmtree(srv.kernels, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.remove(srv.log)
+    return text
 
 
 @pytest.fixture(scope="session")
 def server(envd, kernel_user):
     srv = start_server(envd, kernel_user, kernel_user.pw_dir)
     yield srv
-    stop_server(srv)
-    print("\n--- interpreter log (tail) ---\n" + srv.log_text()[-3000:])
+    log = stop_server(srv)
+    print("\n--- interpreter log (tail) ---\n" + log[-3000:])
 
 
 def events_of(events, kind):

@@ -4,7 +4,8 @@
 //! the next start removes slots whose owner is gone.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use ember_net::Netns;
 
@@ -27,19 +28,44 @@ impl Slot {
 
 pub(crate) struct Slots {
     dir: PathBuf,
-    ready: Arc<Mutex<Vec<(String, Netns)>>>,
+    pool: Arc<Pool>,
     target: usize,
-    /// Set by [`Slots::release`]: no slot is made or kept after it.
-    closed: Arc<std::sync::atomic::AtomicBool>,
     /// nftables rules every slot starts with (the open policy's).
     rules: Arc<String>,
 }
+
+/// The waiting slots and the one thread that tops them up, under one lock so that a take
+/// never misses a filler that is about to stop, and a release can wait for it.
+#[derive(Default)]
+struct Pool {
+    state: Mutex<PoolState>,
+    /// Signalled when the filler stops.
+    idle: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    ready: Vec<(String, Netns)>,
+    /// A filler thread is running.
+    filling: bool,
+    /// Set by [`Slots::release`]: no slot is made or kept after it.
+    closed: bool,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How long a release waits for a slot being made to be finished (and deleted).
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 impl Slots {
     pub fn new(data_dir: &Path, target: usize, rules: String) -> Result<Self, RuntimeError> {
         let dir = data_dir.join("slots");
         std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-        Ok(Self { dir, ready: Arc::default(), target, closed: Arc::default(), rules: Arc::new(rules) })
+        Ok(Self { dir, pool: Arc::default(), target, rules: Arc::new(rules) })
     }
 
     pub fn dir(&self) -> &Path {
@@ -48,7 +74,7 @@ impl Slots {
 
     /// A ready slot, or a new one made now; then the pool is topped up in the background.
     pub fn take(&self) -> Result<Slot, RuntimeError> {
-        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let ready = self.pool.lock().ready.pop();
         let (id, netns) = match ready {
             Some(slot) => slot,
             None => make(&self.dir, &self.rules)?,
@@ -57,48 +83,66 @@ impl Slots {
         Ok(Slot { marker: self.dir.join(&id), id, netns })
     }
 
-    /// Makes slots up to the target on a thread of its own.
+    /// Makes slots up to the target on a thread of its own (one at a time).
     pub fn fill(&self) {
-        let (dir, ready, target) = (self.dir.clone(), Arc::clone(&self.ready), self.target);
-        let closed = Arc::clone(&self.closed);
-        let rules = Arc::clone(&self.rules);
-        if ready.lock().unwrap_or_else(|e| e.into_inner()).len() >= target {
-            return;
+        {
+            let mut state = self.pool.lock();
+            if state.filling || state.closed || state.ready.len() >= self.target {
+                return;
+            }
+            state.filling = true;
         }
+        let (dir, pool, target, rules) =
+            (self.dir.clone(), Arc::clone(&self.pool), self.target, Arc::clone(&self.rules));
         std::thread::spawn(move || {
-            while ready.lock().unwrap_or_else(|e| e.into_inner()).len() < target {
-                if closed.load(std::sync::atomic::Ordering::SeqCst) {
-                    return;
-                }
-                match make(&dir, &rules) {
-                    Ok((id, netns)) => {
-                        let mut ready = ready.lock().unwrap_or_else(|e| e.into_inner());
-                        if closed.load(std::sync::atomic::Ordering::SeqCst) {
-                            // Released meanwhile: this one goes too.
-                            drop(netns);
-                            let _ = std::fs::remove_dir_all(dir.join(&id));
-                            return;
-                        }
-                        ready.push((id, netns));
+            let stop = |mut state: std::sync::MutexGuard<'_, PoolState>| {
+                state.filling = false;
+                drop(state);
+                pool.idle.notify_all();
+            };
+            loop {
+                {
+                    let state = pool.lock();
+                    if state.closed || state.ready.len() >= target {
+                        return stop(state);
                     }
+                }
+                let made = make(&dir, &rules);
+                let mut state = pool.lock();
+                match made {
+                    Ok((id, netns)) if state.closed => {
+                        // Released meanwhile: this one goes too.
+                        drop(netns);
+                        let _ = std::fs::remove_dir_all(dir.join(&id));
+                    }
+                    Ok(slot) => state.ready.push(slot),
                     Err(e) => {
                         tracing::warn!(error = %e, "making a network slot ahead of time");
-                        return;
+                        return stop(state);
                     }
                 }
             }
         });
     }
-}
 
-impl Slots {
-    /// Deletes the waiting slots; none is made after this.
+    /// Deletes the waiting slots, after waiting (a while) for one being made; none is made
+    /// after this.
     pub fn release(&self) {
-        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-        for (id, netns) in self.ready.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        let mut state = self.pool.lock();
+        state.closed = true;
+        for (id, netns) in state.ready.drain(..) {
             drop(netns);
             let _ = std::fs::remove_dir_all(self.dir.join(id));
         }
+        let (state, waited) = self
+            .pool
+            .idle
+            .wait_timeout_while(state, RELEASE_WAIT, |state| state.filling)
+            .unwrap_or_else(|e| e.into_inner());
+        if waited.timed_out() {
+            tracing::warn!("a network slot was still being made at release; the next start removes it");
+        }
+        drop(state);
     }
 }
 
@@ -152,10 +196,10 @@ mod tests {
         let slots = Slots::new(data.path(), 2, open_rules()).unwrap();
         slots.fill();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while slots.ready.lock().unwrap().len() < 2 && std::time::Instant::now() < deadline {
+        while slots.pool.lock().ready.len() < 2 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let waiting: Vec<String> = slots.ready.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+        let waiting: Vec<String> = slots.pool.lock().ready.iter().map(|(id, _)| id.clone()).collect();
         assert_eq!(waiting.len(), 2);
         assert!(waiting.iter().all(|id| exists(id) && slots.dir().join(id).join("owner").exists()));
         let slot = slots.take().unwrap();
@@ -165,10 +209,27 @@ mod tests {
         assert!(exists(&slot.id));
         drop(slot);
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let left: Vec<String> = slots.ready.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+        let left: Vec<String> = slots.pool.lock().ready.iter().map(|(id, _)| id.clone()).collect();
         slots.release();
         assert!(left.iter().all(|id| !exists(id) && !slots.dir().join(id).exists()), "released slots are deleted");
         assert!(!waiting.iter().any(|id| exists(id)));
+    }
+
+    #[test]
+    fn a_release_during_a_fill_leaves_nothing() {
+        if skip_without_root() {
+            return;
+        }
+        let data = tempfile::tempdir().unwrap();
+        let slots = Slots::new(data.path(), 4, open_rules()).unwrap();
+        slots.fill();
+        // Let the filler get into making a slot, then release under it.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        slots.release();
+        let left: Vec<_> = std::fs::read_dir(slots.dir()).unwrap().collect();
+        assert!(left.is_empty(), "markers left after release: {left:?}");
+        slots.fill();
+        assert!(!slots.pool.lock().filling, "no slot is made after a release");
     }
 
     #[test]

@@ -20,8 +20,9 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/build.sh
 export EMBER_AGENT_BIN="$PWD/target/release/ember-agent"
-target/release/ember template build base
-target/release/ember template build code-interpreter
+for template in base code-interpreter python node-20 deno; do
+    target/release/ember template build "$template"
+done
 # A registry, skopeo and umoci for the OCI pull tests (ember-oci's and the template builds').
 crates/oci/tests/setup.sh
 # The official SDK as a test client, pinned.

@@ -33,7 +33,7 @@ pub enum TemplateCmd {
 
 #[derive(Args)]
 pub struct BuildArgs {
-    /// A built-in template (base, code-interpreter) to build locally.
+    /// A built-in template (base, code-interpreter, python, node-20, deno) to build locally.
     #[arg(conflicts_with_all = ["file", "template_name"], required_unless_present = "file")]
     builtin: Option<String>,
     /// The Dockerfile to build a template from (through `ember serve`).

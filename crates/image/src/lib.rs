@@ -3,11 +3,13 @@
 //! everything that goes into them.
 
 pub mod cache;
+mod derive;
 pub mod interpreter;
 pub mod kernel;
 pub mod oci;
 pub mod private;
 pub mod rootfs;
+pub mod runtimes;
 pub mod step;
 pub mod template;
 pub mod tools;

@@ -1,4 +1,4 @@
-//! Root filesystems. The Debian tree (debootstrap bookworm plus the base packages and the
+//! Root filesystems. The Debian tree (debootstrap trixie plus the base packages and the
 //! `user` account) is cached by the hash of its recipe; a template image (a tree plus the files
 //! it carries, such as the agent as `/usr/local/bin/ember-agent`, as ext4) is cached by the hash
 //! of the tree key and those files, so a new agent costs one `mkfs.ext4`, not a new debootstrap.
@@ -14,7 +14,7 @@ pub(crate) const TREE_KIND: &str = "rootfs-tree";
 const IMAGE_KIND: &str = "rootfs";
 /// The template image's name in its entry.
 const IMAGE_FILE: &str = "rootfs.ext4";
-const SUITE: &str = "bookworm";
+const SUITE: &str = "trixie";
 /// Packages debootstrap installs (npm is added afterwards: debootstrap trips on its virtual dependencies).
 const INCLUDE: &[&str] = &[
     "python3",
@@ -34,8 +34,9 @@ const INCLUDE: &[&str] = &[
 const APT_AFTER: &[&str] = &["npm"];
 /// Size of the template's root disk; sandboxes see this much space.
 pub const IMAGE_SIZE_MIB: u64 = 4096;
-/// Template images kept in the cache (the most recently used).
-const KEEP_IMAGES: usize = 6;
+/// Template images kept in the cache (the most recently used): each agent build makes one per
+/// built-in template (base and node-20 share theirs), so this keeps three builds' worth.
+const KEEP_IMAGES: usize = 12;
 /// Path of the agent inside the guest; the kernel starts it as init.
 pub const AGENT_PATH: &str = "/usr/local/bin/ember-agent";
 

@@ -4,10 +4,18 @@
 use std::path::{Path, PathBuf};
 
 use crate::rootfs::{Install, Tree, AGENT_PATH};
-use crate::{interpreter, kernel, rootfs, Cache, ImageError};
+use crate::{interpreter, kernel, rootfs, runtimes, Cache, ImageError};
 
-/// Template names Ember can build.
-pub const KNOWN_TEMPLATES: &[&str] = &["base", "code-interpreter"];
+/// Template names Ember can build: `base`, the code interpreter's, and the runtimes
+/// ([`runtimes::RUNTIMES`]).
+pub const KNOWN_TEMPLATES: &[&str] = &["base", "code-interpreter", "python", "node-20", "deno"];
+/// Other names of built-in templates: E2B's and the runtimes' seed names.
+pub const ALIASES: &[(&str, &str)] = &[
+    ("code-interpreter-v1", "code-interpreter"),
+    ("python-3.13", "python"),
+    ("nodejs-20", "node-20"),
+    ("deno-2", "deno"),
+];
 
 /// Path of the code-interpreter server inside the guest.
 pub const INTERPRETER_PATH: &str = "/usr/local/bin/ember-interpreter";
@@ -52,18 +60,20 @@ pub struct Template {
     pub ready: Option<Ready>,
 }
 
-/// Checks that `name` is a template Ember knows, without building anything.
-pub fn check_name(name: &str) -> Result<(), ImageError> {
-    if KNOWN_TEMPLATES.contains(&name) {
-        Ok(())
-    } else {
-        Err(ImageError::UnknownTemplate { name: name.to_string() })
-    }
+/// The built-in template `name` names (itself, or the one it is an alias of), if any.
+pub fn canonical(name: &str) -> Option<&'static str> {
+    let name = ALIASES.iter().find(|(alias, _)| *alias == name).map_or(name, |(_, to)| *to);
+    KNOWN_TEMPLATES.iter().find(|known| **known == name).copied()
+}
+
+/// Checks that `name` is a template Ember knows (or an alias of one), without building anything.
+pub fn check_name(name: &str) -> Result<&'static str, ImageError> {
+    canonical(name).ok_or_else(|| ImageError::UnknownTemplate { name: name.to_string() })
 }
 
 /// Returns template `name`, building its kernel and root filesystem on first use.
 pub fn ensure(cache: &Cache, name: &str, bins: &GuestBinaries) -> Result<Template, ImageError> {
-    check_name(name)?;
+    let name = check_name(name)?;
     let agent = read(&bins.agent).map_err(|_| ImageError::AgentMissing(bins.agent.clone()))?;
     let mut installs = vec![Install { path: AGENT_PATH, bytes: agent, mode: 0o755 }];
     let (rootfs, rootfs_key, ready) = if name == "code-interpreter" {
@@ -74,6 +84,10 @@ pub fn ensure(cache: &Cache, name: &str, bins: &GuestBinaries) -> Result<Templat
         let tree = Tree { kind: interpreter::TREE_KIND, path: &tree, key: &key };
         let (image, key) = rootfs::ensure_image(cache, tree, &installs)?;
         (image, key, Some(Ready { port: INTERPRETER_PORT, path: "/health" }))
+    } else if let Some(runtime) = runtimes::find(name) {
+        let (kind, tree, key) = runtime.ensure_tree(cache)?;
+        let (image, key) = rootfs::ensure_image(cache, Tree { kind, path: &tree, key: &key }, &installs)?;
+        (image, key, None)
     } else {
         let (tree, key) = rootfs::ensure_tree(cache)?;
         let tree = Tree { kind: rootfs::TREE_KIND, path: &tree, key: &key };
@@ -105,10 +119,23 @@ mod tests {
 
     #[test]
     fn unknown_template_is_named_with_the_known_ones() {
-        assert!(check_name("base").is_ok());
-        assert!(check_name("code-interpreter").is_ok());
+        assert_eq!(check_name("base").ok(), Some("base"));
+        assert_eq!(check_name("code-interpreter-v1").ok(), Some("code-interpreter"));
+        assert_eq!(check_name("nodejs-20").ok(), Some("node-20"));
         let msg = check_name("nope").unwrap_err().to_string();
         assert!(msg.contains("'nope'") && msg.contains("base"), "{msg}");
+    }
+
+    #[test]
+    fn every_runtime_is_a_known_template_and_aliases_agree() {
+        for runtime in runtimes::RUNTIMES {
+            assert_eq!(canonical(runtime.name), Some(runtime.name));
+        }
+        for (alias, to) in [("python-3.13", "python"), ("nodejs-20", "node-20"), ("deno-2", "deno")] {
+            assert_eq!(canonical(alias), Some(to), "{alias}");
+        }
+        assert!(ALIASES.iter().all(|(alias, to)| !KNOWN_TEMPLATES.contains(alias) && KNOWN_TEMPLATES.contains(to)));
+        assert!(canonical("python-3.12").is_none());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use ember_builder::{BuildConfig, BuildLog, BuildSpec, Defaults, Layers, Start, S
 use ember_store::{now_ms, BuildRecord, BuildStatus, TemplateRecord};
 use tracing::Instrument;
 
-use super::{random_hex, LifecycleError, Manager, TEMPLATES};
+use super::{random_hex, LifecycleError, Manager};
 
 /// How long an upload URL is valid.
 const UPLOAD_URL_TTL: Duration = Duration::from_secs(3600);
@@ -124,7 +124,7 @@ impl Manager {
         let reference = req.name.as_deref().or(req.alias.as_deref()).unwrap_or_default();
         let (name, tag) = split_name(reference);
         check_label("name", name, true)?;
-        if TEMPLATES.iter().any(|(n, _)| *n == name) {
+        if ember_image::template::canonical(name).is_some() {
             return Err(LifecycleError::Invalid(format!("'{name}' is a built-in template; choose another name")));
         }
         let mut tags: Vec<String> = req.tags.clone().unwrap_or_default();
@@ -313,7 +313,7 @@ impl Manager {
         match (&body.from_template, &body.from_image) {
             (Some(_), Some(_)) => Err(LifecycleError::Invalid("give fromTemplate or fromImage, not both".into())),
             (Some(from), None) => {
-                if let Some((_, t)) = TEMPLATES.iter().find(|(n, _)| n == from) {
+                if let Some(t) = ember_image::template::canonical(from) {
                     return Ok(builtin(t));
                 }
                 let (name, tag) = split_name(from);

@@ -38,9 +38,6 @@ use crate::ServeConfig;
 const DEFAULT_TEMPLATE: &str = "base";
 /// The code-interpreter template (E2B's `code-interpreter-v1`).
 const INTERPRETER_TEMPLATE: &str = "code-interpreter";
-/// Template names clients may use, and the template each stands for.
-const TEMPLATES: &[(&str, &str)] =
-    &[("base", "base"), ("code-interpreter-v1", INTERPRETER_TEMPLATE), ("code-interpreter", INTERPRETER_TEMPLATE)];
 /// Bounds on client-supplied maps.
 const MAX_ENTRIES: usize = 100;
 const MAX_KEY: usize = 256;
@@ -300,7 +297,7 @@ impl Manager {
     /// A built-in template, one of the team's built templates (`name`, `name:tag` or its id),
     /// or one of the team's snapshots by id or name.
     fn resolve_template(&self, team: &str, name: &str) -> Result<Source, LifecycleError> {
-        if let Some((_, t)) = TEMPLATES.iter().find(|(n, _)| *n == name) {
+        if let Some(t) = ember_image::template::canonical(name) {
             return Ok(Source::Template(t));
         }
         let (base, tag) = split_name(name);

@@ -381,3 +381,56 @@ def test_a_ready_command_that_never_passes_fails_the_build():
         import shutil
 
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_a_stop_during_a_build_ends_its_sandbox_and_fails_the_build():
+    """A clean stop of `ember serve` (even one that leaves sandboxes running for the next start)
+    destroys the VM of a build in progress, and the build is failed, not left `building`."""
+    from conftest import qemu_processes
+
+    data_dir = tempfile.mkdtemp(prefix="ember-templates-stop-")
+    os.chmod(data_dir, 0o755)
+    d = Daemon(data_dir, free_port())
+    d.start("--pool", "0")
+    try:
+        t = Template().from_base_image().run_cmd("touch /tmp/started && sleep 600")
+        done = []
+        import threading
+
+        def builder():
+            try:
+                Template.build(t, "stopped-mid-build", api_url=d.url, api_key=KEY, request_timeout=BUILD_TIMEOUT)
+            except Exception as e:  # the daemon goes away under it
+                done.append(e)
+
+        threading.Thread(target=builder, daemon=True).start()
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            r = httpx.get(f"{d.url}/templates", headers={"X-API-Key": KEY}, timeout=30).json()
+            building = [x for x in r if x.get("buildStatus") == "building"]
+            if building and qemu_processes(data_dir):
+                break
+            time.sleep(1)
+        assert building and qemu_processes(data_dir), (r, d.log())
+        # The RUN step is under way (its log says so) before the stop.
+        tid, bid = building[0]["templateID"], building[0]["buildID"]
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            status = httpx.get(f"{d.url}/templates/{tid}/builds/{bid}/status", headers={"X-API-Key": KEY},
+                               timeout=30).json()
+            if any("sleep 600" in (e.get("message") or "") for e in status.get("logEntries", [])):
+                break
+            time.sleep(1)
+        d.stop()
+        assert d.proc.returncode == 0, d.log()
+        assert not qemu_processes(data_dir), "the build's VM outlived a clean stop"
+        d.start("--pool", "0", "--destroy-on-exit")
+        status = httpx.get(f"{d.url}/templates/{tid}/builds/{bid}/status", headers={"X-API-Key": KEY},
+                           timeout=30).json()
+        assert status["status"] == "error", status
+        assert not [p for p in os.listdir(os.path.join(data_dir, "templates")) if p.endswith(".partial")]
+    finally:
+        d.stop()
+        for pid, _ in qemu_processes(data_dir):
+            os.kill(pid, 9)
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -14,6 +14,9 @@ use crate::{io_err, private, ImageError};
 
 /// File whose modification time says when an entry was last used.
 const USED_FILE: &str = "last-used";
+/// Where the data directories whose disks may be backed by entries are registered, one file
+/// each (named by the hash of its path, holding the path).
+const USERS: &str = "users";
 
 /// The default cache root.
 pub const DEFAULT_ROOT: &str = "/var/cache/ember";
@@ -129,8 +132,46 @@ impl Cache {
         let _ = std::fs::write(self.entry(kind, key).join(USED_FILE), b"");
     }
 
-    /// Removes all but the `keep` most recently used entries of `kind`, never `current`.
-    /// Entries being built (locked) are skipped.
+    /// Registers `data_dir` as one whose disks (sandboxes, snapshots, templates, layers) may be
+    /// backed by entries of this cache: [`Cache::prune`] keeps every entry they are backed by.
+    pub fn register_user(&self, data_dir: &Path) -> Result<(), ImageError> {
+        let dir = self.kind_dir(USERS)?;
+        let path = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
+        let file = dir.join(key(&[path.as_os_str().as_encoded_bytes()]));
+        std::fs::write(&file, path.as_os_str().as_encoded_bytes()).map_err(io_err(format!("write {}", file.display())))
+    }
+
+    /// The entries some disk is backed by: disks in the registered data directories (whose
+    /// registrations are dropped once the directory is gone) and in this cache's own entries
+    /// (a template snapshot's disk is backed by a template image).
+    fn entries_in_use(&self) -> std::collections::HashSet<PathBuf> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut images = std::collections::HashSet::new();
+        for file in std::fs::read_dir(self.root.join(USERS)).into_iter().flatten().flatten() {
+            let Ok(bytes) = std::fs::read(file.path()) else { continue };
+            let data_dir = PathBuf::from(std::ffi::OsStr::from_bytes(&bytes));
+            if data_dir.is_dir() {
+                crate::qcow2::images_under(&data_dir, crate::qcow2::DATA_DIR_DEPTH, &[], &mut images);
+            } else {
+                let _ = std::fs::remove_file(file.path());
+            }
+        }
+        for (kind, _) in QEMU_BACKING {
+            crate::qcow2::images_under(&self.root.join(kind), 1, &[], &mut images);
+        }
+        images
+            .iter()
+            .filter_map(|image| {
+                let mut parts = image.strip_prefix(&self.root).ok()?.components();
+                let (kind, key) = (parts.next()?, parts.next()?);
+                Some(self.root.join(kind).join(key))
+            })
+            .collect()
+    }
+
+    /// Removes all but the `keep` most recently used entries of `kind`, never `current` nor an
+    /// entry some disk is still backed by ([`Cache::register_user`]). Entries being built
+    /// (locked) are skipped.
     pub fn prune(&self, kind: &str, keep: usize, current: &str) {
         let Ok(dir) = std::fs::read_dir(self.root.join(kind)) else {
             return;
@@ -140,14 +181,29 @@ impl Cache {
             .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().contains('.'))
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                // An entry never marked (made before marking existed) counts as the oldest.
-                let used =
-                    e.path().join(USED_FILE).metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+                // An entry never marked (a tree, whose directory is a guest's root and gets no
+                // marker, or one made before marking existed) was last used when it was last
+                // changed.
+                let used = e
+                    .path()
+                    .join(USED_FILE)
+                    .metadata()
+                    .or_else(|_| e.metadata())
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
                 Some((used, name))
             })
             .collect();
         entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+        if entries.len() <= keep {
+            return;
+        }
+        let in_use = self.entries_in_use();
         for (_, key) in entries.into_iter().skip(keep).filter(|(_, k)| k != current) {
+            if in_use.contains(&self.entry(kind, &key)) {
+                tracing::info!(kind, key, "an old cache entry is kept: disks are backed by it");
+                continue;
+            }
             let lock_path = self.root.join(kind).join(format!("{key}.lock"));
             let Ok(file) = File::create(&lock_path) else {
                 continue;
@@ -266,5 +322,41 @@ mod tests {
         let left: Vec<bool> =
             ["a", "b", "c", "d", "unmarked", "building.tmp"].iter().map(|k| cache.entry("k", k).exists()).collect();
         assert_eq!(left, [true, false, true, true, false, true]);
+    }
+
+    #[test]
+    fn prune_keeps_entries_that_disks_are_backed_by() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("cache"));
+        for key in ["old", "held", "new"] {
+            std::fs::create_dir_all(cache.entry("rootfs", key)).unwrap();
+            std::fs::write(cache.entry("rootfs", key).join("rootfs.ext4"), vec![0u8; 1 << 20]).unwrap();
+            cache.touch("rootfs", key);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // A paused sandbox's disk in a registered data directory is backed by "held".
+        let sandbox = data.path().join("sandboxes/abc");
+        std::fs::create_dir_all(&sandbox).unwrap();
+        let made = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(cache.entry("rootfs", "held").join("rootfs.ext4"))
+            .arg(sandbox.join("disk.qcow2"))
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: qemu-img is missing");
+            return;
+        }
+        cache.register_user(data.path()).unwrap();
+        cache.register_user(&dir.path().join("gone")).unwrap();
+        cache.prune("rootfs", 1, "new");
+        let left: Vec<bool> = ["old", "held", "new"].iter().map(|k| cache.entry("rootfs", k).exists()).collect();
+        assert_eq!(left, [false, true, true]);
+        let users = std::fs::read_dir(cache.root().join(USERS)).unwrap().count();
+        assert_eq!(users, 1, "the registration of a data directory that is gone is dropped");
+        // Once the sandbox is gone, so is the hold.
+        std::fs::remove_dir_all(&sandbox).unwrap();
+        cache.prune("rootfs", 1, "new");
+        assert!(!cache.entry("rootfs", "held").exists());
     }
 }

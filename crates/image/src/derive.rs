@@ -30,6 +30,10 @@ const PASSED_THROUGH: &[&str] = &[
     "npm_config_registry",
 ];
 
+/// Derived trees kept per kind (the most recently built): the runtimes' kind holds two
+/// runtimes, so this is two builds of each.
+const KEEP_TREES: usize = 4;
+
 /// A derived tree being built: its root, its build log and the step labels' prefix.
 pub(crate) struct Build<'a> {
     pub root: PathBuf,
@@ -116,6 +120,8 @@ pub(crate) fn ensure(
     if !tree.join("etc/os-release").exists() {
         let _base_lock = cache.lock(rootfs::TREE_KIND, &base_key)?;
         derive(cache, kind, &key, &base, about, build)?;
+        // Trees are only read to make images (which copy them): old ones can go.
+        cache.prune(kind, KEEP_TREES, &key);
     }
     Ok((tree, key))
 }

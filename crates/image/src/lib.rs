@@ -8,6 +8,7 @@ pub mod interpreter;
 pub mod kernel;
 pub mod oci;
 pub mod private;
+pub mod qcow2;
 pub mod rootfs;
 pub mod runtimes;
 pub mod step;

@@ -68,6 +68,8 @@ pub fn ensure_tree(cache: &Cache) -> Result<(PathBuf, String), ImageError> {
     let _lock = cache.lock(TREE_KIND, &key)?;
     if !tree.join("etc/os-release").exists() {
         build_tree(cache, &key, &mirror)?;
+        // Trees are only read to make images (which copy them) and derived trees: keep two.
+        cache.prune(TREE_KIND, 2, &key);
     }
     Ok((tree, key))
 }

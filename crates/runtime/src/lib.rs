@@ -142,6 +142,8 @@ impl Runtime {
         let qemu_group = qemu_ids.map(|(_, gid)| gid);
         private::prepare_data_dir(&config.data_dir, qemu_group)?;
         config.cache.prepare(qemu_group)?;
+        // Cache entries under this data directory's disks are never pruned.
+        config.cache.register_user(&config.data_dir)?;
         if let Some((uid, gid)) = qemu_ids {
             private::check_reachable(&config.data_dir, uid, gid)?;
             private::check_reachable(config.cache.root(), uid, gid)?;

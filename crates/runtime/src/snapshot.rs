@@ -19,8 +19,9 @@ use crate::sandbox::{new_id, SandboxDir, Start, DISK, PAUSE_STATE, PAUSE_STATE_P
 use crate::{io_err, AgentClient, Runtime, RuntimeError, Sandbox, SandboxNet};
 
 const SNAPSHOT_KIND: &str = "snapshots";
-/// Template snapshots kept in the cache (the most recently used).
-const KEEP_SNAPSHOTS: usize = 3;
+/// Template snapshots kept in the cache (the most recently used, and any that a disk is still
+/// backed by): one per built-in template and size in use, a few agent builds' worth.
+const KEEP_SNAPSHOTS: usize = 8;
 const SHAPE_FILE: &str = "shape.json";
 
 /// A sandbox's VM shape, kept in its directory so that it can be paused, resumed or adopted.

@@ -45,11 +45,18 @@ pub struct Builds {
     uploads: Mutex<HashMap<String, Upload>>,
     /// One build at a time (two cores; a build is a busy sandbox).
     running: tokio::sync::Semaphore,
+    /// The builds' tasks (finished ones are dropped as new ones start), ended at shutdown.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Builds {
     pub fn new() -> Self {
-        Self { logs: Default::default(), uploads: Default::default(), running: tokio::sync::Semaphore::new(1) }
+        Self {
+            logs: Default::default(),
+            uploads: Default::default(),
+            running: tokio::sync::Semaphore::new(1),
+            tasks: Default::default(),
+        }
     }
 }
 
@@ -260,8 +267,24 @@ impl Manager {
         let this = Arc::clone(self);
         let team = team.to_string();
         let span = tracing::info_span!("build", id = %build.id, template = %build.template_id);
-        tokio::spawn(async move { this.run_build(&team, build, spec, log).await }.instrument(span));
+        let task = tokio::spawn(async move { this.run_build(&team, build, spec, log).await }.instrument(span));
+        let mut tasks = self.builds.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
         Ok(())
+    }
+
+    /// At shutdown: ends the builds in progress (their sandboxes are destroyed as their tasks
+    /// are dropped) and records them as failed.
+    pub(super) async fn stop_builds(&self) {
+        let tasks: Vec<_> = std::mem::take(&mut *self.builds.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            if !task.is_finished() {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        self.fail_unfinished_builds();
     }
 
     fn build_spec(
@@ -455,19 +478,11 @@ impl Manager {
     /// the disks in `except`.
     fn backing_images(&self, except: &[PathBuf]) -> std::collections::HashSet<PathBuf> {
         let mut used = std::collections::HashSet::new();
-        for kind in ["sandboxes", "snapshots", "templates", "layers", "run/sandboxes"] {
-            let Ok(entries) = std::fs::read_dir(self.config.data_dir.join(kind)) else { continue };
-            for dir in entries.flatten().map(|e| e.path()).filter(|d| !except.contains(d)) {
-                let Ok(files) = std::fs::read_dir(&dir) else { continue };
-                for disk in files.flatten().map(|f| f.path()).filter(|f| f.extension().is_some_and(|e| e == "qcow2")) {
-                    used.extend(ember_vmm::disk::backing_chain(&disk));
-                }
-            }
-        }
+        ember_image::qcow2::images_under(&self.config.data_dir, ember_image::qcow2::DATA_DIR_DEPTH, except, &mut used);
         used
     }
 
-    /// At start: builds an earlier daemon left unfinished have failed.
+    /// At start and at shutdown: builds left unfinished have failed.
     pub(super) fn fail_unfinished_builds(&self) {
         match self.store.fail_unfinished_builds("the daemon stopped during the build", now_ms()) {
             Ok(ids) => {

@@ -411,8 +411,9 @@ impl Manager {
     }
 
     /// At shutdown: destroys every sandbox, or leaves them running to be adopted by the next
-    /// daemon. Pooled sandboxes and network slots made ahead of time are always removed.
+    /// daemon. Template builds, pooled sandboxes and network slots made ahead of time always end.
     pub async fn shutdown(&self, destroy: bool) {
+        self.stop_builds().await;
         self.stop_pool().await;
         for sandbox in self.pool.lock().await.drain().flat_map(|(_, sandboxes)| sandboxes) {
             let _ = sandbox.destroy().await;

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use ember_envd_proto::process::{DataEvent, ProcessConfig, ProcessEvent, StartRequest};
 use ember_runtime::{AgentClient, AgentError};
 
@@ -199,9 +198,8 @@ pub async fn copy(
     if size > MAX_ARCHIVE_BYTES {
         return Err(GuestError::Archive(format!("{size} bytes; at most {MAX_ARCHIVE_BYTES}")));
     }
-    let data = tokio::fs::read(copy.archive).await.map_err(|e| GuestError::Archive(e.to_string()))?;
     let inside = format!("/tmp/ember-copy-{}.tar", hex::encode(rand::random::<[u8; 8]>()));
-    agent.upload(&inside, "root", Bytes::from(data), timeout).await?;
+    agent.upload_file(&inside, "root", copy.archive, timeout).await?;
     // `user` alone means the user's login group too.
     let owner = match copy.owner.unwrap_or(&defaults.user) {
         o if o.contains(':') => o.to_string(),

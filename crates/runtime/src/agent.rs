@@ -197,17 +197,54 @@ impl AgentClient {
             .map_err(|_| AgentError::Timeout("/health".into()))?
     }
 
-    /// Writes `data` to `path` in the guest as `user` (`POST /files`, a raw body), within
-    /// `timeout`. The caller bounds `data`.
-    pub async fn upload(&self, path: &str, user: &str, data: Bytes, timeout: Duration) -> Result<(), AgentError> {
+    /// Writes the host file `file` to `path` in the guest, owned by `user` (envd's `POST /files`
+    /// with a raw body), read in 1 MiB chunks as it is sent (never whole in memory).
+    pub async fn upload_file(
+        &self,
+        path: &str,
+        user: &str,
+        file: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<(), AgentError> {
+        use tokio::io::AsyncReadExt;
+        let open_err = |e: std::io::Error| AgentError::Other(format!("open {}: {e}", file.display()));
+        let f = tokio::fs::File::open(file).await.map_err(open_err)?;
+        let size = f.metadata().await.map_err(open_err)?.len();
+        let chunks = futures_util::stream::try_unfold(f, |mut f| async move {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = f.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(None);
+            }
+            buf.truncate(n);
+            Ok(Some((hyper::body::Frame::data(Bytes::from(buf)), f)))
+        });
+        self.post_file(path, user, http_body_util::StreamBody::new(chunks), size, timeout).await
+    }
+
+    /// `POST /files` of a body of `size` bytes to `path` as `user`.
+    async fn post_file<B>(
+        &self,
+        path: &str,
+        user: &str,
+        body: B,
+        size: u64,
+        timeout: Duration,
+    ) -> Result<(), AgentError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let query = format!("/files?path={}&username={}", query_escape(path), query_escape(user));
         let mut builder = Request::post(query.as_str())
             .header(header::HOST, self.addr.to_string())
-            .header(header::CONTENT_TYPE, "application/octet-stream");
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, size);
         if let Some(token) = &self.token {
             builder = builder.header("x-access-token", token.as_str());
         }
-        let req = builder.body(Full::new(data)).map_err(|e| AgentError::Other(e.to_string()))?;
+        let req = builder.body(body).map_err(|e| AgentError::Other(e.to_string()))?;
         tokio::time::timeout(timeout, async {
             let resp = self.send(req, CONNECT_TIMEOUT).await?;
             let status = resp.status();

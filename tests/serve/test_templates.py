@@ -220,6 +220,29 @@ def test_a_changed_step_redoes_itself_and_what_follows_and_skip_cache_redoes_all
     assert not any(m.startswith("CACHED") for m in logs), logs
 
 
+def test_env_and_user_steps_save_no_layer_and_still_come_from_the_cache(daemon):
+    layers = os.path.join(daemon.data_dir, "layers")
+    before = set(os.listdir(layers)) if os.path.isdir(layers) else set()
+    t = (Template().from_base_image().set_envs({"STATELESS_A": "a1"}).run_cmd("echo $STATELESS_A > /tmp/a")
+         .set_user("root").set_envs({"STATELESS_B": "b2"}).run_cmd("id -un > /tmp/who").set_user("user"))
+    _, logs = build(t, "stateless-suite")
+    steps = sorted({m for m in logs if m.startswith("[") and "/" in m.split("]")[0]})
+    saving = [m for m in steps if not m.split("] ", 1)[1].startswith(("ENV", "USER"))]
+    made = {e for e in os.listdir(layers) if not e.endswith((".partial", ".tmp"))} - before
+    made = {e for e in made if os.path.isdir(os.path.join(layers, e))}
+    assert len(made) == len(saving) and len(steps) > len(saving), (made, steps)
+    _, logs = build(t, "stateless-suite")
+    n = len(steps)
+    assert any(f"{n} of {n} steps from the cache" in m for m in logs), (steps, "\n".join(logs))
+    assert len([m for m in logs if m.startswith("CACHED [")]) == n, logs
+    s = Sandbox.create("stateless-suite")
+    try:
+        out = s.commands.run("cat /tmp/a /tmp/who; echo $STATELESS_A $STATELESS_B; whoami").stdout
+        assert out == "a1\nroot\na1 b2\nuser\n", out
+    finally:
+        s.kill()
+
+
 def test_a_failing_run_is_reported_with_its_output_and_step(daemon):
     t = Template().from_base_image().run_cmd("echo fine").run_cmd("echo boom-output; echo boom-err >&2; exit 3")
     logs = []

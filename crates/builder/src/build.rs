@@ -123,16 +123,25 @@ pub async fn build(
         let next = layers::step_key(keys.last().map(String::as_str).unwrap_or_default(), &s.step);
         keys.push(next);
     }
-    // The longest run of cached layers from the start, up to the first forced step.
+    // The longest run of cached steps from the start, up to the first forced step: steps with
+    // a saved layer, and between them steps that change nothing in the VM (ENV, USER), which
+    // save none. The build restores the last saved layer (`done`) and applies the stateless
+    // steps after it up to `reached` again.
     let first_forced = if spec.force { 0 } else { spec.steps.iter().position(|s| s.force).unwrap_or(n) };
-    let mut cached = None;
+    let (mut cached, mut reached) = (None, 0);
     for (i, key) in keys.iter().enumerate().take(first_forced + 1).skip(1) {
         match config.layers.get(key) {
             Some(layer) => cached = Some((i, layer)),
+            None if spec.steps[i - 1].step.is_stateless() => {}
             None => break,
         }
+        reached = i;
     }
     let done = cached.as_ref().map_or(0, |(i, _)| *i);
+    if done == 0 {
+        // Nothing saved to start from: stateless steps alone are not a cache hit.
+        reached = 0;
+    }
     for (i, s) in spec.steps.iter().enumerate().take(done) {
         log.info(Some(&(i + 1).to_string()), &format!("CACHED [{}/{n}] {}", i + 1, s.step.describe()));
     }
@@ -151,14 +160,21 @@ pub async fn build(
         }
         for (i, s) in spec.steps.iter().enumerate().skip(done) {
             let label = (i + 1).to_string();
-            log.info(Some(&label), &format!("[{}/{n}] {}", i + 1, s.step.describe()));
+            let from_cache = i < reached;
+            let prefix = if from_cache { "CACHED " } else { "" };
+            log.info(Some(&label), &format!("{prefix}[{}/{n}] {}", i + 1, s.step.describe()));
             let started = std::time::Instant::now();
             step(&agent, &log, &label, &s.step, &mut defaults, config)
                 .await
                 .map_err(|m| BuildError::at(&label, format!("step {label} ({}) failed: {m}", s.step.kind())))?;
-            save_layer(&sandbox, &agent, config, &keys[i + 1], &defaults, &token)
-                .await
-                .map_err(|m| BuildError::at(&label, format!("saving the layer of step {label}: {m}")))?;
+            if from_cache {
+                continue;
+            }
+            if !s.step.is_stateless() {
+                save_layer(&sandbox, &agent, config, &keys[i + 1], &defaults, &token)
+                    .await
+                    .map_err(|m| BuildError::at(&label, format!("saving the layer of step {label}: {m}")))?;
+            }
             log.info(Some(&label), &format!("step {label} done in {:.1} s", started.elapsed().as_secs_f64()));
         }
         finalize(&sandbox, &agent, spec, config, &defaults, out, log.clone()).await?;
@@ -169,7 +185,7 @@ pub async fn build(
         tracing::warn!(error = %e, "destroying a build sandbox");
     }
     run?;
-    Ok(Built { defaults, agent_token: Some(token), cached_steps: done })
+    Ok(Built { defaults, agent_token: Some(token), cached_steps: reached })
 }
 
 /// The build sandbox: restored from the last cached layer, or made from the source.

@@ -126,6 +126,12 @@ impl Step {
     }
 
     /// One line for the build log.
+    /// Whether the step changes nothing in the VM, only the build's defaults (so it saves no
+    /// layer of its own: the next layer saved carries its effect).
+    pub fn is_stateless(&self) -> bool {
+        matches!(self, Step::Env { .. } | Step::User { .. })
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Step::Copy { src, dest, .. } => format!("COPY {src} {dest}"),

@@ -14,6 +14,7 @@ let daemon, url
 
 let Sandbox, NotFoundError, SandboxError, TimeoutError
 
+const CELL_TIMEOUT_MS = 120_000
 const stdout = (ex) => ex.logs.stdout.join('')
 const stderr = (ex) => ex.logs.stderr.join('')
 
@@ -21,6 +22,11 @@ async function withSandbox(opts, fn) {
   // Calls that start a kernel (new and restarted contexts) wait for it: 30-60 s for Python under
   // TCG on a busy 2-core machine, past the SDK's default 60 s request time-out.
   const sbx = await Sandbox.create({ timeoutMs: LIFETIME_MS, requestTimeoutMs: 300_000, ...opts })
+  // A cell that starts its language's kernel waits for it too: the first bash cell takes about
+  // 30 s under TCG on an idle machine (bash_kernel's imports alone 9 s), more under load, past
+  // the SDK's default 60 s cell time-out. As in the Python suite, cells get 120 s.
+  const runCode = sbx.runCode.bind(sbx)
+  sbx.runCode = (code, runOpts = {}) => runCode(code, { timeoutMs: CELL_TIMEOUT_MS, ...runOpts })
   try {
     return await fn(sbx)
   } finally {

@@ -457,3 +457,20 @@ def test_a_stop_during_a_build_ends_its_sandbox_and_fails_the_build():
         for pid, _ in qemu_processes(data_dir):
             os.kill(pid, 9)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.environ.get("EMBER_TEST_REGISTRIES") != "1",
+                    reason="talks to the real package registries: set EMBER_TEST_REGISTRIES=1")
+def test_a_build_installs_from_the_package_registries(daemon):
+    """A build's RUN steps reach the package registries through the sandbox network, as
+    `pip install` and `npm install` in a Dockerfile do; sandboxes of the template have them."""
+    t = (Template().from_template("python").run_cmd("pip install --no-cache-dir --disable-pip-version-check six")
+         .run_cmd("mkdir -p ~/app && cd ~/app && npm install --no-audit --no-fund is-number@7"))
+    build(t, "registries-suite")
+    s = Sandbox.create("registries-suite")
+    try:
+        out = s.commands.run("python -c 'import six; print(six.__name__)' && cd ~/app && "
+                             "node -e 'console.log(require(\"is-number\")(5))'").stdout
+        assert out == "six\ntrue\n", out
+    finally:
+        s.kill()

@@ -198,7 +198,8 @@ impl Cache {
         if entries.len() <= keep {
             return;
         }
-        let in_use = self.entries_in_use();
+        // Only the kinds whose images QEMU opens can be under a disk.
+        let in_use = if backing_image_of(kind).is_some() { self.entries_in_use() } else { Default::default() };
         for (_, key) in entries.into_iter().skip(keep).filter(|(_, k)| k != current) {
             if in_use.contains(&self.entry(kind, &key)) {
                 tracing::info!(kind, key, "an old cache entry is kept: disks are backed by it");

@@ -159,16 +159,6 @@ fn derive(
     rootfs::publish_tree(cache, kind, key, &scratch)
 }
 
-/// Writes `text` to `rel` (a path under the tree's root) with `mode`, making its directory.
-pub(crate) fn write_file(root: &Path, rel: &str, text: &str, mode: u32) -> Result<(), ImageError> {
-    let path = root.join(rel.trim_start_matches('/'));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
-    }
-    std::fs::write(&path, text).map_err(io_err(format!("write /{rel}")))?;
-    rootfs::set_mode(&path, mode)
-}
-
 /// Points `link` (absolute, in the guest) at `target`, replacing what was there.
 pub(crate) fn symlink(root: &Path, target: &str, link: &str) -> Result<(), ImageError> {
     let path = root.join(link.trim_start_matches('/'));

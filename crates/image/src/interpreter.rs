@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::cache::Cache;
-use crate::rootfs::set_mode;
+use crate::rootfs::{set_mode, write_file};
 use crate::{derive, io_err, ImageError};
 
 pub(crate) const TREE_KIND: &str = "rootfs-interpreter";
@@ -89,10 +89,7 @@ pub fn ensure_tree(cache: &Cache) -> Result<(PathBuf, String), ImageError> {
 /// Kernelspecs, Deno on `PATH`, and the user's IPython profile.
 fn install_files(root: &Path) -> Result<(), ImageError> {
     let mkdir = |rel: &str| std::fs::create_dir_all(root.join(rel)).map_err(io_err(format!("create /{rel}")));
-    let write = |rel: &str, text: &str, mode: u32| {
-        std::fs::write(root.join(rel), text).map_err(io_err(format!("write /{rel}")))?;
-        set_mode(&root.join(rel), mode)
-    };
+    let write = |rel: &str, text: &str, mode: u32| write_file(root, rel, text, mode);
     for (name, spec) in KERNELS {
         let dir = format!("{}/{name}", KERNELS_DIR.trim_start_matches('/'));
         mkdir(&dir)?;

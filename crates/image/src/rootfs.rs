@@ -106,10 +106,7 @@ fn build_tree(cache: &Cache, key: &str, mirror: &str) -> Result<(), ImageError> 
         step::run("rootfs: user and clean-up", chroot(&root, "sh").args(["-c", SETUP]), &log)?;
     }
     // Modes are set explicitly: ember's own umask (0077) is not the guest's.
-    let write = |rel: &str, text: &str, mode: u32| {
-        std::fs::write(root.join(rel), text).map_err(io_err(format!("write /{rel}")))?;
-        set_mode(&root.join(rel), mode)
-    };
+    let write = |rel: &str, text: &str, mode: u32| write_file(&root, rel, text, mode);
     write("etc/sudoers.d/user", SUDOERS, 0o440)?;
     write("etc/hosts", HOSTS, 0o644)?;
     write("etc/hostname", "ember\n", 0o644)?;
@@ -210,6 +207,13 @@ pub(crate) fn chroot(root: &Path, program: &str) -> Command {
     let mut cmd = Command::new("chroot");
     cmd.arg(root).arg(program).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     cmd
+}
+
+/// Writes `text` to `rel` (a path under the tree `root`, its directory made already) with `mode`.
+pub(crate) fn write_file(root: &Path, rel: &str, text: &str, mode: u32) -> Result<(), ImageError> {
+    let path = root.join(rel.trim_start_matches('/'));
+    std::fs::write(&path, text).map_err(io_err(format!("write /{rel}")))?;
+    set_mode(&path, mode)
 }
 
 pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {

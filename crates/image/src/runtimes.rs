@@ -95,7 +95,7 @@ impl Runtime {
                 b.npm_install_global(self.npm)?;
             }
             for (path, text, mode) in self.files {
-                derive::write_file(&b.root, path, text, *mode)?;
+                rootfs::write_file(&b.root, path, text, *mode)?;
             }
             for (target, link) in self.links {
                 derive::symlink(&b.root, target, link)?;

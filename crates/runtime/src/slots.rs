@@ -100,15 +100,14 @@ impl Slots {
                 drop(state);
                 pool.idle.notify_all();
             };
+            let mut state = pool.lock();
             loop {
-                {
-                    let state = pool.lock();
-                    if state.closed || state.ready.len() >= target {
-                        return stop(state);
-                    }
+                if state.closed || state.ready.len() >= target {
+                    return stop(state);
                 }
+                drop(state);
                 let made = make(&dir, &rules);
-                let mut state = pool.lock();
+                state = pool.lock();
                 match made {
                     Ok((id, netns)) if state.closed => {
                         // Released meanwhile: this one goes too.

@@ -27,10 +27,32 @@ pub struct NewSandbox {
     pub secure: Option<bool>,
     #[serde(default, rename = "allow_internet_access")]
     pub allow_internet_access: Option<bool>,
+    /// On time-out: pause (true) or kill.
     #[serde(default)]
     pub auto_pause: Option<bool>,
+    /// Whether a time-out pause keeps memory (true, the default) or only the filesystem.
+    #[serde(default)]
+    pub auto_pause_memory: Option<bool>,
+    #[serde(default)]
+    pub auto_resume: Option<AutoResume>,
     #[serde(default)]
     pub network: Option<NetworkConfig>,
+}
+
+/// `autoResume` of a create body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoResume {
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// `lifecycle` as `GET /sandboxes/{id}` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxLifecycle {
+    /// `kill` or `pause`.
+    pub on_timeout: String,
+    pub auto_resume: bool,
 }
 
 /// `network` of a create body, and as `GET /sandboxes/{id}` reports it (E2B's
@@ -124,6 +146,11 @@ pub struct SandboxDetail {
     pub allow_internet_access: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<SandboxLifecycle>,
+    /// What the latest pause saved (`full`: memory and filesystem), while paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_mode: Option<String>,
 }
 
 /// `POST /sandboxes/{id}/timeout`.

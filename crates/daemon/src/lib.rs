@@ -1,12 +1,13 @@
 //! `ember serve`: one HTTP/1.1 port serving E2B's REST API ([`sandboxes`], [`templates`] and
 //! [`snapshots`], behind [`auth`]) and
-//! all sandbox traffic ([`proxy`]), with the sandboxes' lifecycle and state in [`manager`].
+//! all sandbox traffic ([`proxy`], with [`cors`] for browsers), with the sandboxes' lifecycle and state in [`manager`].
 
 #![forbid(unsafe_code)]
 // Values from guests and clients are bounded before use: no silent truncation or sign change.
 #![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
 
 pub mod auth;
+pub mod cors;
 pub mod error;
 pub mod manager;
 pub mod network;
@@ -103,6 +104,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_REST_BODY))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), proxy::route))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), cors::cors))
         .with_state(manager)
 }
 

@@ -235,6 +235,7 @@ mod tests {
             allow_internet: true,
             network: "{not json".into(),
             traffic_token: None,
+            lifecycle: Default::default(),
         };
         assert_eq!(stored(&record).policy, EgressPolicy::deny_all());
         let good = SandboxRecord { network: r#"{"denyOut":["198.51.100.0/24"]}"#.into(), ..record };

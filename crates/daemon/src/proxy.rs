@@ -185,13 +185,10 @@ fn bad_gateway(id: &str, message: &str) -> Response {
     (StatusCode::BAD_GATEWAY, Json(body)).into_response()
 }
 
-async fn forward(manager: &Manager, id: &str, target: Target, mut req: Request) -> Response {
+async fn forward(manager: &Arc<Manager>, id: &str, target: Target, mut req: Request) -> Response {
     let Some(live) = manager.get_any(id) else {
         return bad_gateway(id, "The sandbox was not found");
     };
-    if live.is_paused() {
-        return bad_gateway(id, "The sandbox was not found: it is paused (connect to resume it)");
-    }
     let port = match target {
         Target::Host(port) => port,
         Target::Header => match parse_port(req.headers().get(SANDBOX_PORT).map(|v| v.as_bytes())) {
@@ -213,6 +210,17 @@ async fn forward(manager: &Manager, id: &str, target: Target, mut req: Request) 
                 "sandbox {id} does not allow public traffic: send its traffic access token in {TRAFFIC_TOKEN}"
             ));
         }
+    }
+    if live.is_paused() {
+        if !(record.lifecycle.auto_resume && may_wake(&req, port, &record)) {
+            return bad_gateway(id, "The sandbox was not found: it is paused (connect to resume it)");
+        }
+        let timeout = record.lifecycle.timeout_secs.max(1);
+        if let Err(e) = manager.resume(Arc::clone(&live), timeout).await {
+            tracing::warn!(sandbox = %id, error = %e, "resuming a sandbox on traffic");
+            return bad_gateway(id, "The sandbox was not found: it is paused and could not be resumed");
+        }
+        tracing::info!(sandbox = %id, port, "resumed by traffic (auto-resume)");
     }
     let upgrade = wants_upgrade(req.headers())
         .then(|| (hyper::upgrade::on(&mut req), req.headers().get(header::UPGRADE).cloned()));
@@ -251,11 +259,15 @@ async fn forward(manager: &Manager, id: &str, target: Target, mut req: Request) 
             if let (true, Some(client)) = (switching, client_upgrade) {
                 let guest = hyper::upgrade::on(&mut resp);
                 let sandbox = id.to_string();
+                let gone = live.until_vm_gone();
                 tokio::spawn(async move {
                     let (Ok(client), Ok(guest)) = tokio::join!(client, guest) else { return };
                     let (mut client, mut guest) = (TokioIo::new(client), TokioIo::new(guest));
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut guest).await {
-                        tracing::debug!(sandbox, port, error = %e, "upgraded connection closed");
+                    tokio::select! {
+                        result = tokio::io::copy_bidirectional(&mut client, &mut guest) => if let Err(e) = result {
+                            tracing::debug!(sandbox, port, error = %e, "upgraded connection closed");
+                        },
+                        () = gone => tracing::debug!(sandbox, port, "upgraded connection cut: the sandbox's VM went away"),
                     }
                 });
             }
@@ -266,7 +278,7 @@ async fn forward(manager: &Manager, id: &str, target: Target, mut req: Request) 
                 }
                 parts.headers.remove(HeaderName::from_static(name));
             }
-            Response::from_parts(parts, Body::new(body))
+            Response::from_parts(parts, Body::new(UntilGone::new(body, live.until_vm_gone())))
         }
         Err(AgentError::Connect(_)) => bad_gateway(id, "The sandbox is running but port is not open"),
         Err(e) => {
@@ -277,6 +289,74 @@ async fn forward(manager: &Manager, id: &str, target: Target, mut req: Request) 
                 bad_gateway(id, "The sandbox did not answer")
             }
         }
+    }
+}
+
+/// Whether a request may wake a paused sandbox whose lifecycle allows it: to envd, only one
+/// that carries the sandbox's access token (or a `/files` URL it signs), so that knowing an id
+/// is not enough to resume a sandbox; to another port, any request that passed the traffic
+/// token check (exposed ports are public unless the sandbox says otherwise).
+fn may_wake(req: &Request, port: u16, record: &ember_store::SandboxRecord) -> bool {
+    if port != ENVD_PORT {
+        return true;
+    }
+    let Some(token) = record.access_token.as_deref() else { return true };
+    let given = req.headers().get("x-access-token").map(|v| v.as_bytes()).unwrap_or_default();
+    if constant_eq(given, token.as_bytes()) {
+        return true;
+    }
+    let signed = req
+        .uri()
+        .query()
+        .and_then(|q| parse_signed_query(req.method() == axum::http::Method::POST, req.uri().path(), q));
+    signed.is_some_and(|s| s.matches(token))
+}
+
+/// A response body from a guest that ends with an error when the VM it came from goes away
+/// (paused or ended), so that a client streaming from it (a command's output, a watch) learns
+/// at once instead of waiting on a guest that will never answer; the SDKs then probe the
+/// sandbox and report it killed.
+struct UntilGone<B> {
+    inner: B,
+    gone: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    done: bool,
+}
+
+impl<B> UntilGone<B> {
+    fn new(inner: B, gone: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        Self { inner, gone: Box::pin(gone), done: false }
+    }
+}
+
+impl<B> hyper::body::Body for UntilGone<B>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.gone.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(Some(Err("the sandbox's VM went away (paused or ended)".into())));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -15,7 +15,7 @@ use axum::{Extension, Json};
 use ember_api::{
     ConnectRequest, LogEntry, LogLine, NewSandbox, SandboxDetail, SandboxLogs, SandboxMetric, TimeoutRequest,
 };
-use ember_store::{now_ms, SandboxRecord};
+use ember_store::{now_ms, SandboxRecord, SandboxState};
 use serde::Deserialize;
 
 use crate::auth::Team;
@@ -69,6 +69,11 @@ fn detail(r: &SandboxRecord, with_token: bool, domain: &str) -> SandboxDetail {
         envd_access_token: if with_token { r.access_token.clone() } else { None },
         allow_internet_access: Some(r.allow_internet),
         network: with_token.then(|| crate::network::stored(r).config),
+        lifecycle: Some(ember_api::SandboxLifecycle {
+            on_timeout: if r.lifecycle.auto_pause { "pause" } else { "kill" }.into(),
+            auto_resume: r.lifecycle.auto_resume,
+        }),
+        pause_mode: (r.state == SandboxState::Paused).then(|| "full".into()),
     }
 }
 
@@ -113,7 +118,8 @@ pub async fn set_timeout(
     let live = m.get(&team.0, &id)?;
     let req: TimeoutRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-    let secs = m.check_timeout(req.timeout)?;
+    // 0 means "time out now", as on E2B: the reaper acts on it (kill, or pause) within a tick.
+    let secs = if req.timeout == 0 { 0 } else { m.check_timeout(req.timeout)? };
     m.set_end(&live, now_ms() + secs * 1000, false)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -191,8 +197,33 @@ pub async fn pause(
 pub struct ListQuery {
     metadata: Option<String>,
     state: Option<String>,
+    /// `asc` or `desc` by start time (E2B's default: newest first).
+    order: Option<String>,
+    /// RFC 3339: started at or after / before.
+    started_after: Option<String>,
+    started_before: Option<String>,
+    /// A template name, alias or id.
+    template: Option<String>,
     limit: Option<usize>,
     next_token: Option<String>,
+}
+
+fn parse_time(what: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let Some(v) = value else { return Ok(None) };
+    let t = ember_envd_proto::time::parse_rfc3339(v)
+        .ok_or_else(|| ApiError::BadRequest(format!("{what} is not an RFC 3339 time: '{v}'")))?;
+    let ms = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    };
+    Ok(Some(ms))
+}
+
+/// Whether `r` was made from the template the list filter names (its name, an alias of it,
+/// or, for a built template, the name the create used).
+fn made_from(r: &SandboxRecord, wanted: &str) -> bool {
+    let canonical = |n: &str| ember_image::template::canonical(n).map(str::to_string).unwrap_or_else(|| n.to_string());
+    r.template == wanted || r.alias.as_deref() == Some(wanted) || canonical(&r.template) == canonical(wanted)
 }
 
 fn filter(records: Vec<SandboxRecord>, q: &ListQuery) -> Result<Vec<SandboxRecord>, ApiError> {
@@ -206,11 +237,40 @@ fn filter(records: Vec<SandboxRecord>, q: &ListQuery) -> Result<Vec<SandboxRecor
     if let Some(bad) = states.iter().flatten().find(|s| !matches!(**s, "running" | "paused")) {
         return Err(ApiError::BadRequest(format!("unknown state '{bad}'")));
     }
+    let after = parse_time("startedAfter", q.started_after.as_deref())?;
+    let before = parse_time("startedBefore", q.started_before.as_deref())?;
     Ok(records
         .into_iter()
         .filter(|r| wanted.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
         .filter(|r| states.as_ref().is_none_or(|s| s.contains(&r.state.as_str())))
+        .filter(|r| after.is_none_or(|t| r.started_ms >= t) && before.is_none_or(|t| r.started_ms <= t))
+        .filter(|r| q.template.as_deref().is_none_or(|t| made_from(r, t)))
         .collect())
+}
+
+/// Whether the list is newest first (the default) or oldest first.
+fn descending(q: &ListQuery) -> Result<bool, ApiError> {
+    match q.order.as_deref() {
+        None | Some("desc") => Ok(true),
+        Some("asc") => Ok(false),
+        Some(other) => Err(ApiError::BadRequest(format!("order must be asc or desc, got '{other}'"))),
+    }
+}
+
+/// The team's sandboxes that `q` selects, in its order.
+fn listed(m: &Manager, team: &Team, q: &ListQuery) -> Result<(Vec<SandboxRecord>, bool), ApiError> {
+    let descending = descending(q)?;
+    let mut records = filter(m.list(&team.0), q)?;
+    if descending {
+        records.reverse();
+    }
+    Ok((records, descending))
+}
+
+/// A sandbox's place in a list: its start time, then its id. Start times do not change on
+/// pause or resume, so a page token stays good.
+fn list_key(r: &SandboxRecord) -> String {
+    format!("{:020}.{}", r.started_ms.max(0), r.id)
 }
 
 pub async fn list_v1(
@@ -218,17 +278,23 @@ pub async fn list_v1(
     Extension(team): Extension<Team>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let records = filter(m.list(&team.0), &q)?;
+    let (records, _) = listed(&m, &team, &q)?;
     Ok(Json(records.iter().map(|r| detail(r, false, m.domain())).collect::<Vec<_>>()).into_response())
 }
 
+/// `GET /v2/sandboxes`: pages keyed by start time and id, with `X-Total-Running` (the team's
+/// running sandboxes).
 pub async fn list_v2(
     State(m): Mgr,
     Extension(team): Extension<Team>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let records = filter(m.list(&team.0), &q)?;
-    crate::page::page(records.iter().map(|r| detail(r, false, m.domain())).collect(), q.limit, q.next_token.as_deref())
+    let (records, descending) = listed(&m, &team, &q)?;
+    let running = m.list(&team.0).iter().filter(|r| r.state == SandboxState::Running).count();
+    let items = records.iter().map(|r| (list_key(r), detail(r, false, m.domain()))).collect();
+    let mut resp = crate::page::keyed(items, descending, q.limit, q.next_token.as_deref())?;
+    resp.headers_mut().insert("x-total-running", axum::http::HeaderValue::from(running));
+    Ok(resp)
 }
 
 pub async fn metrics(

@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::Connection;
 
 pub use keys::{KeyInfo, NewKey};
-pub use sandboxes::{SandboxRecord, SandboxState};
+pub use sandboxes::{Lifecycle, SandboxRecord, SandboxState};
 pub use snapshots::SnapshotRecord;
 pub use templates::{BuildRecord, BuildStatus, TemplateRecord};
 
@@ -101,6 +101,9 @@ const MIGRATIONS: &[&str] = &[
         agent_token TEXT
     );
     CREATE INDEX template_builds_template ON template_builds(template_id);
+",
+    "
+    ALTER TABLE sandboxes ADD COLUMN lifecycle TEXT NOT NULL DEFAULT '{}';
 ",
 ];
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use rusqlite::params;
+use serde::{Deserialize, Serialize};
 
 use crate::{Store, StoreError};
 
@@ -27,6 +28,23 @@ pub struct SandboxRecord {
     pub network: String,
     /// The token requests to its exposed ports need when public traffic is off.
     pub traffic_token: Option<String>,
+    /// What happens when its time is up, and whether traffic wakes it when paused.
+    pub lifecycle: Lifecycle,
+}
+
+/// A sandbox's lifecycle (E2B's `autoPause` and `autoResume`), kept as JSON in its record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    /// On time-out: pause with its memory (true) or end (false).
+    #[serde(default)]
+    pub auto_pause: bool,
+    /// Traffic to it while paused (an envd call or a request to an exposed port) resumes it.
+    #[serde(default)]
+    pub auto_resume: bool,
+    /// The time-out, in seconds, it was created with: an automatic resume gives it this again.
+    #[serde(default)]
+    pub timeout_secs: i64,
 }
 
 /// Whether a sandbox has a VM (running) or only its saved state (paused).
@@ -55,7 +73,7 @@ impl SandboxState {
 }
 
 const COLUMNS: &str = "id, team, template, alias, metadata, env_vars, access_token, vcpus, memory_mib, disk_mib, \
-                       started_ms, end_ms, state, allow_internet, network, traffic_token";
+                       started_ms, end_ms, state, allow_internet, network, traffic_token, lifecycle";
 
 fn json_map(id: &str, text: &str) -> Result<BTreeMap<String, String>, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(id.to_string(), e.to_string()))
@@ -65,7 +83,7 @@ impl Store {
     pub fn insert_sandbox(&self, r: &SandboxRecord) -> Result<(), StoreError> {
         let to_json = |m: &BTreeMap<String, String>| serde_json::to_string(m).unwrap_or_else(|_| "{}".into());
         self.conn().execute(
-            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
             params![
                 r.id,
                 r.team,
@@ -82,7 +100,8 @@ impl Store {
                 r.state.as_str(),
                 r.allow_internet,
                 r.network,
-                r.traffic_token
+                r.traffic_token,
+                serde_json::to_string(&r.lifecycle).unwrap_or_else(|_| "{}".into())
             ],
         )?;
         Ok(())
@@ -134,6 +153,7 @@ impl Store {
                 r.get::<_, bool>(13)?,
                 r.get::<_, String>(14)?,
                 r.get::<_, Option<String>>(15)?,
+                r.get::<_, String>(16)?,
             ))
         })?;
         let mut out = Vec::new();
@@ -155,9 +175,12 @@ impl Store {
                 net,
                 network,
                 traffic_token,
+                lifecycle,
             ) = row?;
             let state = SandboxState::parse(&state)
                 .ok_or_else(|| StoreError::Corrupt(id.clone(), format!("unknown state '{state}'")))?;
+            let lifecycle =
+                serde_json::from_str(&lifecycle).map_err(|e| StoreError::Corrupt(id.clone(), e.to_string()))?;
             out.push(SandboxRecord {
                 metadata: json_map(&id, &metadata)?,
                 env_vars: json_map(&id, &env_vars)?,
@@ -175,6 +198,7 @@ impl Store {
                 allow_internet: net,
                 network,
                 traffic_token,
+                lifecycle,
             });
         }
         Ok(out)
@@ -203,6 +227,7 @@ mod tests {
             allow_internet: true,
             network: r#"{"allowOut":["198.51.100.0/24"]}"#.into(),
             traffic_token: Some("traffic".into()),
+            lifecycle: Lifecycle { auto_pause: true, auto_resume: true, timeout_secs: 60 },
         }
     }
 

@@ -53,6 +53,10 @@ pub struct Live {
     pub dir: PathBuf,
     /// Set once when the sandbox is being ended; operations in flight give up.
     ended: watch::Sender<bool>,
+    /// Counts the times its VM went away (a pause or the end): proxied streams end then.
+    vm_gone: watch::Sender<u64>,
+    /// Its time-out is being acted on (a pause in flight): the reaper does not act twice.
+    timing_out: std::sync::atomic::AtomicBool,
 }
 
 impl Live {
@@ -71,6 +75,19 @@ impl Live {
     /// A client for guest port `port` of this sandbox.
     pub fn port(&self, port: u16) -> AgentClient {
         self.agent.with_port(port)
+    }
+
+    /// Resolves when the VM that runs now goes away (paused or ended), so that a stream from it
+    /// ends instead of hanging on a guest that will never answer.
+    pub fn until_vm_gone(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.vm_gone.subscribe();
+        let ended = self.ended.subscribe();
+        async move {
+            if *ended.borrow() {
+                return;
+            }
+            let _ = rx.changed().await;
+        }
     }
 
     /// Resolves once the sandbox is being ended.
@@ -175,6 +192,8 @@ impl Manager {
             record: Mutex::new(record.clone()),
             vm: tokio::sync::Mutex::new(sandbox),
             ended: watch::channel(false).0,
+            vm_gone: watch::channel(0).0,
+            timing_out: Default::default(),
         });
         self.live.write().unwrap_or_else(|e| e.into_inner()).insert(record.id, Arc::clone(&live));
         live
@@ -221,6 +240,7 @@ impl Manager {
     async fn create_now(&self, team: &str, req: NewSandbox, net: Checked) -> Result<Arc<Live>, LifecycleError> {
         let source = self.resolve_template(team, &req.template_id)?;
         let timeout = self.check_timeout(req.timeout.unwrap_or(self.default_timeout()))?;
+        let lifecycle = lifecycle(&req, timeout)?;
         let metadata = check_map("metadata", req.metadata.unwrap_or_default(), false)?;
         let mut env_vars = check_map("envVars", req.env_vars.unwrap_or_default(), true)?;
         let defaults = match &source {
@@ -266,6 +286,7 @@ impl Manager {
                 allow_internet: net.allow_internet,
                 network: serde_json::to_string(&net.config).unwrap_or_else(|_| "{}".into()),
                 traffic_token: net.private_traffic().then(|| random_hex(16)),
+                lifecycle,
             };
             let held = match &source {
                 Source::Snapshot(_, token) | Source::Built { token, .. } => token.clone(),
@@ -350,7 +371,7 @@ impl Manager {
         i64::try_from(self.config.default_timeout_secs).unwrap_or(i64::MAX)
     }
 
-    /// Checks a time-out in seconds against the configured bounds.
+    /// Checks a time-out in seconds against the configured bounds (1 s up to the maximum).
     pub fn check_timeout(&self, secs: i64) -> Result<i64, LifecycleError> {
         let max = i64::try_from(self.config.max_timeout_secs).unwrap_or(i64::MAX);
         if secs < 1 || secs > max {
@@ -379,6 +400,7 @@ impl Manager {
             return;
         }
         live.ended.send_replace(true);
+        live.vm_gone.send_modify(|n| *n += 1);
         match live.vm.lock().await.take() {
             Some(sandbox) => {
                 if let Err(e) = sandbox.destroy().await {
@@ -406,6 +428,9 @@ impl Manager {
         let mut record = live.record.lock().unwrap_or_else(|e| e.into_inner());
         self.store.set_sandbox_state(&record.id, state)?;
         record.state = state;
+        if to.is_none() {
+            live.vm_gone.send_modify(|n| *n += 1);
+        }
         *slot = to;
         Ok(())
     }
@@ -465,7 +490,12 @@ async fn init_agent(
     token: Option<&str>,
     ca_bundle: Option<String>,
 ) -> Result<(), LifecycleError> {
-    let mut request = init_request(&record.id, record.env_vars.clone(), record.access_token.clone(), ca_bundle);
+    let mut env_vars = record.env_vars.clone();
+    // E2B's own, which code inside may test for; they win over the client's.
+    env_vars.insert("E2B_SANDBOX".into(), "true".into());
+    env_vars.insert("E2B_SANDBOX_ID".into(), record.id.clone());
+    env_vars.insert("E2B_TEMPLATE_ID".into(), record.template.clone());
+    let mut request = init_request(&record.id, env_vars, record.access_token.clone(), ca_bundle);
     if let Some(defaults) = defaults {
         request.default_user = Some(defaults.user.clone());
         request.default_workdir = defaults.workdir.clone();
@@ -503,6 +533,23 @@ pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::thread_rng().fill(&mut buf[..]);
     hex::encode(buf)
+}
+
+/// The lifecycle a create asks for (`autoPause`, `autoPauseMemory`, `autoResume`), checked as
+/// the SDK checks it: auto-resume only with auto-pause. A pause that keeps only the filesystem
+/// is refused: Ember's pause always keeps memory.
+fn lifecycle(req: &NewSandbox, timeout_secs: i64) -> Result<ember_store::Lifecycle, LifecycleError> {
+    let auto_pause = req.auto_pause.unwrap_or(false);
+    let auto_resume = req.auto_resume.as_ref().is_some_and(|a| a.enabled);
+    if auto_resume && !auto_pause {
+        return Err(LifecycleError::Invalid("autoResume needs autoPause (on_timeout \"pause\")".into()));
+    }
+    if auto_pause && req.auto_pause_memory == Some(false) {
+        return Err(LifecycleError::Invalid(
+            "autoPauseMemory false (a filesystem-only pause) is not supported: a pause keeps memory".into(),
+        ));
+    }
+    Ok(ember_store::Lifecycle { auto_pause, auto_resume, timeout_secs })
 }
 
 /// Bounds a client-supplied map; env var names must be usable as names.

@@ -1,13 +1,14 @@
-//! The reaper: ends sandboxes whose time is up, forgets those whose VM died, and
+//! The reaper: ends (or, as their lifecycle says, pauses) sandboxes whose time is up, forgets those whose VM died, and
 //! re-initialises an agent that restarted without its state. It never waits on a guest or on
 //! a teardown: each of those runs on a task of its own.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ember_store::now_ms;
 
-use super::{init_agent, Live, Manager};
+use super::{init_agent, LifecycleError, Live, Manager};
 
 /// How often the reaper looks at every sandbox.
 const TICK: Duration = Duration::from_millis(250);
@@ -33,7 +34,7 @@ impl Manager {
                     continue;
                 }
                 if end_ms <= now {
-                    self.kill_in_background(live, "timed out");
+                    self.time_out(live);
                     continue;
                 }
                 let dead = match live.vm.try_lock() {
@@ -47,6 +48,30 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// Acts on a sandbox whose time is up, once: pauses it if its lifecycle says so (ending
+    /// it if that pause fails), else ends it.
+    fn time_out(self: &Arc<Self>, live: Arc<Live>) {
+        if !live.record().lifecycle.auto_pause {
+            return self.kill_in_background(live, "timed out");
+        }
+        if live.timing_out.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let result = this.pause(Arc::clone(&live)).await;
+            live.timing_out.store(false, Ordering::SeqCst);
+            match result {
+                Ok(()) => tracing::info!(sandbox = %live.id(), "timed out: paused (its lifecycle says pause)"),
+                Err(LifecycleError::Ended(_) | LifecycleError::Conflict(_)) => {}
+                Err(e) => {
+                    tracing::warn!(sandbox = %live.id(), error = %e, "timed out and the pause failed; ending it");
+                    this.kill(&live, "timed out (pause failed)").await;
+                }
+            }
+        });
     }
 
     fn kill_in_background(self: &Arc<Self>, live: Arc<Live>, why: &'static str) {

@@ -153,6 +153,26 @@ pub struct SandboxDetail {
     pub pause_mode: Option<String>,
 }
 
+/// `POST /sandboxes/{id}/fork` (fields optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ForkRequest {
+    /// Seconds, for every copy.
+    #[serde(default)]
+    pub timeout: Option<i64>,
+    /// How many copies (1-20, 1 by default).
+    #[serde(default)]
+    pub count: Option<i64>,
+}
+
+/// One entry of a fork's answer: the copy, or why it failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForkResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Sandbox>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Error>,
+}
+
 /// `POST /sandboxes/{id}/timeout`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TimeoutRequest {

@@ -1,6 +1,6 @@
 //! The `sandboxes` resource: create (v1 and v2), get, list (v1 and v2, with metadata and state
 //! filters and `X-Next-Token` pages), kill, time-out, refresh, connect (v1, v2, resume),
-//! pause, metrics and logs.
+//! pause, fork, metrics and logs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -190,6 +190,32 @@ pub async fn pause(
     let live = m.get(&team.0, &id)?;
     m.pause(live).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Fork: 201 with one entry per copy, a sandbox or the error that stopped it (E2B's shape).
+pub async fn fork(
+    State(m): Mgr,
+    Extension(team): Extension<Team>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
+    let live = m.get(&team.0, &id)?;
+    let req: ember_api::ForkRequest = parse_json(&body, false)?;
+    let count = usize::try_from(req.count.unwrap_or(1)).unwrap_or(0);
+    let copies = m.fork(live, req.timeout, count).await?;
+    let results: Vec<ember_api::ForkResult> = copies
+        .into_iter()
+        .map(|copy| match copy {
+            Ok(live) => ember_api::ForkResult { sandbox: Some(sandbox_json(&live.record(), m.domain())), error: None },
+            Err(e) => {
+                let e = ApiError::from(e);
+                let error = ember_api::Error { code: e.status().as_u16(), message: e.to_string() };
+                ember_api::ForkResult { sandbox: None, error: Some(error) }
+            }
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(results)).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]

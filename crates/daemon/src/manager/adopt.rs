@@ -1,6 +1,6 @@
 //! At start: adopt what an earlier daemon left running, keep what it left paused, and remove
 //! everything else a crash may have left (records without a VM, sandbox directories and QEMUs
-//! without a record, half-written snapshots, snapshot directories without a record).
+//! without a record, half-written snapshots, saved states without a record that no disk is backed by).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -72,8 +72,8 @@ impl Manager {
         self.clean_snapshot_leftovers();
     }
 
-    /// Removes snapshot directories that have no record (a crash while taking one, or while
-    /// deleting one) and records whose files are gone.
+    /// Removes half-written snapshots (a crash while taking one), saved states nothing needs
+    /// ([`Manager::sweep_saved_states`]) and records whose files are gone.
     fn clean_snapshot_leftovers(&self) {
         let ids: HashSet<String> = match self.store.snapshot_ids() {
             Ok(ids) => ids.into_iter().collect(),
@@ -86,12 +86,13 @@ impl Manager {
         if let Ok(entries) = std::fs::read_dir(&root) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if !ids.contains(&name) {
+                if name.ends_with(".partial") {
                     tracing::info!(dir = %entry.path().display(), "removing a snapshot left by a crash");
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
             }
         }
+        self.sweep_saved_states();
         for id in ids {
             if !self.snapshot_dir(&id).join("state").is_file() {
                 tracing::warn!(snapshot = %id, "snapshot files are gone; removing its record");

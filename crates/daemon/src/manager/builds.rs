@@ -476,7 +476,7 @@ impl Manager {
 
     /// Every image some disk in the data directory is backed by (through its chain), except
     /// the disks in `except`.
-    fn backing_images(&self, except: &[PathBuf]) -> std::collections::HashSet<PathBuf> {
+    pub(super) fn backing_images(&self, except: &[PathBuf]) -> std::collections::HashSet<PathBuf> {
         let mut used = std::collections::HashSet::new();
         ember_image::qcow2::images_under(&self.config.data_dir, ember_image::qcow2::DATA_DIR_DEPTH, except, &mut used);
         used

@@ -11,6 +11,7 @@
 mod adopt;
 mod builds;
 mod error;
+mod fork;
 mod network;
 mod pause;
 mod pool;
@@ -122,6 +123,9 @@ pub struct Manager {
     /// Pool creates in flight (shutdown waits for them, so none leaves a sandbox behind).
     filling: std::sync::atomic::AtomicUsize,
     builds: builds::Builds,
+    /// Saved states in the snapshots directory that have no record but are in use (a fork's,
+    /// until its copies are made); the sweep leaves them.
+    pinned: Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl Manager {
@@ -157,6 +161,7 @@ impl Manager {
             stopping: Default::default(),
             filling: Default::default(),
             builds: builds::Builds::new(),
+            pinned: Mutex::default(),
         })
     }
 
@@ -239,6 +244,17 @@ impl Manager {
 
     async fn create_now(&self, team: &str, req: NewSandbox, net: Checked) -> Result<Arc<Live>, LifecycleError> {
         let source = self.resolve_template(team, &req.template_id)?;
+        self.create_from(team, req, net, source).await
+    }
+
+    /// Creates a sandbox from `source`, as `req` and `net` ask.
+    async fn create_from(
+        &self,
+        team: &str,
+        req: NewSandbox,
+        net: Checked,
+        source: Source,
+    ) -> Result<Arc<Live>, LifecycleError> {
         let timeout = self.check_timeout(req.timeout.unwrap_or(self.default_timeout()))?;
         let lifecycle = lifecycle(&req, timeout)?;
         let metadata = check_map("metadata", req.metadata.unwrap_or_default(), false)?;
@@ -247,6 +263,8 @@ impl Manager {
             Source::Built { defaults, .. } => defaults.clone(),
             _ => ember_builder::Defaults::base(),
         };
+        // A fork's agent keeps the defaults its source was given.
+        let init_defaults = (!matches!(source, Source::Fork { .. })).then_some(&defaults);
         // The template's env vars, under the request's.
         for (k, v) in &defaults.env {
             env_vars.entry(k.clone()).or_insert_with(|| v.clone());
@@ -254,7 +272,9 @@ impl Manager {
         let _slot = self.reserve_slot()?;
         let (spec, pooled) = match &source {
             Source::Template(t) => (self.spec(t, &net), self.take_pooled(t).await),
-            Source::Snapshot(..) | Source::Built { .. } => (self.spec(DEFAULT_TEMPLATE, &net), None),
+            Source::Snapshot(..) | Source::Built { .. } | Source::Fork { .. } => {
+                (self.spec(DEFAULT_TEMPLATE, &net), None)
+            }
         };
         let sandbox = match (pooled, &source) {
             (Some(sandbox), _) => self.with_policy(sandbox, &net).await?,
@@ -262,7 +282,9 @@ impl Manager {
             (None, Source::Snapshot(id, _)) => {
                 self.runtime.create_from_saved(&self.snapshot_dir(id), net.policy.clone()).await?
             }
-            (None, Source::Built { dir, .. }) => self.runtime.create_from_saved(dir, net.policy.clone()).await?,
+            (None, Source::Built { dir, .. } | Source::Fork { dir, .. }) => {
+                self.runtime.create_from_saved(dir, net.policy.clone()).await?
+            }
         };
         let (vcpus, memory_mib) = (sandbox.shape().vcpus, sandbox.shape().memory_mib);
         let id = sandbox.id().to_string();
@@ -289,11 +311,11 @@ impl Manager {
                 lifecycle,
             };
             let held = match &source {
-                Source::Snapshot(_, token) | Source::Built { token, .. } => token.clone(),
+                Source::Snapshot(_, token) | Source::Built { token, .. } | Source::Fork { token, .. } => token.clone(),
                 Source::Template(_) => sandbox.agent().token().map(str::to_string),
             };
             let stored = async {
-                init_agent(sandbox.agent(), &record, Some(&defaults), held.as_deref(), self.ca_bundle()).await?;
+                init_agent(sandbox.agent(), &record, init_defaults, held.as_deref(), self.ca_bundle()).await?;
                 self.store.insert_sandbox(&record)?;
                 Ok::<_, LifecycleError>(())
             }
@@ -417,6 +439,8 @@ impl Manager {
             tracing::error!(sandbox = %id, error = %e, "deleting a sandbox record");
         }
         tracing::info!(sandbox = %id, why, "sandbox ended");
+        // Its disk may have been the last one backed by a deleted snapshot or a fork's state.
+        self.sweep_saved_states();
     }
 
     /// The one way a sandbox changes state: `slot` (the held lock on its VM) gets `to`, and the
@@ -476,6 +500,11 @@ enum Source {
         dir: PathBuf,
         token: Option<String>,
         defaults: ember_builder::Defaults,
+    },
+    /// A running sandbox saved for a fork: where, and the token its agent holds.
+    Fork {
+        dir: PathBuf,
+        token: Option<String>,
     },
 }
 

@@ -2,6 +2,7 @@
 //! and the host's byte quota), deleting one, and where their files live. A snapshot is written
 //! into `ID.partial` and renamed when complete, so a crash leaves nothing that looks whole.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -89,12 +90,50 @@ impl Manager {
         Ok(snapshot)
     }
 
-    /// Deletes one of the team's snapshots; false if there is none by that id.
+    /// Deletes one of the team's snapshots; false if there is none by that id. Its files go
+    /// when no disk is backed by them any more (sandboxes made from it keep running, pausing
+    /// and resuming): see [`Manager::sweep_saved_states`].
     pub fn delete_snapshot(&self, team: &str, id: &str) -> Result<bool, LifecycleError> {
         let Some(snapshot) = self.store.find_snapshot(team, id)?.filter(|s| s.id == id) else { return Ok(false) };
         self.store.delete_snapshot(&snapshot.id)?;
-        let _ = std::fs::remove_dir_all(self.snapshot_dir(&snapshot.id));
+        self.sweep_saved_states();
         Ok(true)
+    }
+
+    /// Removes the saved states in the snapshots directory that nothing needs: no record (a
+    /// deleted snapshot, a fork's state), not pinned, not being written (`*.partial`), and no
+    /// disk in the data directory backed by them.
+    pub(super) fn sweep_saved_states(&self) {
+        let recorded: HashSet<String> = match self.store.snapshot_ids() {
+            Ok(ids) => ids.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading snapshot records; saved states kept");
+                return;
+            }
+        };
+        let pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Ok(entries) = std::fs::read_dir(self.snapshots_root()) else { return };
+        let unneeded: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                !name.ends_with(".partial") && !recorded.contains(&name) && !pinned.contains(p)
+            })
+            .collect();
+        if unneeded.is_empty() {
+            return;
+        }
+        let used = self.backing_images(&[]);
+        for dir in unneeded {
+            if used.contains(&dir.join(ember_runtime::private::SNAPSHOT_DISK)) {
+                tracing::debug!(dir = %dir.display(), "a saved state without a record is kept: disks are backed by it");
+            } else if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing a saved state");
+            } else {
+                tracing::info!(dir = %dir.display(), "removed a saved state nothing needs");
+            }
+        }
     }
 }
 

@@ -70,6 +70,29 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Most bytes of a plain-text error answer that [`json_errors`] rewrites.
+const MAX_PLAIN_ERROR: usize = 16 * 1024;
+
+/// Gives the API's own plain-text 4xx answers (axum's rejections of a query string or a path it
+/// cannot read) the `{code, message}` shape every other error has.
+pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let plain = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !resp.status().is_client_error() || !plain {
+        return resp;
+    }
+    let status = resp.status();
+    let message = match axum::body::to_bytes(resp.into_body(), MAX_PLAIN_ERROR).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => status.canonical_reason().unwrap_or("bad request").to_string(),
+    };
+    (status, Json(ember_api::Error { code: status.as_u16(), message })).into_response()
+}
+
 /// Parses a JSON request body into `T`, with a clear 400 for anything malformed.
 pub fn parse_json<T: serde::de::DeserializeOwned + Default>(body: &[u8], required: bool) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {

@@ -11,6 +11,7 @@ pub mod cors;
 pub mod error;
 pub mod manager;
 pub mod network;
+pub mod observe;
 pub mod page;
 pub mod proxy;
 pub mod sandboxes;
@@ -82,8 +83,10 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
         .route("/sandboxes/{id}/fork", post(sandboxes::fork))
-        .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
-        .route("/sandboxes/{id}/logs", get(sandboxes::logs))
+        .route("/sandboxes/metrics", get(observe::metrics_many))
+        .route("/sandboxes/{id}/metrics", get(observe::metrics))
+        .route("/sandboxes/{id}/logs", get(observe::logs))
+        .route("/v2/sandboxes/{id}/logs", get(observe::logs_v2))
         .route("/sandboxes/{id}/network", axum::routing::put(network::update))
         .route("/sandboxes/{id}/snapshots", post(snapshots::create))
         .route("/snapshots", get(snapshots::list))
@@ -95,7 +98,8 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v2/templates/{id}/builds/{build}", post(templates::start))
         .route("/templates/{id}/builds/{build}/status", get(templates::status))
         .route("/templates/aliases/{alias}", get(templates::alias))
-        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), auth::require_key));
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), auth::require_key))
+        .layer(axum::middleware::from_fn(error::json_errors));
     Router::new()
         .route("/health", get(|| async { StatusCode::NO_CONTENT }))
         // The upload URL authorises itself (a signed, expiring token); its body is streamed.

@@ -1,8 +1,7 @@
 //! The `sandboxes` resource: create (v1 and v2), get, list (v1 and v2, with metadata and state
 //! filters and `X-Next-Token` pages), kill, time-out, refresh, connect (v1, v2, resume),
-//! pause, fork, metrics and logs.
+//! pause and fork. Metrics and logs are in [`crate::observe`].
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -12,9 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use ember_api::{
-    ConnectRequest, LogEntry, LogLine, NewSandbox, SandboxDetail, SandboxLogs, SandboxMetric, TimeoutRequest,
-};
+use ember_api::{ConnectRequest, NewSandbox, SandboxDetail, TimeoutRequest};
 use ember_store::{now_ms, SandboxRecord, SandboxState};
 use serde::Deserialize;
 
@@ -23,8 +20,6 @@ use crate::error::{parse_json, ApiError};
 use crate::manager::{Live, Manager};
 
 type Mgr = State<Arc<Manager>>;
-/// Most serial-log bytes returned by `logs`.
-const MAX_LOG_BYTES: u64 = 1 << 20;
 
 /// The request body, or a JSON error when it is too large or unreadable.
 pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -34,7 +29,7 @@ pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, A
     })
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     ember_envd_proto::time::rfc3339(UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
 }
 
@@ -321,64 +316,4 @@ pub async fn list_v2(
     let mut resp = crate::page::keyed(items, descending, q.limit, q.next_token.as_deref())?;
     resp.headers_mut().insert("x-total-running", axum::http::HeaderValue::from(running));
     Ok(resp)
-}
-
-pub async fn metrics(
-    State(m): Mgr,
-    Extension(team): Extension<Team>,
-    Path(id): Path<String>,
-) -> Result<Json<Vec<SandboxMetric>>, ApiError> {
-    let live = m.get(&team.0, &id)?;
-    let token = live.record().access_token;
-    let raw: ember_envd_proto::metrics::Metrics =
-        live.agent.get_json("/metrics", token.as_deref()).await.map_err(|e| {
-            tracing::warn!(sandbox = %id, error = %e, "reading metrics");
-            ApiError::Internal("the sandbox did not report metrics".into())
-        })?;
-    Ok(Json(vec![SandboxMetric {
-        // The guest's number: saturate rather than overflow.
-        timestamp: rfc3339(raw.ts.saturating_mul(1000)),
-        timestamp_unix: raw.ts,
-        cpu_count: u64::from(raw.cpu_count),
-        cpu_used_pct: raw.cpu_used_pct,
-        mem_used: raw.mem_used,
-        mem_total: raw.mem_total,
-        mem_cache: raw.mem_cache,
-        disk_used: raw.disk_used,
-        disk_total: raw.disk_total,
-    }]))
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct LogQuery {
-    start: Option<i64>,
-    limit: Option<usize>,
-}
-
-/// The guest's serial console (kernel, init and agent messages), newest last.
-pub async fn logs(
-    State(m): Mgr,
-    Extension(team): Extension<Team>,
-    Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
-) -> Result<Json<SandboxLogs>, ApiError> {
-    let live: Arc<Live> = m.get(&team.0, &id)?;
-    let started = live.record().started_ms;
-    let text = ember_runtime::sandbox::console_tail(&live.dir, MAX_LOG_BYTES);
-    let limit = q.limit.unwrap_or(1000).min(10_000);
-    let ts = rfc3339(q.start.unwrap_or(started).max(started));
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let lines = &lines[lines.len().saturating_sub(limit)..];
-    Ok(Json(SandboxLogs {
-        logs: lines.iter().map(|l| LogLine { timestamp: ts.clone(), line: l.to_string() }).collect(),
-        log_entries: lines
-            .iter()
-            .map(|l| LogEntry {
-                timestamp: ts.clone(),
-                message: l.to_string(),
-                level: "info".into(),
-                fields: BTreeMap::new(),
-            })
-            .collect(),
-    }))
 }

@@ -145,6 +145,9 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/sandboxes/nope/pause"),
     ("GET", "/sandboxes/nope/metrics"),
     ("GET", "/sandboxes/nope/logs"),
+    ("GET", "/v2/sandboxes/nope/logs"),
+    ("GET", "/sandboxes/metrics"),
+    ("POST", "/sandboxes/nope/fork"),
     ("POST", "/sandboxes/nope/snapshots"),
     ("GET", "/snapshots"),
     ("DELETE", "/templates/nope"),
@@ -343,6 +346,22 @@ async fn unknown_paths_are_404_json() {
             let a = d.send(Method::GET, path, key, Body::empty()).await;
             a.assert_error(StatusCode::NOT_FOUND, &format!("{path} with {key:?}"));
         }
+    }
+}
+
+#[tokio::test]
+async fn unreadable_query_strings_are_400_json() {
+    let d = Daemon::new();
+    for path in [
+        "/v2/sandboxes?limit=many",
+        "/v2/sandboxes?order=sideways",
+        "/v2/sandboxes?startedAfter=yesterday",
+        "/v2/sandboxes?nextToken=..%2Fx",
+        "/v2/sandboxes/nope/logs?level=loud",
+        "/sandboxes/nope/metrics?start=soon",
+    ] {
+        let a = d.send(Method::GET, path, Some(ENV_KEY), Body::empty()).await;
+        a.assert_error(StatusCode::BAD_REQUEST, path);
     }
 }
 

@@ -67,7 +67,8 @@ async fn start(agent: &Arc<Agent>, headers: &HeaderMap, body: Body) -> Response 
                 lifetime,
             },
         )?;
-        tracing::debug!(pid = entry.pid, "process started");
+        // The program only: its arguments may carry secrets. The sandbox's log shows this line.
+        tracing::info!(pid = entry.pid, cmd = %entry.config.cmd, "process started");
         Ok::<_, ConnectError>(entry.subscribe())
     }
     .await;

@@ -201,7 +201,7 @@ pub fn start(table: &Arc<ProcessTable>, launch: Launch) -> Result<Arc<Entry>, Co
             Ok(status) => end_event(status),
             Err(e) => EndEvent { exit_code: -1, exited: false, status: "unknown".into(), error: Some(e.to_string()) },
         };
-        tracing::debug!(pid, status = %end.status, "process ended");
+        tracing::info!(pid, exit_code = end.exit_code, "process ended");
         entry.finish(end).await;
         tokio::time::sleep(KEEP_FINISHED).await;
         table.remove(pid);

@@ -13,6 +13,7 @@ mod builds;
 mod error;
 mod fork;
 mod network;
+pub mod observe;
 mod pause;
 mod pool;
 mod reaper;
@@ -58,6 +59,8 @@ pub struct Live {
     vm_gone: watch::Sender<u64>,
     /// Its time-out is being acted on (a pause in flight): the reaper does not act twice.
     timing_out: std::sync::atomic::AtomicBool,
+    /// Its metrics over time and its lifecycle events.
+    pub observed: observe::Observed,
 }
 
 impl Live {
@@ -139,6 +142,7 @@ impl Manager {
         manager.fail_unfinished_builds();
         manager.adopt_all().await;
         tokio::spawn(Arc::clone(&manager).reap());
+        tokio::spawn(Arc::clone(&manager).sample_metrics());
         for (template, _) in manager.pool_sizes() {
             tokio::spawn(Arc::clone(&manager).keep_pool_filled(template));
         }
@@ -199,6 +203,7 @@ impl Manager {
             ended: watch::channel(false).0,
             vm_gone: watch::channel(0).0,
             timing_out: Default::default(),
+            observed: Default::default(),
         });
         self.live.write().unwrap_or_else(|e| e.into_inner()).insert(record.id, Arc::clone(&live));
         live
@@ -323,7 +328,13 @@ impl Manager {
             match stored {
                 Ok(()) => {
                     tracing::info!(team, template = %record.template, "sandbox created");
-                    Ok(self.insert(record, Some(sandbox)))
+                    let what = match &source {
+                        Source::Fork { .. } => format!("sandbox created as a fork (template {})", record.template),
+                        _ => format!("sandbox created from template {}", record.template),
+                    };
+                    let live = self.insert(record, Some(sandbox));
+                    live.observed.event("info", what);
+                    Ok(live)
                 }
                 Err(e) => {
                     if let Err(e) = sandbox.destroy().await {

@@ -50,6 +50,7 @@ impl Manager {
             live.record.lock().unwrap_or_else(|e| e.into_inner()).state = ember_store::SandboxState::Paused;
         }
         tracing::info!(sandbox = %id, ms = super::millis(started.elapsed()), "sandbox paused");
+        live.observed.event("info", "sandbox paused (memory and filesystem saved)");
         Ok(())
     }
 
@@ -89,6 +90,7 @@ impl Manager {
         // Not recorded as running: the VM is torn down, and the caller ends the sandbox.
         self.transition(live, &mut slot, Some(sandbox))?;
         tracing::info!(sandbox = %record.id, ms = super::millis(started.elapsed()), "sandbox resumed");
+        live.observed.event("info", "sandbox resumed");
         Ok(true)
     }
 }

@@ -59,6 +59,7 @@ impl Manager {
         if live.timing_out.swap(true, Ordering::SeqCst) {
             return;
         }
+        live.observed.event("info", "timed out: pausing (its lifecycle says pause)");
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let result = this.pause(Arc::clone(&live)).await;

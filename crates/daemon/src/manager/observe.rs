@@ -132,7 +132,8 @@ mod tests {
     #[test]
     fn samples_are_bounded_and_selected_by_time() {
         let o = Observed::default();
-        for ts in 0..(MAX_SAMPLES as i64 + 10) {
+        let max = i64::try_from(MAX_SAMPLES).unwrap();
+        for ts in 0..(max + 10) {
             o.sample(metric(ts));
         }
         let all = o.samples(None, None);
@@ -140,7 +141,7 @@ mod tests {
         assert_eq!(all[0].timestamp_unix, 10, "the oldest go first");
         let some = o.samples(Some(100), Some(104));
         assert_eq!(some.iter().map(|m| m.timestamp_unix).collect::<Vec<_>>(), [100, 101, 102, 103, 104]);
-        assert_eq!(o.latest().unwrap().timestamp_unix, MAX_SAMPLES as i64 + 9);
+        assert_eq!(o.latest().unwrap().timestamp_unix, max + 9);
         for i in 0..(MAX_EVENTS + 1) {
             o.event("info", format!("e{i}"));
         }

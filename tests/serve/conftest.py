@@ -99,7 +99,10 @@ def daemon():
     sandboxes = os.path.join(data_dir, "sandboxes")
     left_dirs = os.listdir(sandboxes) if os.path.isdir(sandboxes) else []
     left_netns = [n for n in os.listdir("/run/netns") if n.removeprefix("ember-") in left_dirs] if left_dirs else []
-    shutil.rmtree(data_dir, ignore_errors=True)
+    if os.environ.get("EMBER_KEEP_DATA") == "1":
+        print(f"\nkept the daemon's data directory: {data_dir}")
+    else:
+        shutil.rmtree(data_dir, ignore_errors=True)
     assert not left, f"QEMU processes left after the daemon stopped: {left}"
     assert not left_dirs, f"sandbox directories left: {left_dirs} (namespaces {left_netns})"
 

@@ -112,11 +112,52 @@ def test_time_out_bounds_and_lifecycle_checks(daemon):
             assert r.status_code == 400 and "timeout" in r.json()["message"], r.text
         for body in (
             {"templateID": "base", "autoResume": {"enabled": True}},
-            {"templateID": "base", "autoPause": True, "autoPauseMemory": False},
+            {"templateID": "base", "autoPause": True, "autoPauseMemory": False, "autoResume": {"enabled": True}},
         ):
             r = httpx.post(f"{daemon.url}/v2/sandboxes", json=body, headers={"X-API-Key": KEY})
             assert r.status_code == 400, r.text
         assert sbx.is_running()
+    finally:
+        sbx.kill()
+
+
+def pause_mode(daemon, sandbox_id):
+    r = httpx.get(f"{daemon.url}/sandboxes/{sandbox_id}", headers={"X-API-Key": KEY})
+    assert r.status_code == 200, r.text
+    return r.json().get("pauseMode")
+
+
+def test_a_filesystem_only_pause_keeps_the_disk_and_a_resume_boots_from_it(daemon):
+    sbx = Sandbox.create(envs={"KEPT": "yes"})
+    try:
+        boot = boot_id(sbx)
+        sbx.files.write("/home/user/kept.txt", "on disk")
+        sbx.commands.run("nohup sleep 3600 >/dev/null 2>&1 &")
+        assert pause_mode(daemon, sbx.sandbox_id) is None
+        assert sbx.pause(mode="filesystem") is True
+        assert pause_mode(daemon, sbx.sandbox_id) == "filesystem"
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=120, request_timeout=300)
+        assert resumed.files.read("/home/user/kept.txt") == "on disk"
+        assert boot_id(resumed) != boot, "a filesystem-only pause resumes by booting"
+        out = resumed.commands.run("pgrep -x sleep || echo none; echo $KEPT $E2B_SANDBOX_ID; id -un; pwd")
+        assert out.stdout.split() == ["none", "yes", sbx.sandbox_id, "user", "/home/user"], out.stdout
+        # And it pauses and resumes with its memory after that.
+        assert resumed.pause() is True
+        assert pause_mode(daemon, sbx.sandbox_id) == "full"
+        again = Sandbox.connect(sbx.sandbox_id)
+        assert again.files.read("/home/user/kept.txt") == "on disk"
+    finally:
+        sbx.kill()
+
+
+def test_a_time_out_can_pause_only_the_filesystem(daemon):
+    sbx = Sandbox.create(timeout=6, lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}})
+    try:
+        sbx.files.write("/home/user/kept.txt", "on disk")
+        wait_for_state(sbx.sandbox_id, SandboxState.PAUSED)
+        assert pause_mode(daemon, sbx.sandbox_id) == "filesystem"
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=120, request_timeout=300)
+        assert resumed.files.read("/home/user/kept.txt") == "on disk"
     finally:
         sbx.kill()
 

@@ -153,6 +153,18 @@ pub struct SandboxDetail {
     pub pause_mode: Option<String>,
 }
 
+/// `POST /sandboxes/{id}/pause` (fields optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseRequest {
+    /// Keep memory (true, the default) or only the filesystem.
+    #[serde(default)]
+    pub memory: Option<bool>,
+    /// E2B's: refuse to pause an unhealthy guest. Ember's pause does not need the guest.
+    #[serde(default)]
+    pub require_healthy_guest: Option<bool>,
+}
+
 /// `POST /sandboxes/{id}/fork` (fields optional).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ForkRequest {

@@ -212,7 +212,8 @@ async fn forward(manager: &Arc<Manager>, id: &str, target: Target, mut req: Requ
         }
     }
     if live.is_paused() {
-        if !(record.lifecycle.auto_resume && may_wake(&req, port, &record)) {
+        let full = manager.runtime().pause_mode(id) == Some(ember_runtime::snapshot::PauseMode::Full);
+        if !(record.lifecycle.auto_resume && full && may_wake(&req, port, &record)) {
             return bad_gateway(id, "The sandbox was not found: it is paused (connect to resume it)");
         }
         let timeout = record.lifecycle.timeout_secs.max(1);

@@ -46,7 +46,13 @@ fn sandbox_json(r: &SandboxRecord, domain: &str) -> ember_api::Sandbox {
     }
 }
 
-fn detail(r: &SandboxRecord, with_token: bool, domain: &str) -> SandboxDetail {
+fn detail_of(m: &Manager, r: &SandboxRecord, with_token: bool) -> SandboxDetail {
+    let mode = (r.state == SandboxState::Paused).then(|| m.runtime().pause_mode(&r.id)).flatten();
+    detail(r, with_token, m.domain(), mode.map(|p| p.as_str()))
+}
+
+/// `pause_mode`: what a paused sandbox kept (`full`, `filesystem`), from the runtime.
+fn detail(r: &SandboxRecord, with_token: bool, domain: &str, pause_mode: Option<&str>) -> SandboxDetail {
     SandboxDetail {
         template_id: r.template.clone(),
         sandbox_id: r.id.clone(),
@@ -68,7 +74,7 @@ fn detail(r: &SandboxRecord, with_token: bool, domain: &str) -> SandboxDetail {
             on_timeout: if r.lifecycle.auto_pause { "pause" } else { "kill" }.into(),
             auto_resume: r.lifecycle.auto_resume,
         }),
-        pause_mode: (r.state == SandboxState::Paused).then(|| "full".into()),
+        pause_mode: pause_mode.map(str::to_string),
     }
 }
 
@@ -90,7 +96,7 @@ pub async fn get(
     Extension(team): Extension<Team>,
     Path(id): Path<String>,
 ) -> Result<Json<SandboxDetail>, ApiError> {
-    Ok(Json(detail(&m.get(&team.0, &id)?.record(), true, m.domain())))
+    Ok(Json(detail_of(&m, &m.get(&team.0, &id)?.record(), true)))
 }
 
 pub async fn kill(
@@ -181,9 +187,12 @@ pub async fn pause(
     State(m): Mgr,
     Extension(team): Extension<Team>,
     Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let body = body_bytes(body)?;
     let live = m.get(&team.0, &id)?;
-    m.pause(live).await?;
+    let req: ember_api::PauseRequest = parse_json(&body, false)?;
+    m.pause(live, req.memory.unwrap_or(true)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -300,7 +309,7 @@ pub async fn list_v1(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let (records, _) = listed(&m, &team, &q)?;
-    Ok(Json(records.iter().map(|r| detail(r, false, m.domain())).collect::<Vec<_>>()).into_response())
+    Ok(Json(records.iter().map(|r| detail_of(&m, r, false)).collect::<Vec<_>>()).into_response())
 }
 
 /// `GET /v2/sandboxes`: pages keyed by start time and id, with `X-Total-Running` (the team's
@@ -312,7 +321,7 @@ pub async fn list_v2(
 ) -> Result<Response, ApiError> {
     let (records, descending) = listed(&m, &team, &q)?;
     let running = m.list(&team.0).iter().filter(|r| r.state == SandboxState::Running).count();
-    let items = records.iter().map(|r| (list_key(r), detail(r, false, m.domain()))).collect();
+    let items = records.iter().map(|r| (list_key(r), detail_of(&m, r, false))).collect();
     let mut resp = crate::page::keyed(items, descending, q.limit, q.next_token.as_deref())?;
     resp.headers_mut().insert("x-total-running", axum::http::HeaderValue::from(running));
     Ok(resp)

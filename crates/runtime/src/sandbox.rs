@@ -377,7 +377,7 @@ impl Sandbox {
         if let Ok(mut qmp) = vm.qmp(Duration::from_secs(2)).await {
             let _ = qmp.execute("cont", None).await;
         }
-        for leftover in [PAUSE_STATE, PAUSE_STATE_PARTIAL] {
+        for leftover in [PAUSE_STATE, PAUSE_STATE_PARTIAL, crate::snapshot::PAUSE_DISK] {
             let _ = std::fs::remove_file(path.join(leftover));
         }
         let agent = AgentClient::new(net.netns().path(), SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)));

@@ -154,23 +154,36 @@ impl Runtime {
         Ok(token)
     }
 
-    /// Resumes the paused sandbox `id`: a new namespace with `policy` in force, its saved state
-    /// and RAM, its own disk.
+    /// Resumes the paused sandbox `id`: a new namespace with `policy` in force, its own disk,
+    /// and its saved state and RAM (a full pause) or a boot from that disk (a filesystem-only
+    /// pause: its agent then holds a fresh token, [`AgentClient::token`]).
     pub async fn resume(&self, id: &str, die_with_parent: bool, policy: EgressPolicy) -> Result<Sandbox, RuntimeError> {
         let path = self.sandbox_dir(id);
         let shape = Shape::load(&path).ok_or(RuntimeError::Adopt(id.to_string(), "no shape.json"))?;
-        let state = path.join(PAUSE_STATE);
-        if !state.is_file() {
-            return Err(RuntimeError::Adopt(id.to_string(), "not paused"));
-        }
+        let (marker, start, shape) = match self.pause_mode(id) {
+            Some(PauseMode::Full) => (path.join(PAUSE_STATE), Start::Resume(path.join(PAUSE_STATE)), shape),
+            Some(PauseMode::Filesystem) => (path.join(PAUSE_DISK), Start::Boot, Shape { ram: None, ..shape }),
+            None => return Err(RuntimeError::Adopt(id.to_string(), "not paused")),
+        };
         let dir = SandboxDir(Some(path.clone()));
         crate::reconcile::record_owner(&path)?;
         let netns = Netns::create(&ember_net::name_for(id), &self.net.rules(&policy))?;
         let net = SandboxNet::start(netns, policy, &self.net, Rules::Of)?;
-        let sandbox =
-            self.launch(id.to_string(), dir, net, shape, die_with_parent, Start::Resume(state.clone())).await?;
-        let _ = std::fs::remove_file(&state);
+        let sandbox = self.launch(id.to_string(), dir, net, shape, die_with_parent, start).await?;
+        let _ = std::fs::remove_file(&marker);
         Ok(sandbox)
+    }
+
+    /// What paused sandbox `id` kept, if it is paused.
+    pub fn pause_mode(&self, id: &str) -> Option<PauseMode> {
+        let dir = self.sandbox_dir(id);
+        if dir.join(PAUSE_STATE).is_file() {
+            Some(PauseMode::Full)
+        } else if dir.join(PAUSE_DISK).is_file() {
+            Some(PauseMode::Filesystem)
+        } else {
+            None
+        }
     }
 
     /// Creates a sandbox from a state saved by [`Sandbox::save_to`] in `saved`, with `policy` in
@@ -194,9 +207,9 @@ impl Runtime {
         AgentClient::new(ember_net::path_of(&ember_net::name_for(id)), (GUEST_IP, ember_envd_proto::ENVD_PORT).into())
     }
 
-    /// Whether sandbox `id` is paused on disk.
+    /// Whether sandbox `id` is paused on disk (either way).
     pub fn is_paused(&self, id: &str) -> bool {
-        self.sandbox_dir(id).join(PAUSE_STATE).is_file()
+        self.pause_mode(id).is_some()
     }
 
     /// Removes a paused sandbox's files (nothing to do if they are gone already).
@@ -271,6 +284,64 @@ impl Sandbox {
     }
 }
 
+/// A filesystem-only pause's marker in the sandbox's directory: only its disk was kept.
+pub(crate) const PAUSE_DISK: &str = "pause.disk";
+/// How long the guest may take to write its dirty pages before a filesystem-only pause.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a pause keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseMode {
+    /// Memory, device state and disk: a resume continues where it stopped.
+    Full,
+    /// The disk alone: a resume boots from it (processes and memory are gone).
+    Filesystem,
+}
+
+impl PauseMode {
+    /// E2B's name (`pauseMode`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseMode::Full => "full",
+            PauseMode::Filesystem => "filesystem",
+        }
+    }
+}
+
+impl Sandbox {
+    /// Pauses the sandbox keeping only its filesystem: the guest writes its dirty pages
+    /// (`sync`, as root), the VM stops (QEMU flushes the disk), the marker is written and the VM
+    /// and namespace go; the disk stays. [`Runtime::resume`] boots from it. `token` is the one
+    /// its agent holds now. If any step fails the sandbox runs on and is handed back with the
+    /// error.
+    pub async fn pause_filesystem(self, token: Option<String>) -> Result<(), (Sandbox, RuntimeError)> {
+        let dir = self.dir().to_path_buf();
+        let agent = self.agent().clone().with_token(token);
+        let result = async {
+            tokio::time::timeout(SYNC_TIMEOUT, run_to_end(&agent, "/bin/sync", &[], Some("root")))
+                .await
+                .map_err(|_| crate::AgentError::Timeout("sync before a filesystem-only pause".into()))??;
+            let mut qmp = self.vm_qmp().await?;
+            qmp.execute("stop", None).await.map_err(ember_vmm::VmmError::from)?;
+            std::fs::write(dir.join(PAUSE_DISK), b"").map_err(io_err("write pause.disk"))?;
+            Ok::<_, RuntimeError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            if let Ok(mut qmp) = self.vm_qmp().await {
+                let _ = qmp.execute("cont", None).await;
+            }
+            let _ = std::fs::remove_file(dir.join(PAUSE_DISK));
+            return Err((self, e));
+        }
+        let id = self.id().to_string();
+        if let Err(e) = self.stop_keeping_files().await {
+            tracing::warn!(sandbox = %id, error = %e, "freeing a paused sandbox's namespace");
+        }
+        Ok(())
+    }
+}
+
 /// How long a template's services may take to be ready after the agent is (the code
 /// interpreter's kernels start in tens of seconds under TCG).
 const SERVICE_READY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -305,15 +376,20 @@ async fn wait_service(service: &AgentClient, path: &str, vm: &mut Vm, dir: &Path
 }
 
 async fn warm_up(agent: &AgentClient) -> Result<(), RuntimeError> {
+    run_to_end(agent, "/bin/bash", &["-l", "-c", "true"], None).await
+}
+
+/// Runs `cmd` with `args` in the guest as `user` (the agent's default if `None`) to its end.
+async fn run_to_end(agent: &AgentClient, cmd: &str, args: &[&str], user: Option<&str>) -> Result<(), RuntimeError> {
     let request = StartRequest {
         process: ProcessConfig {
-            cmd: "/bin/bash".into(),
-            args: vec!["-l".into(), "-c".into(), "true".into()],
+            cmd: cmd.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             ..Default::default()
         },
         ..Default::default()
     };
-    let mut events = agent.start(&request, None).await?;
+    let mut events = agent.start(&request, user).await?;
     let mut ended = false;
     while let Some(event) = events.next().await? {
         ended |= matches!(event, ProcessEvent::End(_));

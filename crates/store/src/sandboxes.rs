@@ -39,6 +39,9 @@ pub struct Lifecycle {
     /// On time-out: pause with its memory (true) or end (false).
     #[serde(default)]
     pub auto_pause: bool,
+    /// A time-out pause keeps only the filesystem (a resume boots from it).
+    #[serde(default)]
+    pub filesystem_only: bool,
     /// Traffic to it while paused (an envd call or a request to an exposed port) resumes it.
     #[serde(default)]
     pub auto_resume: bool,
@@ -227,7 +230,7 @@ mod tests {
             allow_internet: true,
             network: r#"{"allowOut":["198.51.100.0/24"]}"#.into(),
             traffic_token: Some("traffic".into()),
-            lifecycle: Lifecycle { auto_pause: true, auto_resume: true, timeout_secs: 60 },
+            lifecycle: Lifecycle { auto_pause: true, filesystem_only: false, auto_resume: true, timeout_secs: 60 },
         }
     }
 

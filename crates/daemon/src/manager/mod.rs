@@ -576,20 +576,21 @@ pub fn random_hex(bytes: usize) -> String {
 }
 
 /// The lifecycle a create asks for (`autoPause`, `autoPauseMemory`, `autoResume`), checked as
-/// the SDK checks it: auto-resume only with auto-pause. A pause that keeps only the filesystem
-/// is refused: Ember's pause always keeps memory.
+/// the SDK checks it: auto-resume only with a pause that keeps memory (a filesystem-only one
+/// boots on resume, which traffic cannot wait for).
 fn lifecycle(req: &NewSandbox, timeout_secs: i64) -> Result<ember_store::Lifecycle, LifecycleError> {
     let auto_pause = req.auto_pause.unwrap_or(false);
+    let filesystem_only = auto_pause && req.auto_pause_memory == Some(false);
     let auto_resume = req.auto_resume.as_ref().is_some_and(|a| a.enabled);
     if auto_resume && !auto_pause {
         return Err(LifecycleError::Invalid("autoResume needs autoPause (on_timeout \"pause\")".into()));
     }
-    if auto_pause && req.auto_pause_memory == Some(false) {
+    if auto_resume && filesystem_only {
         return Err(LifecycleError::Invalid(
-            "autoPauseMemory false (a filesystem-only pause) is not supported: a pause keeps memory".into(),
+            "autoResume cannot go with autoPauseMemory false: a filesystem-only pause is resumed by connect".into(),
         ));
     }
-    Ok(ember_store::Lifecycle { auto_pause, auto_resume, timeout_secs })
+    Ok(ember_store::Lifecycle { auto_pause, filesystem_only, auto_resume, timeout_secs })
 }
 
 /// Bounds a client-supplied map; env var names must be usable as names.

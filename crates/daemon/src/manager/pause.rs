@@ -10,9 +10,9 @@ use ember_store::now_ms;
 use super::{init_agent, LifecycleError, Live, Manager};
 
 impl Manager {
-    /// Pauses a running sandbox (409 if it is paused already; 429 past the team's limit of
-    /// paused sandboxes).
-    pub async fn pause(self: &Arc<Self>, live: Arc<Live>) -> Result<(), LifecycleError> {
+    /// Pauses a running sandbox, with its memory or (`keep_memory` false) only its filesystem
+    /// (409 if it is paused already; 429 past the team's limit of paused sandboxes).
+    pub async fn pause(self: &Arc<Self>, live: Arc<Live>, keep_memory: bool) -> Result<(), LifecycleError> {
         if live.is_paused() {
             return Err(LifecycleError::Conflict(format!("sandbox {} is already paused", live.id())));
         }
@@ -25,21 +25,25 @@ impl Manager {
         }
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let op = this.pause_now(&live);
+            let op = this.pause_now(&live, keep_memory);
             live.unless_killed(op).await
         })
         .await
         .map_err(|e| LifecycleError::Task(e.to_string()))?
     }
 
-    async fn pause_now(&self, live: &Live) -> Result<(), LifecycleError> {
+    async fn pause_now(&self, live: &Live, keep_memory: bool) -> Result<(), LifecycleError> {
         let mut slot = live.vm.lock().await;
         let id = live.id();
         let Some(sandbox) = slot.take() else {
             return Err(LifecycleError::Conflict(format!("sandbox {id} is already paused")));
         };
         let started = std::time::Instant::now();
-        if let Err((sandbox, e)) = sandbox.pause().await {
+        let paused = match keep_memory {
+            true => sandbox.pause().await,
+            false => sandbox.pause_filesystem(live.record().access_token).await,
+        };
+        if let Err((sandbox, e)) = paused {
             *slot = Some(sandbox);
             return Err(e.into());
         }
@@ -50,7 +54,13 @@ impl Manager {
             live.record.lock().unwrap_or_else(|e| e.into_inner()).state = ember_store::SandboxState::Paused;
         }
         tracing::info!(sandbox = %id, ms = super::millis(started.elapsed()), "sandbox paused");
-        live.observed.event("info", "sandbox paused (memory and filesystem saved)");
+        live.observed.event(
+            "info",
+            match keep_memory {
+                true => "sandbox paused (memory and filesystem saved)",
+                false => "sandbox paused (filesystem saved; a resume boots it)",
+            },
+        );
         Ok(())
     }
 
@@ -83,9 +93,19 @@ impl Manager {
         let record = live.record();
         let started = std::time::Instant::now();
         let policy = crate::network::stored(&record).policy;
+        let cold = self.runtime.pause_mode(&record.id) == Some(ember_runtime::snapshot::PauseMode::Filesystem);
         let sandbox = self.runtime.resume(&record.id, false, policy).await?;
-        // The resumed agent holds the sandbox's token; this sets the clock and reseeds the RNG.
-        init_agent(sandbox.agent(), &record, None, record.access_token.as_deref(), self.ca_bundle()).await?;
+        if cold {
+            // Booted from its disk: the agent holds the boot's token and knows no defaults.
+            let defaults = match self.resolve_template(&record.team, &record.template) {
+                Ok(super::Source::Built { defaults, .. }) => defaults,
+                _ => ember_builder::Defaults::base(),
+            };
+            init_agent(sandbox.agent(), &record, Some(&defaults), sandbox.agent().token(), self.ca_bundle()).await?;
+        } else {
+            // The resumed agent holds the sandbox's token; this sets the clock and reseeds the RNG.
+            init_agent(sandbox.agent(), &record, None, record.access_token.as_deref(), self.ca_bundle()).await?;
+        }
         self.set_end(live, now_ms() + timeout_secs * 1000, false)?;
         // Not recorded as running: the VM is torn down, and the caller ends the sandbox.
         self.transition(live, &mut slot, Some(sandbox))?;

@@ -62,7 +62,8 @@ impl Manager {
         live.observed.event("info", "timed out: pausing (its lifecycle says pause)");
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let result = this.pause(Arc::clone(&live)).await;
+            let keep_memory = !live.record().lifecycle.filesystem_only;
+            let result = this.pause(Arc::clone(&live), keep_memory).await;
             live.timing_out.store(false, Ordering::SeqCst);
             match result {
                 Ok(()) => tracing::info!(sandbox = %live.id(), "timed out: paused (its lifecycle says pause)"),

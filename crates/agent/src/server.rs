@@ -35,6 +35,9 @@ pub struct AgentConfig {
     /// The guest's own address: in a guest, servers listening on its loopback only are made
     /// reachable on it ([`crate::forward`]); `None` forwards nothing.
     pub guest_ip: Option<IpAddr>,
+    /// Where `/init` writes the files naming the sandbox and its template ([`crate::runinfo`];
+    /// `/run/e2b` in a guest); `None` writes none.
+    pub run_info_dir: Option<std::path::PathBuf>,
 }
 
 /// Builds the router; separate from [`serve`] so tests can drive it without a socket.

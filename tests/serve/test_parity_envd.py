@@ -3,6 +3,7 @@ path, resolved symlink targets, the metadata a write returns, the events a watch
 file, gzip downloads, CORS answers for browsers, and the files naming the sandbox in /run/e2b."""
 
 import gzip
+import os
 import time
 
 import httpx
@@ -94,6 +95,11 @@ def test_gzip_downloads(daemon, sbx):
         part = c.get(f"{daemon.url}/files", params=params, headers=envd(
             daemon, sbx, **{"X-Access-Token": token, "Accept-Encoding": "gzip", "Range": "bytes=0-7"}))
         assert part.status_code == 206 and "content-encoding" not in part.headers and part.text == "compress"
+        # Data that does not compress (random, archives) goes as it is, which the client accepts.
+        sbx.files.write("/home/user/random.bin", os.urandom(200_000))
+        binary = c.get(f"{daemon.url}/files", params={"path": "/home/user/random.bin"},
+                       headers=envd(daemon, sbx, **{"X-Access-Token": token, "Accept-Encoding": "gzip"}))
+        assert "content-encoding" not in binary.headers and binary.headers["content-length"] == "200000"
         refused = c.get(f"{daemon.url}/files", params=params,
                         headers=envd(daemon, sbx, **{"X-Access-Token": token, "Accept-Encoding": "br, identity;q=0"}))
         assert refused.status_code == 406

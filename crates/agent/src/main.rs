@@ -59,7 +59,17 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::Serve { listen, default_user, users_root, guest, state_file, guest_ip }) => {
             let state_file = state_file.or_else(|| guest.then(|| GUEST_STATE_FILE.into()));
             let guest_ip = guest_ip.or_else(|| if guest { boot_guest_ip() } else { None });
-            AgentConfig { listen, default_user, users_root, guest, state_file, ca_paths: CaPaths::guest(), guest_ip }
+            let run_info_dir = guest.then(|| ember_agent::runinfo::GUEST_DIR.into());
+            AgentConfig {
+                listen,
+                default_user,
+                users_root,
+                guest,
+                state_file,
+                ca_paths: CaPaths::guest(),
+                guest_ip,
+                run_info_dir,
+            }
         }
         None => AgentConfig {
             listen: ([0, 0, 0, 0], ember_envd_proto::ENVD_PORT).into(),
@@ -69,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             state_file: None,
             ca_paths: CaPaths::guest(),
             guest_ip: None,
+            run_info_dir: None,
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

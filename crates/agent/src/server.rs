@@ -4,10 +4,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use ember_envd_proto::cors;
 
 use crate::auth::http_error;
 use crate::state::Agent;
@@ -32,6 +35,9 @@ pub struct AgentConfig {
     /// The guest's own address: in a guest, servers listening on its loopback only are made
     /// reachable on it ([`crate::forward`]); `None` forwards nothing.
     pub guest_ip: Option<IpAddr>,
+    /// Where `/init` writes the files naming the sandbox and its template ([`crate::runinfo`];
+    /// `/run/e2b` in a guest); `None` writes none.
+    pub run_info_dir: Option<std::path::PathBuf>,
 }
 
 /// Builds the router; separate from [`serve`] so tests can drive it without a socket.
@@ -46,9 +52,32 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/filesystem.Filesystem/{method}", post(fs::handle))
         .fallback(|| async { http_error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&agent), auth::require_token))
+        // Outside the token check: a browser's preflight carries no token, and a refusal must
+        // carry the CORS headers for the browser to show it.
+        .layer(axum::middleware::from_fn(with_cors))
         // Bodies are read as streams with per-endpoint limits.
         .layer(DefaultBodyLimit::disable())
         .with_state(agent)
+}
+
+/// CORS for browser clients ([`ember_envd_proto::cors`]): a preflight (`OPTIONS`) is answered
+/// here, every other answer gets the CORS headers.
+async fn with_cors(req: Request, next: Next) -> Response {
+    if req.method() == Method::OPTIONS {
+        let requested = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).and_then(|v| v.to_str().ok());
+        let mut resp = StatusCode::NO_CONTENT.into_response();
+        for (name, value) in cors::preflight_headers(requested) {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, value);
+            }
+        }
+        return resp;
+    }
+    let mut resp = next.run(req).await;
+    for (name, value) in cors::response_headers() {
+        resp.headers_mut().insert(name, HeaderValue::from_static(value));
+    }
+    resp
 }
 
 /// Serves until the process is stopped; in a guest, also forwards the guest's address to servers

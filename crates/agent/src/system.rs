@@ -128,6 +128,12 @@ pub async fn init(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bod
         }
     }
     if let Some(env) = req.env_vars {
+        if let Some(dir) = &agent.config.run_info_dir {
+            // As envd: a sandbox whose files cannot be written still starts; the error is logged.
+            if let Err(e) = crate::runinfo::write(dir, &env) {
+                tracing::error!(error = %e, dir = %dir.display(), "writing the files naming the sandbox");
+            }
+        }
         next.env = env;
     }
     // An empty token never clears the one held: that would lock the agent and open /init to

@@ -59,6 +59,7 @@ impl Scratch {
                 system: self.dir.path().join("ca/bundle.crt"),
             },
             guest_ip: None,
+            run_info_dir: None,
         }
     }
 

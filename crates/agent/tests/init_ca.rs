@@ -3,6 +3,8 @@
 //! `NODE_EXTRA_CA_CERTS` whatever `envVars` later `/init`s give. The agent runs as a guest
 //! (`guest: true`) on a scratch account database and scratch trust-store paths; the `/init`s
 //! carry no time, entropy or hostname, so nothing of the machine running the test changes.
+//! Also the files `/init`'s env vars name the sandbox by (`/run/e2b` in a guest, a scratch
+//! directory here).
 
 #![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
 
@@ -47,6 +49,7 @@ impl Guest {
             state_file: Some(root.join("state/agent.json")),
             ca_paths: CaPaths { extra: root.join("local/ember-extra.crt"), system: root.join("certs/ca.crt") },
             guest_ip: None,
+            run_info_dir: Some(root.join("run/e2b")),
         };
         let agent = Arc::new(Agent::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -164,4 +167,26 @@ async fn ca_bundle_is_installed_once_and_node_is_told() {
     assert!(!extra.exists());
     assert_eq!(read(&system), SYSTEM);
     assert_eq!(guest.node_env().await, "");
+}
+
+#[tokio::test]
+async fn init_writes_the_files_naming_the_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = Guest::start(dir.path()).await;
+    let token = serde_json::json!({"accessToken": TOKEN, "envVars": {"E2B_SANDBOX": "true"}});
+    assert_eq!(
+        guest.call("/init", None, "application/json", token.to_string().into_bytes()).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert!(!guest.path("run/e2b/.E2B_SANDBOX_ID").exists());
+    let env = serde_json::json!({"envVars": {"E2B_SANDBOX_ID": "sbx-a", "E2B_TEMPLATE_ID": "base"}});
+    assert_eq!(guest.init(env).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(read(&guest.path("run/e2b/.E2B_SANDBOX_ID")), "sbx-a");
+    assert_eq!(read(&guest.path("run/e2b/.E2B_TEMPLATE_ID")), "base");
+    // A snapshot restored as another sandbox is initialised again; an /init without env vars
+    // leaves the files as they are.
+    let env = serde_json::json!({"envVars": {"E2B_SANDBOX_ID": "sbx-b", "E2B_TEMPLATE_ID": "base"}});
+    assert_eq!(guest.init(env).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(guest.init(serde_json::json!({})).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(read(&guest.path("run/e2b/.E2B_SANDBOX_ID")), "sbx-b");
 }

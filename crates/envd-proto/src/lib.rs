@@ -8,6 +8,7 @@
 
 pub mod b64;
 pub mod code;
+pub mod cors;
 pub mod envelope;
 pub mod filesystem;
 pub mod init;

@@ -143,3 +143,30 @@ async fn contexts_without_kernels() {
     );
     assert_eq!(call(&app, "POST", "/contexts/x/restart", None, "").await.0, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn cors_preflights_need_no_token_and_answers_carry_cors_headers() {
+    let t = tempfile::tempdir().unwrap();
+    let app = app(fake_envd().await, t.path());
+    let preflight = Request::builder()
+        .method("OPTIONS")
+        .uri("/execute")
+        .header("Origin", "http://example.test")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "content-type, x-access-token")
+        .body(Body::empty())
+        .unwrap();
+    let res = router(app.clone()).oneshot(preflight).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let h = res.headers();
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert_eq!(h["access-control-allow-headers"], "content-type, x-access-token");
+    assert!(h["access-control-allow-methods"].to_str().unwrap().contains("DELETE"));
+    assert!(h.contains_key("access-control-max-age"));
+    // A refusal carries them too, so a browser can read it.
+    let refused = Request::builder().method("POST").uri("/execute").body(Body::from(r#"{"code":"1"}"#)).unwrap();
+    let res = router(app).oneshot(refused).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    assert!(res.headers().contains_key("access-control-expose-headers"));
+}

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use ember_envd_proto::filesystem::{EntryInfo, FileType};
 
@@ -34,7 +34,7 @@ pub fn entry_info(path: &Path, names: &Names) -> std::io::Result<EntryInfo> {
     let lmeta = std::fs::symlink_metadata(path)?;
     let is_symlink = lmeta.file_type().is_symlink();
     let (meta, target) = if is_symlink {
-        let target = std::fs::read_link(path).ok().map(|t| t.to_string_lossy().into_owned());
+        let target = symlink_target(path).map(|t| t.to_string_lossy().into_owned());
         (std::fs::metadata(path).unwrap_or_else(|_| lmeta.clone()), target)
     } else {
         (lmeta.clone(), None)
@@ -61,6 +61,28 @@ pub fn entry_info(path: &Path, names: &Names) -> std::io::Result<EntryInfo> {
         metadata: read_metadata(path),
         is_symlink,
     })
+}
+
+/// Where the link at `path` leads, as envd reports it: absolute, every link on the way
+/// resolved. A dangling link gives its target made absolute against the link's directory and
+/// cleaned; `None` only if the link cannot be read.
+fn symlink_target(path: &Path) -> Option<PathBuf> {
+    if let Ok(resolved) = std::fs::canonicalize(path) {
+        return Some(resolved);
+    }
+    let target = std::fs::read_link(path).ok()?;
+    let joined = path.parent().unwrap_or(Path::new("/")).join(target);
+    let mut clean = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::Normal(n) => clean.push(n),
+            Component::ParentDir => {
+                clean.pop();
+            }
+            _ => {}
+        }
+    }
+    Some(clean)
 }
 
 /// The file's `user.e2b.*` attributes, prefix stripped.
@@ -137,5 +159,23 @@ mod tests {
         assert_eq!((l.kind, l.is_symlink), (FileType::File, true));
         assert_eq!(l.symlink_target.as_deref(), Some(f.to_str().unwrap()));
         assert_eq!(entry_info(dir.path(), &names).unwrap().kind, FileType::Directory);
+    }
+
+    #[test]
+    fn symlink_targets_are_absolute_and_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::write(root.join("a"), "x").unwrap();
+        std::os::unix::fs::symlink("a", root.join("b")).unwrap();
+        std::os::unix::fs::symlink("b", root.join("c")).unwrap();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::os::unix::fs::symlink("../missing", root.join("sub/dangling")).unwrap();
+        let names = Names::default();
+        let target = |p: &str| entry_info(&root.join(p), &names).unwrap().symlink_target;
+        let a = root.join("a").to_string_lossy().into_owned();
+        assert_eq!(target("b"), Some(a.clone()));
+        assert_eq!(target("c"), Some(a));
+        assert_eq!(target("sub/dangling"), Some(root.join("missing").to_string_lossy().into_owned()));
+        assert_eq!(target("a"), None);
     }
 }

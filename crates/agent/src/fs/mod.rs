@@ -180,8 +180,14 @@ fn move_entry(from: &Path, to: &Path, names: &entry::Names) -> Result<EntryInfo,
     entry::entry_info(to, names).map_err(|e| io_error(to, e))
 }
 
+/// Removes a file, a link or a directory tree; a path that does not exist is already removed
+/// (as envd answers).
 fn remove(path: &Path) -> Result<(), ConnectError> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| io_error(path, e))?;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(path, e)),
+    };
     if meta.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }
         .map_err(|e| io_error(path, e))
 }
@@ -233,6 +239,17 @@ mod tests {
         assert_eq!(resolve("/tmp/./a//b", home).unwrap(), Path::new("/tmp/a/b"));
         assert_eq!(resolve("/../../etc", home).unwrap(), Path::new("/etc"));
         assert_eq!(resolve("a\0b", home).unwrap_err().code, Code::InvalidArgument);
+    }
+
+    #[test]
+    fn removing_a_missing_path_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        remove(&file).unwrap();
+        assert!(!file.exists());
+        remove(&file).unwrap();
+        remove(&dir.path().join("no/such/path")).unwrap();
     }
 
     #[test]

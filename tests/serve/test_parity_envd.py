@@ -128,8 +128,6 @@ def test_cors_preflight_and_headers(daemon, sbx):
 
 def test_run_files_name_the_sandbox(sbx):
     env = sbx.commands.run("echo ${E2B_SANDBOX_ID:-}").stdout.strip()
-    if not env:
-        pytest.skip("the daemon does not put E2B_SANDBOX_ID in /init yet")
     assert env == sbx.sandbox_id
     assert sbx.files.read("/run/e2b/.E2B_SANDBOX_ID") == sbx.sandbox_id
     template = sbx.commands.run("echo ${E2B_TEMPLATE_ID:-}").stdout.strip()

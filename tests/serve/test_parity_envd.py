@@ -7,7 +7,6 @@ import os
 import time
 
 import httpx
-import pytest
 from e2b import FilesystemEventType
 
 from conftest import KEY  # noqa: F401  (the daemon fixture sets the SDK's environment)

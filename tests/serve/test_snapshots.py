@@ -113,10 +113,15 @@ def test_snapshot_of_a_running_sandbox_is_a_template(daemon):
         src.files.write("/home/user/from-snapshot.txt", "snapshot content")
         start_counter(src)
         snap = src.create_snapshot(name="with-file")
-        assert snap.snapshot_id and snap.names == ["with-file"]
+        # E2B's names: `name:tag` (tag `latest` by default), and the full name with the team.
+        assert snap.snapshot_id == "with-file:latest" and snap.names == ["default/with-file:latest"]
         assert src.commands.run("echo still running").stdout == "still running\n"
         child = Sandbox.create(snap.snapshot_id)
         by_name = Sandbox.create("with-file")
+        assert Sandbox.get_info(by_name.sandbox_id).template_id == "with-file"
+        for bad in ("someone-else/with-file", "with file", "with-file:"):
+            r = httpx.post(f"{daemon.url}/sandboxes/{src.sandbox_id}/snapshots", json={"name": bad}, headers={"X-API-Key": KEY})
+            assert r.status_code == 400, (bad, r.text)
         try:
             assert child.sandbox_id not in (src.sandbox_id, by_name.sandbox_id)
             assert child.files.read("/home/user/from-snapshot.txt") == "snapshot content"
@@ -132,6 +137,16 @@ def test_snapshot_of_a_running_sandbox_is_a_template(daemon):
             by_name.kill()
         listed = Sandbox.list_snapshots(sandbox_id=src.sandbox_id).next_items()
         assert [s.snapshot_id for s in listed] == [snap.snapshot_id]
+        # The same name again: creates by that name get the newest, and the full name works.
+        src.files.write("/home/user/from-snapshot.txt", "newer content")
+        again = src.create_snapshot(name="default/with-file")
+        assert again.snapshot_id == snap.snapshot_id
+        newest = Sandbox.create("default/with-file:latest")
+        try:
+            assert newest.files.read("/home/user/from-snapshot.txt") == "newer content"
+        finally:
+            newest.kill()
+        assert Sandbox.delete_snapshot(again.snapshot_id) is True
         assert Sandbox.delete_snapshot(snap.snapshot_id) is True
         assert Sandbox.delete_snapshot(snap.snapshot_id) is False
         r = httpx.post(f"{daemon.url}/v2/sandboxes", json={"templateID": snap.snapshot_id}, headers={"X-API-Key": KEY})

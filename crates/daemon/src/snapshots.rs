@@ -16,8 +16,13 @@ use crate::auth::Team;
 use crate::error::{parse_json, ApiError};
 use crate::manager::Manager;
 
+/// A snapshot as E2B reports it: a named one by `name:tag` and its full name `team/name:tag`,
+/// an unnamed one by its id.
 fn info(r: &ember_store::SnapshotRecord) -> SnapshotInfo {
-    SnapshotInfo { snapshot_id: r.id.clone(), names: vec![r.name.clone()] }
+    if r.name == r.id {
+        return SnapshotInfo { snapshot_id: r.id.clone(), names: vec![r.id.clone()] };
+    }
+    SnapshotInfo { snapshot_id: r.name.clone(), names: vec![format!("{}/{}", r.team, r.name)] }
 }
 
 pub async fn create(
@@ -28,16 +33,9 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let req: SnapshotRequest = parse_json(&body, false)?;
-    if let Some(name) = &req.name {
-        let valid = !name.is_empty()
-            && name.len() <= 128
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c));
-        if !valid {
-            return Err(ApiError::BadRequest("snapshot names are 1-128 letters, digits and -_.:/".into()));
-        }
-    }
+    let name = req.name.as_deref().map(|n| crate::manager::snapshot_name(&team.0, n)).transpose()?;
     let live = m.get(&team.0, &id)?;
-    let snapshot = m.snapshot(live, req.name).await?;
+    let snapshot = m.snapshot(live, name).await?;
     Ok((StatusCode::CREATED, Json(info(&snapshot))).into_response())
 }
 
@@ -60,7 +58,11 @@ pub async fn list(
     let matching: Vec<_> = all
         .iter()
         .filter(|s| q.sandbox_id.as_ref().is_none_or(|id| &s.sandbox_id == id))
-        .filter(|s| q.name.as_ref().is_none_or(|n| &s.name == n))
+        .filter(|s| {
+            q.name
+                .as_ref()
+                .is_none_or(|n| &s.name == n || crate::manager::snapshot_name(&team.0, n).is_ok_and(|n| s.name == n))
+        })
         .collect();
     crate::page::page(matching.into_iter().map(info).collect(), q.limit, q.next_token.as_deref())
 }

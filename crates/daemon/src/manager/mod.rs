@@ -32,6 +32,7 @@ use tracing::Instrument;
 
 pub use builds::{split_name, Upload, MAX_UPLOAD_BYTES};
 pub use error::LifecycleError;
+pub use snapshots::snapshot_name;
 
 use crate::network::Checked;
 use crate::ServeConfig;
@@ -364,7 +365,7 @@ impl Manager {
                 .map_err(|e| LifecycleError::Invalid(format!("template {name}: {e}")))?;
             return Ok(Source::Built { dir: self.template_dir(&build.id), token: build.agent_token, defaults });
         }
-        match self.store.find_snapshot(team, name)? {
+        match self.find_snapshot(team, name)? {
             Some(snapshot) => Ok(Source::Snapshot(snapshot.id, snapshot.agent_token)),
             None => Err(LifecycleError::UnknownTemplate(name.into())),
         }

@@ -90,11 +90,24 @@ impl Manager {
         Ok(snapshot)
     }
 
-    /// Deletes one of the team's snapshots; false if there is none by that id. Its files go
+    /// The team's snapshot that `key` names: its id, or its E2B name (`name`, `name:tag` or
+    /// `team/name:tag`; a name without a tag means `latest`), the newest of that name.
+    pub fn find_snapshot(&self, team: &str, key: &str) -> Result<Option<SnapshotRecord>, LifecycleError> {
+        if let Some(found) = self.store.find_snapshot(team, key)? {
+            return Ok(Some(found));
+        }
+        match snapshot_name(team, key) {
+            Ok(name) if name != key => Ok(self.store.find_snapshot(team, &name)?),
+            _ => Ok(None),
+        }
+    }
+
+    /// Deletes one of the team's snapshots (by id or E2B name, [`Manager::find_snapshot`]);
+    /// false if there is none. Its files go
     /// when no disk is backed by them any more (sandboxes made from it keep running, pausing
     /// and resuming): see [`Manager::sweep_saved_states`].
     pub fn delete_snapshot(&self, team: &str, id: &str) -> Result<bool, LifecycleError> {
-        let Some(snapshot) = self.store.find_snapshot(team, id)?.filter(|s| s.id == id) else { return Ok(false) };
+        let Some(snapshot) = self.find_snapshot(team, id)? else { return Ok(false) };
         self.store.delete_snapshot(&snapshot.id)?;
         self.sweep_saved_states();
         Ok(true)
@@ -137,6 +150,32 @@ impl Manager {
     }
 }
 
+/// The tag of a snapshot name that names none (E2B's).
+pub const DEFAULT_TAG: &str = "latest";
+
+/// A snapshot name as stored: `name:tag` (the tag `latest` if none), from `name`, `name:tag` or
+/// `team/name:tag` (another team's namespace is refused). Names are 1-128 letters, digits and
+/// `-_.`, tags the same.
+pub fn snapshot_name(team: &str, given: &str) -> Result<String, LifecycleError> {
+    let invalid = || {
+        LifecycleError::Invalid(format!(
+            "snapshot name '{given}': use NAME, NAME:TAG or {team}/NAME:TAG (letters, digits and -_., at most 128)"
+        ))
+    };
+    let rest = match given.split_once('/') {
+        Some((namespace, rest)) if namespace == team => rest,
+        Some(_) => return Err(invalid()),
+        None => given,
+    };
+    let (name, tag) = rest.split_once(':').unwrap_or((rest, DEFAULT_TAG));
+    let ok =
+        |s: &str| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !ok(name) || !ok(tag) {
+        return Err(invalid());
+    }
+    Ok(format!("{name}:{tag}"))
+}
+
 /// Bytes of the files under `dir` (allocated blocks, so sparse files count what they use).
 pub(super) fn dir_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -149,4 +188,19 @@ pub(super) fn dir_bytes(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_names_get_a_tag_and_lose_their_own_namespace() {
+        assert_eq!(snapshot_name("team", "snap").unwrap(), "snap:latest");
+        assert_eq!(snapshot_name("team", "snap:v2").unwrap(), "snap:v2");
+        assert_eq!(snapshot_name("team", "team/snap:v2").unwrap(), "snap:v2");
+        for bad in ["other/snap", "", ":v1", "snap:", "a b", "snap:v:2", "team/", &"x".repeat(129)] {
+            assert!(snapshot_name("team", bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -89,7 +89,9 @@ def daemon():
     data_dir = tempfile.mkdtemp(prefix="ember-serve-test-")
     os.chmod(data_dir, 0o755)  # the unprivileged QEMU user must reach the sandboxes' disks
     d = Daemon(data_dir, free_port())
-    d.start("--destroy-on-exit")
+    metrics_port = free_port()
+    d.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    d.start("--destroy-on-exit", "--metrics-listen", f"127.0.0.1:{metrics_port}")
     os.environ.update(E2B_API_URL=d.url, E2B_SANDBOX_URL=d.url, E2B_API_KEY=KEY)
     yield d
     d.stop()

@@ -63,8 +63,25 @@ impl From<crate::manager::LifecycleError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The kind the operator metrics count it by (`prom::ERROR_KINDS`).
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) | ApiError::MethodNotAllowed => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::TooMany(_) => "too_many",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::NotImplemented(_) => "not_implemented",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        crate::prom::TELEMETRY.error(self.kind());
         let status = self.status();
         (status, Json(ember_api::Error { code: status.as_u16(), message: self.to_string() })).into_response()
     }

@@ -13,6 +13,7 @@ pub mod manager;
 pub mod network;
 pub mod observe;
 pub mod page;
+pub mod prom;
 pub mod proxy;
 pub mod sandboxes;
 pub mod snapshots;
@@ -68,6 +69,8 @@ pub struct ServeConfig {
     /// The domain exposed ports are reached under: `{port}-{sandboxID}.{domain}` (returned by
     /// create as `domain`, so the SDKs' `get_host` names it).
     pub domain: String,
+    /// Where operator metrics (Prometheus text, `GET /metrics`) are served; none by default.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The whole HTTP surface.
@@ -127,6 +130,16 @@ pub async fn serve(config: ServeConfig, runtime: ember_runtime::RuntimeConfig) -
         eprintln!("ember: warning: {w}");
     }
     eprintln!("ember: serving the E2B API on http://{}", listener.local_addr()?);
+    if let Some(addr) = manager.config().metrics_listen {
+        let ops = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen on {addr} for metrics"))?;
+        eprintln!("ember: operator metrics on http://{}/metrics", ops.local_addr()?);
+        let app = Router::new().route("/metrics", get(prom::metrics)).with_state(Arc::clone(&manager));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(ops, app).await {
+                tracing::error!(error = %e, "the operator metrics server stopped");
+            }
+        });
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = router(Arc::clone(&manager));
     let server = tokio::spawn(async move {

@@ -81,6 +81,7 @@ impl Daemon {
             max_snapshot_bytes: 1 << 30,
             domain: "sandboxes.test".into(),
             build_ready_timeout_secs: None,
+            metrics_listen: None,
         };
         let runtime_config = RuntimeConfig::new(
             data.path().to_path_buf(),

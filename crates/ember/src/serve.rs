@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// Do not carry the host's extra CA certificates (/usr/local/share/ca-certificates) into sandboxes.
     #[arg(long)]
     no_host_ca: bool,
+    /// Serve operator metrics (Prometheus text, GET /metrics) on this address, e.g.
+    /// 127.0.0.1:9464; never on the API's port. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Network slots the daemon keeps made ahead of creates.
@@ -112,6 +116,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_snapshot_bytes: args.max_snapshot_gib.saturating_mul(1 << 30),
         domain,
         build_ready_timeout_secs: args.build_ready_timeout,
+        metrics_listen: args.metrics_listen,
     };
     // Build the template before taking requests, with progress shown, rather than in the first create.
     runtime.cache.prepare(ember_runtime::private::qemu_group(runtime.qemu_user.as_deref())?)?;

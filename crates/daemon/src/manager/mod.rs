@@ -243,9 +243,21 @@ impl Manager {
     ) -> Result<Arc<Live>, LifecycleError> {
         let this = Arc::clone(self);
         let team = team.to_string();
-        tokio::spawn(async move { this.create_now(&team, req, net).await })
+        let started = std::time::Instant::now();
+        let created = tokio::spawn(async move { this.create_now(&team, req, net).await })
             .await
-            .map_err(|e| LifecycleError::Task(e.to_string()))?
+            .map_err(|e| LifecycleError::Task(e.to_string()))?;
+        let t = &crate::prom::TELEMETRY;
+        match &created {
+            Ok(_) => {
+                t.creates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                t.create_seconds.observe(started.elapsed());
+            }
+            Err(_) => {
+                t.create_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        created
     }
 
     async fn create_now(&self, team: &str, req: NewSandbox, net: Checked) -> Result<Arc<Live>, LifecycleError> {

@@ -54,6 +54,7 @@ impl Manager {
             live.record.lock().unwrap_or_else(|e| e.into_inner()).state = ember_store::SandboxState::Paused;
         }
         tracing::info!(sandbox = %id, ms = super::millis(started.elapsed()), "sandbox paused");
+        crate::prom::TELEMETRY.pause_seconds.observe(started.elapsed());
         live.observed.event(
             "info",
             match keep_memory {
@@ -110,6 +111,7 @@ impl Manager {
         // Not recorded as running: the VM is torn down, and the caller ends the sandbox.
         self.transition(live, &mut slot, Some(sandbox))?;
         tracing::info!(sandbox = %record.id, ms = super::millis(started.elapsed()), "sandbox resumed");
+        crate::prom::TELEMETRY.resume_seconds.observe(started.elapsed());
         live.observed.event("info", "sandbox resumed");
         Ok(true)
     }

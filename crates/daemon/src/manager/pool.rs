@@ -25,6 +25,12 @@ impl Manager {
             .collect()
     }
 
+    /// How many sandboxes each pooled template has ready now.
+    pub async fn pool_depths(&self) -> Vec<(&'static str, usize)> {
+        let pool = self.pool.lock().await;
+        self.pool_sizes().into_iter().map(|(t, _)| (t, pool.get(t).map_or(0, |p| p.len()))).collect()
+    }
+
     /// A live sandbox from the pool, if the pool holds one for `template`.
     pub(super) async fn take_pooled(&self, template: &str) -> Option<Sandbox> {
         let mut pool = self.pool.lock().await;

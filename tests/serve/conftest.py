@@ -41,6 +41,7 @@ class Daemon:
         directories count only their own)."""
         if "--interpreter-pool" not in extra:
             extra = (*extra, "--interpreter-pool", "0")
+        self.extra = extra
         env = {**os.environ, "EMBER_API_KEY": KEY, "EMBER_LOG": "info"}
         log = open(os.path.join(self.data_dir, "daemon.log"), "a")
         self.proc = subprocess.Popen(
@@ -62,6 +63,11 @@ class Daemon:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=60)
+
+    def restart(self, sig=signal.SIGTERM):
+        """Stops the daemon with `sig` and starts it again with the flags it had."""
+        self.stop(sig)
+        self.start(*self.extra)
 
     def log(self):
         with open(os.path.join(self.data_dir, "daemon.log")) as f:

@@ -7,6 +7,7 @@ paused ends at once with the SDK's error instead of hanging.
 Run: target/sdk-venv/bin/python -m pytest tests/serve/test_lifecycle.py -q -p no:cacheprovider
 """
 
+import datetime
 import os
 import threading
 import time
@@ -33,12 +34,13 @@ def boot_id(sbx):
 
 
 def test_a_time_out_pauses_and_connect_resumes_the_same_boot(daemon):
-    sbx = Sandbox.create(timeout=6, lifecycle={"on_timeout": "pause"})
+    sbx = Sandbox.create(timeout=120, lifecycle={"on_timeout": "pause"})
     try:
         info = sbx.get_info()
         assert info.lifecycle == {"on_timeout": "pause", "auto_resume": False}
         boot = boot_id(sbx)
         sbx.commands.run("nohup sleep 3600 >/dev/null 2>&1 & echo $! > /tmp/sleeper")
+        sbx.set_timeout(0)
         wait_for_state(sbx.sandbox_id, SandboxState.PAUSED)
         # Without auto_resume traffic does not wake it.
         with pytest.raises(SandboxException):
@@ -53,11 +55,12 @@ def test_a_time_out_pauses_and_connect_resumes_the_same_boot(daemon):
 
 
 def test_auto_resume_wakes_a_paused_sandbox_once_for_two_requests(daemon):
-    sbx = Sandbox.create(timeout=6, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    sbx = Sandbox.create(timeout=120, lifecycle={"on_timeout": "pause", "auto_resume": True})
     try:
         assert sbx.get_info().lifecycle == {"on_timeout": "pause", "auto_resume": True}
         boot = boot_id(sbx)
         sbx.files.write("/home/user/kept.txt", "before the pause")
+        sbx.set_timeout(0)
         wait_for_state(sbx.sandbox_id, SandboxState.PAUSED)
         results, errors = [], []
 
@@ -78,8 +81,9 @@ def test_auto_resume_wakes_a_paused_sandbox_once_for_two_requests(daemon):
             log = f.read()
         resumes = [l for l in log.splitlines() if "sandbox resumed" in l and sbx.sandbox_id in l]
         assert len(resumes) == 1, resumes
-        # Resumed by traffic, it has its create's time-out again: 6 s.
-        sbx.set_timeout(120)
+        # Resumed by traffic, it has its create's time-out again (120 s).
+        left = Sandbox.get_info(sbx.sandbox_id).end_at - datetime.datetime.now(datetime.timezone.utc)
+        assert left.total_seconds() > 60, left
         assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.RUNNING
         assert boot_id(sbx) == boot
         # A request without the sandbox's access token does not wake it.
@@ -151,9 +155,10 @@ def test_a_filesystem_only_pause_keeps_the_disk_and_a_resume_boots_from_it(daemo
 
 
 def test_a_time_out_can_pause_only_the_filesystem(daemon):
-    sbx = Sandbox.create(timeout=6, lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}})
+    sbx = Sandbox.create(timeout=120, lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}})
     try:
         sbx.files.write("/home/user/kept.txt", "on disk")
+        sbx.set_timeout(0)
         wait_for_state(sbx.sandbox_id, SandboxState.PAUSED)
         assert pause_mode(daemon, sbx.sandbox_id) == "filesystem"
         resumed = Sandbox.connect(sbx.sandbox_id, timeout=120, request_timeout=300)

@@ -90,8 +90,7 @@ def test_paused_sandbox_survives_a_daemon_restart(daemon):
     sbx = Sandbox.create(metadata={"restart": "paused"})
     sbx.files.write("/home/user/kept.txt", "kept across the restart")
     assert sbx.pause() is True
-    daemon.stop(signal.SIGKILL)
-    daemon.start("--destroy-on-exit")
+    daemon.restart(signal.SIGKILL)
     assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED
     resumed = Sandbox.connect(sbx.sandbox_id)
     assert resumed.files.read("/home/user/kept.txt") == "kept across the restart"

@@ -74,22 +74,21 @@ pub async fn metrics_many(
     Extension(team): Extension<Team>,
     Query(q): Query<ManyQuery>,
 ) -> Result<Json<SandboxesWithMetrics>, ApiError> {
-    let ids: Vec<&str> = q.sandbox_ids.as_deref().unwrap_or_default().split(',').filter(|s| !s.is_empty()).collect();
+    let ids: std::collections::BTreeSet<&str> =
+        q.sandbox_ids.as_deref().unwrap_or_default().split(',').filter(|s| !s.is_empty()).collect();
     if ids.len() > MAX_METRICS_IDS {
         return Err(ApiError::BadRequest(format!("at most {MAX_METRICS_IDS} sandbox ids")));
     }
-    let mut sandboxes = BTreeMap::new();
-    for id in ids {
-        let Ok(live) = m.get(&team.0, id) else { continue };
+    // Sandboxes without a sample yet are sampled now, all at once (each with its deadline).
+    let lookups = ids.into_iter().filter_map(|id| m.get(&team.0, id).ok()).map(|live| async move {
         let latest = match live.observed.latest() {
             Some(metric) => Some(metric),
             None if !live.is_paused() => sample_now(&live).await.ok(),
             None => None,
         };
-        if let Some(metric) = latest {
-            sandboxes.insert(id.to_string(), metric);
-        }
-    }
+        latest.map(|metric| (live.id(), metric))
+    });
+    let sandboxes = futures_util::future::join_all(lookups).await.into_iter().flatten().collect();
     Ok(Json(SandboxesWithMetrics { sandboxes }))
 }
 
@@ -172,8 +171,10 @@ fn entries(live: &Live) -> Vec<Entry> {
     let mut before = started;
     let mut all: Vec<Entry> = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let entry = parse_line(line, before);
+        let mut entry = parse_line(line, before);
         before = entry.ms;
+        // The guest writes these lines: they say so, whatever they claim.
+        entry.fields.insert("source".into(), "guest".into());
         all.push(entry);
     }
     all.extend(live.observed.events().into_iter().map(|e| Entry {

@@ -83,7 +83,11 @@ impl Telemetry {
     fn render(&self, out: &mut String) {
         counter(out, "ember_sandbox_creates_total", "Sandboxes created.", self.creates.load(Relaxed));
         counter(out, "ember_sandbox_create_failures_total", "Creates that failed.", self.create_failures.load(Relaxed));
-        self.create_seconds.render(out, "ember_sandbox_create_seconds", "Time from a create request to a usable sandbox.");
+        self.create_seconds.render(
+            out,
+            "ember_sandbox_create_seconds",
+            "Time from a create request to a usable sandbox.",
+        );
         self.pause_seconds.render(out, "ember_sandbox_pause_seconds", "Time a pause took.");
         self.resume_seconds.render(out, "ember_sandbox_resume_seconds", "Time a resume (a restore or a boot) took.");
         let _ = writeln!(out, "# HELP ember_api_errors_total Error answers of the API by kind.");
@@ -122,7 +126,8 @@ pub async fn render(manager: &Manager) -> String {
         e.2 += u64::from(r.memory_mib);
     }
     let _ = writeln!(out, "# HELP ember_sandboxes Sandboxes by state.\n# TYPE ember_sandboxes gauge");
-    let _ = writeln!(out, "ember_sandboxes{{state=\"running\"}} {running}\nember_sandboxes{{state=\"paused\"}} {paused}");
+    let _ =
+        writeln!(out, "ember_sandboxes{{state=\"running\"}} {running}\nember_sandboxes{{state=\"paused\"}} {paused}");
     for (metric, help, pick) in [
         ("ember_team_sandboxes", "Sandboxes by team and state.", 0),
         ("ember_team_vcpus", "vCPUs of the team's sandboxes by state.", 1),
@@ -134,7 +139,10 @@ pub async fn render(manager: &Manager) -> String {
             let _ = writeln!(out, "{metric}{{team=\"{}\",state=\"{state}\"}} {v}", label(team));
         }
     }
-    let _ = writeln!(out, "# HELP ember_pool_ready Sandboxes restored ahead of time, by template.\n# TYPE ember_pool_ready gauge");
+    let _ = writeln!(
+        out,
+        "# HELP ember_pool_ready Sandboxes restored ahead of time, by template.\n# TYPE ember_pool_ready gauge"
+    );
     for (template, ready) in manager.pool_depths().await {
         let _ = writeln!(out, "ember_pool_ready{{template=\"{}\"}} {ready}", label(template));
     }

@@ -212,8 +212,10 @@ async fn forward(manager: &Arc<Manager>, id: &str, target: Target, mut req: Requ
         }
     }
     if live.is_paused() {
-        let full = manager.runtime().pause_mode(id) == Some(ember_runtime::snapshot::PauseMode::Full);
-        if !(record.lifecycle.auto_resume && full && may_wake(&req, port, &record)) {
+        // Only a filesystem-only pause refuses: a resume in flight has taken the marker away
+        // already, and `resume` waits for it and answers at once.
+        let fs_only = manager.runtime().pause_mode(id) == Some(ember_runtime::snapshot::PauseMode::Filesystem);
+        if !(record.lifecycle.auto_resume && !fs_only && may_wake(&req, port, &record)) {
             return bad_gateway(id, "The sandbox was not found: it is paused (connect to resume it)");
         }
         let timeout = record.lifecycle.timeout_secs.max(1);
@@ -254,6 +256,8 @@ async fn forward(manager: &Arc<Manager>, id: &str, target: Target, mut req: Requ
         _ => None,
     };
     let outgoing = axum::http::Request::from_parts(parts, body);
+    // Watched from before the request goes, so a pause or kill while it is in flight counts.
+    let gone = live.until_vm_gone();
     match live.port(port).send(outgoing, Duration::from_secs(5)).await {
         Ok(mut resp) => {
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -279,7 +283,7 @@ async fn forward(manager: &Arc<Manager>, id: &str, target: Target, mut req: Requ
                 }
                 parts.headers.remove(HeaderName::from_static(name));
             }
-            Response::from_parts(parts, Body::new(UntilGone::new(body, live.until_vm_gone())))
+            Response::from_parts(parts, Body::new(UntilGone::new(body, gone)))
         }
         Err(AgentError::Connect(_)) => bad_gateway(id, "The sandbox is running but port is not open"),
         Err(e) => {
@@ -310,7 +314,8 @@ fn may_wake(req: &Request, port: u16, record: &ember_store::SandboxRecord) -> bo
         .uri()
         .query()
         .and_then(|q| parse_signed_query(req.method() == axum::http::Method::POST, req.uri().path(), q));
-    signed.is_some_and(|s| s.matches(token))
+    let now = ember_envd_proto::time::now_unix();
+    signed.is_some_and(|s| s.matches(token) && s.expiration.is_none_or(|e| e >= now))
 }
 
 /// A response body from a guest that ends with an error when the VM it came from goes away

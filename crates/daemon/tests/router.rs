@@ -305,7 +305,7 @@ async fn teams_see_only_their_own() {
     let snapshot = SnapshotRecord {
         id: "0123456789abcdef0123".into(),
         team: "default".into(),
-        name: "saved".into(),
+        name: "saved:latest".into(),
         sandbox_id: "sbx".into(),
         created_ms: 1,
         agent_token: Some("token".into()),
@@ -313,7 +313,7 @@ async fn teams_see_only_their_own() {
     d.manager.store().insert_snapshot(&snapshot).unwrap();
     let dir = d.manager.snapshot_dir(&snapshot.id);
     std::fs::create_dir_all(&dir).unwrap();
-    let listed = json!([{"snapshotID": snapshot.id, "names": ["saved"]}]);
+    let listed = json!([{"snapshotID": "saved:latest", "names": ["default/saved:latest"]}]);
     assert_eq!(d.get("/snapshots", ENV_KEY).await.json(), listed);
     assert_eq!(d.get("/snapshots?name=saved", ENV_KEY).await.json(), listed);
     assert_eq!(d.get("/snapshots?name=other", ENV_KEY).await.json(), json!([]));
@@ -329,11 +329,11 @@ async fn teams_see_only_their_own() {
     let path = format!("/templates/{}", snapshot.id);
     d.send(Method::DELETE, &path, Some(&d.other), Body::empty()).await.assert_error(StatusCode::NOT_FOUND, &path);
     assert!(dir.exists());
-    // By name is not by id.
-    d.send(Method::DELETE, "/templates/saved", Some(ENV_KEY), Body::empty())
+    // Its E2B name (the snapshotID the SDK holds) deletes it as its id does.
+    d.send(Method::DELETE, "/templates/other:latest", Some(ENV_KEY), Body::empty())
         .await
-        .assert_error(StatusCode::NOT_FOUND, "by name");
-    let deleted = d.send(Method::DELETE, &path, Some(ENV_KEY), Body::empty()).await;
+        .assert_error(StatusCode::NOT_FOUND, "another name");
+    let deleted = d.send(Method::DELETE, "/templates/saved:latest", Some(ENV_KEY), Body::empty()).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
     assert!(!dir.exists());
     d.send(Method::DELETE, &path, Some(ENV_KEY), Body::empty()).await.assert_error(StatusCode::NOT_FOUND, "again");

@@ -30,12 +30,14 @@ impl Manager {
         if live.is_paused() {
             return Err(LifecycleError::Conflict(format!("sandbox {} is paused; resume it first", live.id())));
         }
+        // Its saved state goes where snapshots go, and counts against their bytes.
+        self.check_snapshot_bytes()?;
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let dir = this.snapshot_dir(&format!("fork-{}", random_hex(10)));
-            this.pinned.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.clone());
+            let pin = this.pin_saved_state(dir.clone());
             let result = this.fork_now(&live, &dir, timeout, count).await;
-            this.pinned.lock().unwrap_or_else(|e| e.into_inner()).remove(&dir);
+            drop(pin);
             this.sweep_saved_states();
             result
         })
@@ -75,6 +77,7 @@ impl Manager {
                 metadata: Some(source.metadata.clone()),
                 env_vars: Some(source.env_vars.clone()),
                 auto_pause: Some(source.lifecycle.auto_pause),
+                auto_pause_memory: Some(!source.lifecycle.filesystem_only),
                 auto_resume: Some(AutoResume { enabled: source.lifecycle.auto_resume }),
                 ..Default::default()
             };

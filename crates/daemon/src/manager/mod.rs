@@ -86,12 +86,13 @@ impl Live {
     /// ends instead of hanging on a guest that will never answer.
     pub fn until_vm_gone(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.vm_gone.subscribe();
-        let ended = self.ended.subscribe();
+        let generation = *rx.borrow_and_update();
+        let ended = *self.ended.borrow();
         async move {
-            if *ended.borrow() {
+            if ended {
                 return;
             }
-            let _ = rx.changed().await;
+            let _ = rx.wait_for(|n| *n != generation).await;
         }
     }
 
@@ -127,9 +128,11 @@ pub struct Manager {
     /// Pool creates in flight (shutdown waits for them, so none leaves a sandbox behind).
     filling: std::sync::atomic::AtomicUsize,
     builds: builds::Builds,
-    /// Saved states in the snapshots directory that have no record but are in use (a fork's,
-    /// until its copies are made); the sweep leaves them.
-    pinned: Mutex<std::collections::HashSet<PathBuf>>,
+    /// Saved states in the snapshots directory in use by an operation (a fork until its copies
+    /// are made, a create from a snapshot until its disk is backed by it), with a count each;
+    /// the sweep leaves them. Its lock is held by every sweep and every publication of a
+    /// snapshot, so a sweep never sees one half made.
+    saved_states: Mutex<HashMap<PathBuf, usize>>,
 }
 
 impl Manager {
@@ -166,7 +169,7 @@ impl Manager {
             stopping: Default::default(),
             filling: Default::default(),
             builds: builds::Builds::new(),
-            pinned: Mutex::default(),
+            saved_states: Mutex::default(),
         })
     }
 
@@ -298,6 +301,7 @@ impl Manager {
             (Some(sandbox), _) => self.with_policy(sandbox, &net).await?,
             (None, Source::Template(_)) => self.runtime.create(&spec).await?,
             (None, Source::Snapshot(id, _)) => {
+                let _pin = self.pin_saved_state(self.snapshot_dir(id));
                 self.runtime.create_from_saved(&self.snapshot_dir(id), net.policy.clone()).await?
             }
             (None, Source::Built { dir, .. } | Source::Fork { dir, .. }) => {

@@ -13,6 +13,17 @@ impl Manager {
     /// Pauses a running sandbox, with its memory or (`keep_memory` false) only its filesystem
     /// (409 if it is paused already; 429 past the team's limit of paused sandboxes).
     pub async fn pause(self: &Arc<Self>, live: Arc<Live>, keep_memory: bool) -> Result<(), LifecycleError> {
+        self.pause_when(live, keep_memory, false).await
+    }
+
+    /// [`Manager::pause`]; with `if_due`, only if its time is still up once the VM is held (a
+    /// connect or `set_timeout` that came meanwhile wins: 409).
+    pub(super) async fn pause_when(
+        self: &Arc<Self>,
+        live: Arc<Live>,
+        keep_memory: bool,
+        if_due: bool,
+    ) -> Result<(), LifecycleError> {
         if live.is_paused() {
             return Err(LifecycleError::Conflict(format!("sandbox {} is already paused", live.id())));
         }
@@ -25,16 +36,19 @@ impl Manager {
         }
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let op = this.pause_now(&live, keep_memory);
+            let op = this.pause_now(&live, keep_memory, if_due);
             live.unless_killed(op).await
         })
         .await
         .map_err(|e| LifecycleError::Task(e.to_string()))?
     }
 
-    async fn pause_now(&self, live: &Live, keep_memory: bool) -> Result<(), LifecycleError> {
+    async fn pause_now(&self, live: &Live, keep_memory: bool, if_due: bool) -> Result<(), LifecycleError> {
         let mut slot = live.vm.lock().await;
         let id = live.id();
+        if if_due && live.record().end_ms > now_ms() {
+            return Err(LifecycleError::Conflict(format!("sandbox {id}'s time is no longer up")));
+        }
         let Some(sandbox) = slot.take() else {
             return Err(LifecycleError::Conflict(format!("sandbox {id} is already paused")));
         };
@@ -65,14 +79,12 @@ impl Manager {
         Ok(())
     }
 
-    /// Resumes a paused sandbox with a new time-out; false if it was running already.
+    /// Resumes a paused sandbox with a new time-out; false if it was running already. It decides
+    /// under the VM's lock, so a connect that comes during a pause waits for it and resumes,
+    /// and concurrent resumes resume once (the others answer false).
     pub async fn resume(self: &Arc<Self>, live: Arc<Live>, timeout_secs: i64) -> Result<bool, LifecycleError> {
-        if !live.is_paused() {
-            return Ok(false);
-        }
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let _slot = this.reserve_slot()?;
             let result = live.unless_killed(this.resume_now(&live, timeout_secs)).await;
             if let Err(e) = &result {
                 if !matches!(e, LifecycleError::Ended(_) | LifecycleError::Conflict(_)) {
@@ -91,6 +103,8 @@ impl Manager {
         if slot.is_some() {
             return Ok(false);
         }
+        // Only a resume that brings a VM back takes one of the host's sandbox slots.
+        let _reserved = self.reserve_slot()?;
         let record = live.record();
         let started = std::time::Instant::now();
         let policy = crate::network::stored(&record).policy;

@@ -14,6 +14,8 @@ use super::{init_agent, LifecycleError, Live, Manager};
 const TICK: Duration = Duration::from_millis(250);
 /// How often each running sandbox's agent is asked whether it still holds its token.
 const AGENT_CHECK_EVERY: u32 = 20;
+/// How long a time-out pause that a quota refused waits before it is tried again.
+const QUOTA_RETRY_MS: i64 = 60_000;
 /// How long that check may take.
 const AGENT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -63,11 +65,19 @@ impl Manager {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let keep_memory = !live.record().lifecycle.filesystem_only;
-            let result = this.pause(Arc::clone(&live), keep_memory).await;
+            let result = this.pause_when(Arc::clone(&live), keep_memory, true).await;
             live.timing_out.store(false, Ordering::SeqCst);
             match result {
                 Ok(()) => tracing::info!(sandbox = %live.id(), "timed out: paused (its lifecycle says pause)"),
                 Err(LifecycleError::Ended(_) | LifecycleError::Conflict(_)) => {}
+                Err(LifecycleError::Quota(why)) => {
+                    // The owner asked to keep it: it runs on, and the pause is tried again later.
+                    tracing::warn!(sandbox = %live.id(), why, "time-out pause refused by a quota; retrying in a minute");
+                    live.observed.event("warn", format!("time-out pause refused ({why}); retrying in a minute"));
+                    if let Err(e) = this.set_end(&live, now_ms() + QUOTA_RETRY_MS, false) {
+                        tracing::warn!(sandbox = %live.id(), error = %e, "postponing a time-out");
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(sandbox = %live.id(), error = %e, "timed out and the pause failed; ending it");
                     this.kill(&live, "timed out (pause failed)").await;

@@ -29,6 +29,11 @@ impl Manager {
                 "team has {count} snapshots, the most it may keep; delete one first"
             )));
         }
+        self.check_snapshot_bytes()
+    }
+
+    /// Checks the host's snapshot bytes (snapshots and forks' saved states).
+    pub(super) fn check_snapshot_bytes(&self) -> Result<(), LifecycleError> {
         let used = dir_bytes(&self.snapshots_root());
         if used >= self.config.max_snapshot_bytes {
             return Err(LifecycleError::Quota(format!(
@@ -76,6 +81,8 @@ impl Manager {
         };
         sandbox.save_to(partial).await?;
         let dir = self.snapshot_dir(id);
+        // Published whole under the sweep's lock: a sweep sees it with its record or not at all.
+        let publishing = self.saved_states.lock().unwrap_or_else(|e| e.into_inner());
         std::fs::rename(partial, &dir).map_err(|e| LifecycleError::Io(format!("publish {}", dir.display()), e))?;
         let snapshot = SnapshotRecord {
             name: name.unwrap_or_else(|| id.to_string()),
@@ -86,6 +93,7 @@ impl Manager {
             agent_token: record.access_token.clone(),
         };
         self.store.insert_snapshot(&snapshot)?;
+        drop(publishing);
         tracing::info!(sandbox = %record.id, snapshot = %snapshot.id, "snapshot taken");
         Ok(snapshot)
     }
@@ -113,10 +121,18 @@ impl Manager {
         Ok(true)
     }
 
+    /// Keeps the saved state in `dir` from the sweep until the guard goes.
+    pub(super) fn pin_saved_state(&self, dir: PathBuf) -> StatePin<'_> {
+        *self.saved_states.lock().unwrap_or_else(|e| e.into_inner()).entry(dir.clone()).or_default() += 1;
+        StatePin { manager: self, dir }
+    }
+
     /// Removes the saved states in the snapshots directory that nothing needs: no record (a
     /// deleted snapshot, a fork's state), not pinned, not being written (`*.partial`), and no
-    /// disk in the data directory backed by them.
+    /// disk in the data directory backed by them (a chain of such states goes in one sweep).
+    /// It holds the saved states' lock throughout.
     pub(super) fn sweep_saved_states(&self) {
+        let pinned = self.saved_states.lock().unwrap_or_else(|e| e.into_inner());
         let recorded: HashSet<String> = match self.store.snapshot_ids() {
             Ok(ids) => ids.into_iter().collect(),
             Err(e) => {
@@ -124,20 +140,19 @@ impl Manager {
                 return;
             }
         };
-        let pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Ok(entries) = std::fs::read_dir(self.snapshots_root()) else { return };
         let unneeded: Vec<PathBuf> = entries
             .flatten()
             .map(|e| e.path())
             .filter(|p| {
                 let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                !name.ends_with(".partial") && !recorded.contains(&name) && !pinned.contains(p)
+                !name.ends_with(".partial") && !recorded.contains(&name) && !pinned.contains_key(p)
             })
             .collect();
         if unneeded.is_empty() {
             return;
         }
-        let used = self.backing_images(&[]);
+        let used = self.backing_images(&unneeded);
         for dir in unneeded {
             if used.contains(&dir.join(ember_runtime::private::SNAPSHOT_DISK)) {
                 tracing::debug!(dir = %dir.display(), "a saved state without a record is kept: disks are backed by it");
@@ -145,6 +160,24 @@ impl Manager {
                 tracing::warn!(dir = %dir.display(), error = %e, "removing a saved state");
             } else {
                 tracing::info!(dir = %dir.display(), "removed a saved state nothing needs");
+            }
+        }
+    }
+}
+
+/// A saved state kept from the sweep ([`Manager::pin_saved_state`]).
+pub(super) struct StatePin<'a> {
+    manager: &'a Manager,
+    dir: PathBuf,
+}
+
+impl Drop for StatePin<'_> {
+    fn drop(&mut self) {
+        let mut pins = self.manager.saved_states.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = pins.get_mut(&self.dir) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.dir);
             }
         }
     }

@@ -99,6 +99,8 @@ struct Entry {
     level: Level,
     message: String,
     fields: BTreeMap<String, String>,
+    /// The line as written (the v1 logs' `line`).
+    raw: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -135,9 +137,14 @@ impl Level {
 /// its own time, level and fields; any other (kernel, init) as `info` at time `before` (the
 /// line before it, or the sandbox's start).
 fn parse_line(line: &str, before: i64) -> Entry {
-    let plain =
-        |message: &str| Entry { ms: before, level: Level::Info, message: message.to_string(), fields: BTreeMap::new() };
     let line = line.trim();
+    let plain = |message: &str| Entry {
+        ms: before,
+        level: Level::Info,
+        message: message.to_string(),
+        fields: BTreeMap::new(),
+        raw: line.to_string(),
+    };
     let Some((stamp, rest)) = line.split_once(' ') else { return plain(line) };
     let Some(time) = ember_envd_proto::time::parse_rfc3339(stamp) else { return plain(line) };
     let rest = rest.trim_start();
@@ -161,7 +168,7 @@ fn parse_line(line: &str, before: i64) -> Entry {
     }
     let ms =
         time.duration_since(std::time::UNIX_EPOCH).map_or(before, |d| i64::try_from(d.as_millis()).unwrap_or(before));
-    Entry { ms, level, message: words.join(" "), fields }
+    Entry { ms, level, message: words.join(" "), fields, raw: line.to_string() }
 }
 
 /// The sandbox's log: its console lines and the daemon's events for it, oldest first.
@@ -180,6 +187,7 @@ fn entries(live: &Live) -> Vec<Entry> {
     all.extend(live.observed.events().into_iter().map(|e| Entry {
         ms: e.ms,
         level: if e.level == "warn" { Level::Warn } else { Level::Info },
+        raw: format!("ember: {}", e.message),
         message: e.message,
         fields: BTreeMap::from([("source".to_string(), "ember".to_string())]),
     }));
@@ -215,7 +223,7 @@ pub async fn logs(
     let all: Vec<Entry> = entries(&live).into_iter().filter(|e| q.start.is_none_or(|s| e.ms >= s)).collect();
     let newest = &all[all.len().saturating_sub(limit)..];
     Ok(Json(SandboxLogs {
-        logs: newest.iter().map(|e| LogLine { timestamp: rfc3339(e.ms), line: e.message.clone() }).collect(),
+        logs: newest.iter().map(|e| LogLine { timestamp: rfc3339(e.ms), line: e.raw.clone() }).collect(),
         log_entries: newest.iter().map(log_entry).collect(),
     }))
 }

@@ -95,6 +95,28 @@ def test_auto_resume_wakes_a_paused_sandbox_once_for_two_requests(daemon):
         sbx.kill()
 
 
+def test_a_request_to_an_exposed_port_wakes_an_auto_resume_sandbox(daemon):
+    sbx = Sandbox.create(timeout=120, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    try:
+        sbx.files.write("/tmp/www/marker.txt", "served")
+        sbx.commands.run("python3 -m http.server 8000 --bind 0.0.0.0 --directory /tmp/www", background=True)
+        host = sbx.get_host(8000)
+
+        def get():
+            return httpx.get(f"{daemon.url}/marker.txt", headers={"Host": host}, timeout=120)
+
+        deadline = time.time() + 60
+        while get().status_code != 200 and time.time() < deadline:
+            time.sleep(0.5)
+        sbx.set_timeout(0)
+        wait_for_state(sbx.sandbox_id, SandboxState.PAUSED)
+        r = get()
+        assert (r.status_code, r.text) == (200, "served"), (r.status_code, r.text)
+        assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.RUNNING
+    finally:
+        sbx.kill()
+
+
 def test_set_timeout_zero_times_out_now(daemon):
     sbx = Sandbox.create()
     sbx.set_timeout(0)

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// 127.0.0.1:9464; never on the API's port. Off by default.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// TCG only: each VM's translation cache in MiB (16-1024; default 256). Smaller lowers a
+    /// sandbox's private memory and costs speed when its code no longer fits.
+    #[arg(long, value_name = "MIB")]
+    tcg_tb_mib: Option<u32>,
 }
 
 /// Network slots the daemon keeps made ahead of creates.
@@ -93,6 +97,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let data_dir = settings::data_dir(args.data_dir);
     let mut runtime = settings::runtime_config(data_dir.clone(), settings::guest_binaries()?);
     runtime.slot_pool = SLOT_POOL;
+    if let Some(mib) = args.tcg_tb_mib {
+        if !ember_vmm::config::TCG_TB_MIB_RANGE.contains(&mib) {
+            anyhow::bail!("--tcg-tb-mib must be between 16 and 1024, got {mib}");
+        }
+        runtime.tcg_tb_mib = mib;
+    }
     runtime.network = settings::network(&args.dns, &args.allow_host_cidr, args.ca_bundle.as_deref(), !args.no_host_ca)?;
     let domain = match args.domain {
         Some(d) => settings::check_domain(&d)?,

@@ -89,6 +89,8 @@ pub struct RuntimeConfig {
     pub kernel_args: Option<String>,
     /// Sandbox networking: what is always denied, DNS upstreams, extra CA certificates.
     pub network: NetworkConfig,
+    /// TCG's translation cache per VM (MiB; `ember_vmm::config::TCG_TB_SIZE_MIB` by default).
+    pub tcg_tb_mib: u32,
 }
 
 impl RuntimeConfig {
@@ -106,6 +108,7 @@ impl RuntimeConfig {
             accel: None,
             kernel_args: None,
             network: NetworkConfig::default(),
+            tcg_tb_mib: ember_vmm::config::TCG_TB_SIZE_MIB,
         }
     }
 }

@@ -198,6 +198,7 @@ impl Runtime {
             qmp_socket: dir.join("qmp.sock"),
             qemu: self.config.qemu.clone(),
             accel: self.accel.accel,
+            tcg_tb_mib: self.config.tcg_tb_mib,
             die_with_parent,
             memory,
             incoming,

@@ -10,8 +10,12 @@ pub const MIN_VCPUS: u32 = 1;
 pub const MAX_VCPUS: u32 = 8;
 pub const MIN_MEMORY_MIB: u32 = 128;
 pub const MAX_MEMORY_MIB: u32 = 8192;
-/// TCG translation cache bound per VM (MiB); keeps each sandbox's private memory small.
+/// TCG translation cache bound per VM (MiB) unless configured: keeps each sandbox's private
+/// memory small. The cache's pages stay resident once touched, so this bounds that part of a
+/// sandbox's private memory; a smaller cache is flushed and refilled more often.
 pub const TCG_TB_SIZE_MIB: u32 = 256;
+/// Bounds on a configured translation cache (MiB).
+pub const TCG_TB_MIB_RANGE: std::ops::RangeInclusive<u32> = 16..=1024;
 
 /// A network interface attached to a tap device that exists in the VM's namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +54,8 @@ pub struct VmConfig {
     pub qmp_socket: PathBuf,
     pub qemu: PathBuf,
     pub accel: Accel,
+    /// TCG's translation cache (MiB; ignored under KVM).
+    pub tcg_tb_mib: u32,
     /// Kill QEMU when the process that started it dies.
     pub die_with_parent: bool,
     pub memory: Memory,
@@ -93,7 +99,7 @@ impl VmConfig {
         push(&mut a, &["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
         match self.accel {
             Accel::Kvm => push(&mut a, &["-accel", "kvm", "-cpu", "host"]),
-            Accel::Tcg => push(&mut a, &["-accel", &format!("tcg,tb-size={TCG_TB_SIZE_MIB}"), "-cpu", "max"]),
+            Accel::Tcg => push(&mut a, &["-accel", &format!("tcg,tb-size={}", self.tcg_tb_mib), "-cpu", "max"]),
         }
         push(&mut a, &["-smp", &self.vcpus.to_string(), "-m", &format!("{}M", self.memory_mib)]);
         // The switch to `run_as` itself needs set*id; after it QEMU holds no privilege to regain,
@@ -170,6 +176,7 @@ mod tests {
             qmp_socket: "/d/qmp.sock".into(),
             qemu: "qemu-system-x86_64".into(),
             accel: Accel::Tcg,
+            tcg_tb_mib: TCG_TB_SIZE_MIB,
             die_with_parent: true,
             memory: Memory::Anonymous,
             incoming: false,

@@ -164,9 +164,10 @@ def test_console_flood_stops_at_the_cap(daemon, sbx):
 def test_a_stalled_guest_cannot_keep_its_vm_past_a_kill(daemon, sbx):
     sid = sbx.sandbox_id
     start_staller(daemon, sbx)
-    # Calls into the stalled guest end at their deadline instead of hanging.
+    # The API does not hang on the stalled guest: metrics answer from the samples taken every
+    # 5 s (each with a deadline), or, with none yet, fail at the sampling deadline.
     started = time.time()
-    assert api(daemon, "GET", f"/sandboxes/{sid}/metrics").status_code == 500
+    assert api(daemon, "GET", f"/sandboxes/{sid}/metrics").status_code in (200, 500)
     assert time.time() - started < 20
     assert api(daemon, "POST", f"/sandboxes/{sid}/pause").status_code == 204
     # Resume: the guest answers /health but stalls /init; kill it meanwhile.

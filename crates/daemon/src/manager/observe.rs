@@ -45,7 +45,22 @@ impl Observed {
         self.events.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
+    /// Keeps a sample: one per second at most (a sample taken on request in the same second
+    /// as the sampler's replaces it), so the series' times are strictly increasing.
     pub fn sample(&self, metric: SandboxMetric) {
+        {
+            let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(last) = samples.back_mut() {
+                if last.timestamp_unix >= metric.timestamp_unix {
+                    *last = SandboxMetric {
+                        timestamp: last.timestamp.clone(),
+                        timestamp_unix: last.timestamp_unix,
+                        ..metric
+                    };
+                    return;
+                }
+            }
+        }
         push_bounded(&self.samples, metric, MAX_SAMPLES);
     }
 
@@ -142,6 +157,14 @@ mod tests {
         let some = o.samples(Some(100), Some(104));
         assert_eq!(some.iter().map(|m| m.timestamp_unix).collect::<Vec<_>>(), [100, 101, 102, 103, 104]);
         assert_eq!(o.latest().unwrap().timestamp_unix, max + 9);
+        // Two samples in one second: the later replaces the earlier, keeping its time.
+        let mut same = metric(max + 9);
+        same.cpu_used_pct = 50.0;
+        o.sample(same);
+        let last = o.samples(Some(max + 9), None);
+        assert_eq!((last.len(), last[0].cpu_used_pct), (1, 50.0));
+        o.sample(metric(max + 5));
+        assert_eq!(o.samples(Some(max), None).last().unwrap().timestamp_unix, max + 9, "times never go back");
         for i in 0..(MAX_EVENTS + 1) {
             o.event("info", format!("e{i}"));
         }

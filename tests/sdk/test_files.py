@@ -73,8 +73,9 @@ def test_missing_files_raise_not_found(sbx, workdir):
         sbx.files.read(f"{workdir}/missing.txt")
     with pytest.raises(NotFoundException):
         sbx.files.get_info(f"{workdir}/missing.txt")
-    with pytest.raises(NotFoundException):
-        sbx.files.remove(f"{workdir}/missing.txt")
+    # Removing what is not there is not an error, as with envd.
+    sbx.files.remove(f"{workdir}/missing.txt")
+    assert not sbx.files.exists(f"{workdir}/missing.txt")
 
 
 def test_reading_a_directory_is_a_clear_error(sbx, workdir):

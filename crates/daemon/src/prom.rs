@@ -63,16 +63,20 @@ pub struct Telemetry {
     errors: [AtomicU64; ERROR_KINDS.len()],
 }
 
-pub static TELEMETRY: Telemetry = Telemetry {
-    creates: AtomicU64::new(0),
-    create_failures: AtomicU64::new(0),
-    create_seconds: Histogram::new(),
-    pause_seconds: Histogram::new(),
-    resume_seconds: Histogram::new(),
-    errors: [const { AtomicU64::new(0) }; ERROR_KINDS.len()],
-};
+pub static TELEMETRY: Telemetry = Telemetry::new();
 
 impl Telemetry {
+    const fn new() -> Self {
+        Self {
+            creates: AtomicU64::new(0),
+            create_failures: AtomicU64::new(0),
+            create_seconds: Histogram::new(),
+            pause_seconds: Histogram::new(),
+            resume_seconds: Histogram::new(),
+            errors: [const { AtomicU64::new(0) }; ERROR_KINDS.len()],
+        }
+    }
+
     /// Counts one error answer of `kind` (one of [`ERROR_KINDS`]; others are not counted).
     pub fn error(&self, kind: &str) {
         if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
@@ -171,14 +175,7 @@ mod tests {
         assert!(out.contains("x_seconds_bucket{le=\"0.2\"} 3\n"), "{out}");
         assert!(out.contains("x_seconds_bucket{le=\"5\"} 4\n"), "{out}");
         assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 5\nx_seconds_sum 124.31\nx_seconds_count 5\n"), "{out}");
-        let t = Telemetry {
-            creates: AtomicU64::new(0),
-            create_failures: AtomicU64::new(0),
-            create_seconds: Histogram::new(),
-            pause_seconds: Histogram::new(),
-            resume_seconds: Histogram::new(),
-            errors: [const { AtomicU64::new(0) }; ERROR_KINDS.len()],
-        };
+        let t = Telemetry::new();
         t.error("not_found");
         t.error("not_found");
         t.error("no such kind");

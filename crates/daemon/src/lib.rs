@@ -126,8 +126,11 @@ pub async fn serve(config: ServeConfig, runtime: ember_runtime::RuntimeConfig) -
     if let Some(w) = manager.runtime().accel().warning() {
         eprintln!("ember: warning: {w}");
     }
-    if let Some(w) = manager.runtime().qemu_user_warning() {
+    for w in [manager.runtime().qemu_user_warning(), manager.runtime().cgroup_warning()].into_iter().flatten() {
         eprintln!("ember: warning: {w}");
+    }
+    if let Some(v) = manager.runtime().cgroup_version() {
+        eprintln!("ember: each sandbox's QEMU runs in a cgroup of its own (cgroup v{v})");
     }
     eprintln!("ember: serving the E2B API on http://{}", listener.local_addr()?);
     if let Some(addr) = manager.config().metrics_listen {

@@ -55,7 +55,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(warning) = runtime.accel().warning() {
         eprintln!("ember: warning: {warning}");
     }
-    if let Some(warning) = runtime.qemu_user_warning() {
+    for warning in [runtime.qemu_user_warning(), runtime.cgroup_warning()].into_iter().flatten() {
         eprintln!("ember: warning: {warning}");
     }
     let spec = SandboxSpec {

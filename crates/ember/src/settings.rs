@@ -72,6 +72,11 @@ pub fn guest_binaries() -> anyhow::Result<GuestBinaries> {
     Ok(bins)
 }
 
+/// Whether VMs get cgroups of their own: yes unless `EMBER_CGROUPS` is `0` or `off`.
+pub fn cgroups() -> bool {
+    !matches!(std::env::var("EMBER_CGROUPS").as_deref(), Ok("0" | "off"))
+}
+
 /// The runtime's settings from the environment, with state in `data_dir`.
 pub fn runtime_config(data_dir: PathBuf, binaries: GuestBinaries) -> RuntimeConfig {
     RuntimeConfig {
@@ -79,6 +84,7 @@ pub fn runtime_config(data_dir: PathBuf, binaries: GuestBinaries) -> RuntimeConf
         qemu_user: qemu_user(),
         accel: accel(),
         kernel_args: kernel_args(),
+        cgroups: cgroups(),
         ..RuntimeConfig::new(data_dir, cache(), binaries)
     }
 }

@@ -7,6 +7,7 @@
 #![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
 
 pub mod agent;
+pub mod limits;
 pub mod network;
 pub mod private;
 pub mod reconcile;
@@ -36,6 +37,8 @@ pub enum RuntimeError {
     Net(#[from] ember_net::NetError),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error(transparent)]
+    Cgroup(#[from] ember_cgroup::CgroupError),
     /// The agent did not answer in time.
     #[error("the guest did not answer within {secs} s; last serial console output:\n{serial}")]
     BootTimeout { secs: u64, serial: String },
@@ -91,6 +94,9 @@ pub struct RuntimeConfig {
     pub network: NetworkConfig,
     /// TCG's translation cache per VM (MiB; `ember_vmm::config::TCG_TB_SIZE_MIB` by default).
     pub tcg_tb_mib: u32,
+    /// Put each VM in a cgroup of its own with its limits ([`limits`]), where the host has the
+    /// controllers.
+    pub cgroups: bool,
 }
 
 impl RuntimeConfig {
@@ -109,6 +115,7 @@ impl RuntimeConfig {
             kernel_args: None,
             network: NetworkConfig::default(),
             tcg_tb_mib: ember_vmm::config::TCG_TB_SIZE_MIB,
+            cgroups: true,
         }
     }
 }
@@ -125,8 +132,13 @@ pub const QEMU_USER: &str = "ember-qemu";
 pub struct Runtime {
     config: RuntimeConfig,
     accel: AccelInfo,
-    /// uid and gid of the QEMU user, who owns each sandbox's disk overlay.
+    /// uid and gid of the QEMU user; its group may read template images (each QEMU runs as
+    /// a uid of its own in that group, [`limits`]).
     qemu_ids: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+    /// Each VM's cgroup goes under these (none without controllers).
+    cgroups: Option<ember_cgroup::Cgroups>,
+    /// Held while a QEMU uid is chosen and given its disk.
+    uid_lock: std::sync::Mutex<()>,
     pub(crate) slots: slots::Slots,
     pub(crate) net: network::NetContext,
 }
@@ -154,7 +166,16 @@ impl Runtime {
         let net = network::NetContext::new(&config.network);
         net.install_host()?;
         let slots = slots::Slots::new(&config.data_dir, config.slot_pool, net.rules(&EgressPolicy::allow_all()))?;
-        Ok(Self { accel: ember_vmm::accel::choose(config.accel), config, qemu_ids, slots, net })
+        let cgroups = limits::detect(config.cgroups, &config.data_dir)?;
+        Ok(Self {
+            accel: ember_vmm::accel::choose(config.accel),
+            config,
+            qemu_ids,
+            cgroups,
+            uid_lock: Default::default(),
+            slots,
+            net,
+        })
     }
 
     /// A runtime for tests of the code around it (the daemon's HTTP layer, without QEMU or
@@ -165,16 +186,19 @@ impl Runtime {
     pub fn unchecked(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let net = network::NetContext::new(&config.network);
         let slots = slots::Slots::new(&config.data_dir, 0, String::new())?;
-        Ok(Self { accel: ember_vmm::accel::choose(config.accel), config, qemu_ids: None, slots, net })
+        Ok(Self {
+            accel: ember_vmm::accel::choose(config.accel),
+            config,
+            qemu_ids: None,
+            cgroups: None,
+            uid_lock: Default::default(),
+            slots,
+            net,
+        })
     }
 
     pub fn accel(&self) -> &AccelInfo {
         &self.accel
-    }
-
-    /// Hands a sandbox's disk overlay to the QEMU user (QEMU reopens it after a restore).
-    pub(crate) fn give_to_qemu(&self, overlay: &std::path::Path) -> Result<(), RuntimeError> {
-        private::give_to_qemu(overlay, self.qemu_ids)
     }
 
     /// A warning about how QEMU runs, if it deserves one.
@@ -224,6 +248,7 @@ impl Runtime {
         reconcile::kill_stray_vms(&self.sandboxes_dir(), keep);
         reconcile::clean_orphans(&self.sandboxes_dir(), keep);
         reconcile::clean_orphans(self.slots.dir(), &Default::default());
+        self.clean_groups(keep);
         self.slots.fill();
     }
 }

@@ -15,6 +15,7 @@ use ember_vmm::{Memory, Vm, VmConfig};
 use rand::Rng;
 use tracing::Instrument;
 
+use crate::limits::VmGroup;
 use crate::network::Rules;
 use crate::snapshot::Shape;
 use crate::{io_err, reconcile, AgentClient, Runtime, RuntimeError, SandboxNet};
@@ -58,6 +59,7 @@ pub struct Sandbox {
     shape: Shape,
     // Teardown order is the field order below.
     vm: Vm,
+    cgroup: VmGroup,
     net: SandboxNet,
     dir: SandboxDir,
 }
@@ -137,14 +139,17 @@ impl Runtime {
         die_with_parent: bool,
         start: Start,
     ) -> Result<Sandbox, RuntimeError> {
-        self.give_to_qemu(&dir.path().join(DISK))?;
+        let run_as = self.qemu_identity(&dir.path().join(DISK))?;
+        let cgroup = self.vm_group(&id, shape.vcpus, shape.memory_mib)?;
         shape.store(dir.path())?;
         let memory = match (&start, &shape.ram) {
             (Start::Restore(..), Some(path)) => Memory::File { path: path.clone(), shared: false },
             _ => Memory::Anonymous,
         };
         let incoming = !matches!(start, Start::Boot);
-        let config = self.vm_config(&shape, dir.path(), net.netns(), memory, incoming, die_with_parent);
+        let mut config = self.vm_config(&shape, dir.path(), net.netns(), memory, incoming, die_with_parent);
+        config.run_as = run_as;
+        config.cgroup_procs = cgroup.procs();
         let started = Instant::now();
         let mut vm = Vm::spawn(config)?;
         reconcile::record_vm(dir.path(), vm.pid())?;
@@ -169,7 +174,7 @@ impl Runtime {
             start = start.name(),
             "sandbox ready"
         );
-        Ok(Sandbox { id, agent, boot_time, shape, vm, net, dir })
+        Ok(Sandbox { id, agent, boot_time, shape, vm, cgroup, net, dir })
     }
 }
 
@@ -203,6 +208,7 @@ impl Runtime {
             memory,
             incoming,
             run_as: self.config.qemu_user.clone(),
+            cgroup_procs: Vec::new(),
         }
     }
 }
@@ -331,8 +337,9 @@ impl Sandbox {
 
     /// Kills the VM and frees the namespace but keeps the directory (a paused sandbox).
     pub(crate) async fn stop_keeping_files(self) -> Result<(), RuntimeError> {
-        let Sandbox { vm, net, mut dir, .. } = self;
+        let Sandbox { vm, cgroup, net, mut dir, .. } = self;
         vm.kill().await;
+        drop(cgroup);
         net.delete()?;
         dir.0.take();
         Ok(())
@@ -349,8 +356,9 @@ impl Sandbox {
 
     /// Leaves the sandbox running and forgets it, for a later [`Sandbox::adopt`].
     pub fn detach(self) {
-        let Sandbox { vm, net, mut dir, .. } = self;
+        let Sandbox { vm, cgroup, net, mut dir, .. } = self;
         vm.detach();
+        cgroup.keep();
         net.detach();
         dir.0.take();
     }
@@ -395,13 +403,15 @@ impl Sandbox {
             backoff = (backoff * 2).min(Duration::from_secs(4));
         }
         let shape = Shape::load(&path).ok_or_else(|| gone("no shape.json"))?;
-        Ok(Sandbox { id: id.to_string(), agent, boot_time: Duration::ZERO, shape, vm, net, dir })
+        let cgroup = runtime.adopted_group(id);
+        Ok(Sandbox { id: id.to_string(), agent, boot_time: Duration::ZERO, shape, vm, cgroup, net, dir })
     }
 
     /// Tears the sandbox down: VM, namespace and tap, then its files.
     pub async fn destroy(self) -> Result<(), RuntimeError> {
-        let Sandbox { id, vm, net, dir, .. } = self;
+        let Sandbox { id, vm, cgroup, net, dir, .. } = self;
         vm.kill().await;
+        drop(cgroup);
         net.delete()?;
         dir.remove()?;
         tracing::info!(sandbox = %id, "sandbox destroyed");

@@ -124,13 +124,18 @@ impl Runtime {
         file.set_len(u64::from(memory_mib) << 20).map_err(io_err("size the RAM file"))?;
         // The disk is an overlay that stays with the snapshot; sandboxes put theirs over it.
         ember_vmm::disk::create_overlay(&tpl.rootfs, &dir.join(DISK))?;
-        self.give_to_qemu(&dir.join(DISK))?;
+        let run_as = self.qemu_identity(&dir.join(DISK))?;
         // A template's build needs no network: its namespace lets nothing out.
         let rules = self.net.rules(&EgressPolicy::deny_all());
-        let netns = Netns::create(&ember_net::name_for(&format!("snap-{}", &new_id()[..8])), &rules)?;
+        let name = format!("snap-{}", &new_id()[..8]);
+        let netns = Netns::create(&ember_net::name_for(&name), &rules)?;
         let shape = Shape { vcpus, memory_mib, kernel: tpl.kernel.clone(), cmdline: cmdline.to_string(), ram: None };
         let memory = Memory::File { path: ram.clone(), shared: true };
-        let mut vm = Vm::spawn(self.vm_config(&shape, dir, &netns, memory, false, true))?;
+        let cgroup = self.vm_group(&name, vcpus, memory_mib)?;
+        let mut config = self.vm_config(&shape, dir, &netns, memory, false, true);
+        config.run_as = run_as;
+        config.cgroup_procs = cgroup.procs();
+        let mut vm = Vm::spawn(config)?;
         let agent = AgentClient::new(netns.path(), (GUEST_IP, ember_envd_proto::ENVD_PORT).into());
         crate::sandbox::wait_ready(&mut vm, &agent, self.config.boot_timeout, dir).await?;
         let token = crate::sandbox::init_token(&agent).await?;
@@ -142,6 +147,7 @@ impl Runtime {
         let mut qmp = vm.qmp(Duration::from_secs(5)).await?;
         ember_vmm::snapshot::save(&mut qmp, &dir.join("state")).await?;
         vm.kill().await;
+        drop(cgroup);
         netns.delete()?;
         // Published as `disk.qcow2` (the name `SnapshotMeta` gives restores); the sockets and
         // the build's console log are not part of the snapshot.

@@ -61,8 +61,11 @@ pub struct VmConfig {
     pub memory: Memory,
     /// Start paused, waiting for a device state over QMP (`migrate-incoming`).
     pub incoming: bool,
-    /// Unprivileged user QEMU switches to once it has opened its devices and files.
+    /// Unprivileged user QEMU switches to once it has opened its devices and files: a name,
+    /// or `uid:gid`.
     pub run_as: Option<String>,
+    /// `cgroup.procs` files QEMU joins before it runs (its host limits, `ember-cgroup`).
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 impl VmConfig {
@@ -181,6 +184,7 @@ mod tests {
             memory: Memory::Anonymous,
             incoming: false,
             run_as: None,
+            cgroup_procs: Vec::new(),
         }
     }
 

@@ -65,6 +65,18 @@ impl Vm {
             ),
             None => None,
         };
+        // Opened before the fork: the child only writes to them.
+        let cgroups = config
+            .cgroup_procs
+            .iter()
+            .map(|p| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .map_err(|source| VmmError::Io { context: format!("open {}", p.display()), source })
+            })
+            .collect::<Result<Vec<File>, _>>()?;
+        let cgroup_fds: Vec<i32> = cgroups.iter().map(|f| f.as_raw_fd()).collect();
         let stderr_log = File::create(config.serial_log.with_extension("qemu.log"))
             .map_err(|source| VmmError::Io { context: "create QEMU log".into(), source })?;
         let mut cmd = Command::new(&config.qemu);
@@ -78,10 +90,18 @@ impl Vm {
         let ns_fd = netns.as_ref().map(|f| f.as_raw_fd());
         let die_with_parent = config.die_with_parent;
         // SAFETY: runs in the child between fork and exec, making only the async-signal-safe
-        // system calls setns and prctl on a descriptor opened before the fork (kept alive by
-        // `netns` until spawn returns); it does not allocate or lock.
+        // system calls write, setns and prctl on descriptors opened before the fork (kept alive
+        // by `cgroups` and `netns` until spawn returns); it does not allocate or lock (the
+        // vector of descriptors was made before the fork and is only read).
         unsafe {
             cmd.pre_exec(move || {
+                // Join the VM's cgroups first ("0" is the writing process), so QEMU never runs
+                // outside its limits.
+                for fd in &cgroup_fds {
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if let Some(fd) = ns_fd {
                     if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                         return Err(std::io::Error::last_os_error());
@@ -98,6 +118,7 @@ impl Vm {
             _ => VmmError::Io { context: "start QEMU".into(), source: e },
         })?;
         drop(netns);
+        drop(cgroups);
         let pid = child.id().unwrap_or_default();
         tracing::debug!(pid, "QEMU started");
         let console =

@@ -89,7 +89,7 @@ async fn pull(
     let scratch = cache.scratch(ember_image::oci::TREE_KIND, &scratch_key).map_err(|e| base_error("the cache", e))?;
     let blobs = cache.entry(BLOB_KIND, "all");
     let mut config = ember_oci::PullConfig { blob_cache: Some(blobs.clone()), ..Default::default() };
-    config.max_unpacked_bytes = (ember_image::rootfs::IMAGE_SIZE_MIB << 20) * 3 / 4;
+    config.max_unpacked_bytes = (ember_image::fit::MAX_IMAGE_MIB - ember_image::fit::FREE_MIB) << 20;
     let root = scratch.join("root");
     let pulled = ember_oci::pull_and_unpack(reference, credentials, &root, &config).await;
     let pulled = match pulled {

@@ -4,6 +4,7 @@
 
 pub mod cache;
 mod derive;
+pub mod fit;
 pub mod interpreter;
 pub mod kernel;
 pub mod oci;

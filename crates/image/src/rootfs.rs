@@ -32,8 +32,6 @@ const INCLUDE: &[&str] = &[
 ];
 /// Packages installed with apt-get inside the tree after debootstrap.
 const APT_AFTER: &[&str] = &["npm"];
-/// Size of the template's root disk; sandboxes see this much space.
-pub const IMAGE_SIZE_MIB: u64 = 4096;
 /// Template images kept in the cache (the most recently used): each agent build makes one per
 /// built-in template (base and node-20 share theirs), so this keeps three builds' worth.
 const KEEP_IMAGES: usize = 12;
@@ -154,8 +152,8 @@ pub(crate) fn ensure_image_in(
     tree: Tree<'_>,
     installs: &[Install],
 ) -> Result<(PathBuf, String), ImageError> {
-    let mut parts: Vec<&[u8]> = vec![b"ember-image-v2\n", tree.key.as_bytes()];
-    let size = IMAGE_SIZE_MIB.to_le_bytes();
+    let mut parts: Vec<&[u8]> = vec![b"ember-image-v3\n", tree.key.as_bytes()];
+    let size = crate::fit::FREE_MIB.to_le_bytes();
     parts.push(&size);
     let modes: Vec<[u8; 4]> = installs.iter().map(|i| i.mode.to_le_bytes()).collect();
     for (install, mode) in installs.iter().zip(&modes) {
@@ -184,15 +182,39 @@ pub(crate) fn ensure_image_in(
     }
     let scratch = cache.scratch(kind, &key)?;
     let out = scratch.join(IMAGE_FILE);
-    step::run(
-        "rootfs: mkfs.ext4",
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "ember-root", "-d"])
-            .arg(tree.path)
-            .arg(&out)
-            .arg(format!("{IMAGE_SIZE_MIB}M")),
-        &scratch.join("mkfs.log"),
-    )?;
+    // Sized for the tree plus FREE_MIB for the guest: a first guess, then corrected once by
+    // what mkfs left free.
+    let mut size_mib = crate::fit::first_guess_mib(crate::fit::tree_bytes(tree.path)?);
+    for attempt in 0..3 {
+        if size_mib > crate::fit::MAX_IMAGE_MIB {
+            return Err(ImageError::Io {
+                context: format!("size the image of {}", tree.path.display()),
+                source: std::io::Error::other(format!(
+                    "the tree needs {size_mib} MiB with {} MiB free, more than the {} MiB an image may have",
+                    crate::fit::FREE_MIB,
+                    crate::fit::MAX_IMAGE_MIB
+                )),
+            });
+        }
+        let _ = std::fs::remove_file(&out);
+        step::run(
+            "rootfs: mkfs.ext4",
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-L", "ember-root", "-i"])
+                .arg(crate::fit::BYTES_PER_INODE.to_string())
+                .arg("-d")
+                .arg(tree.path)
+                .arg(&out)
+                .arg(format!("{size_mib}M")),
+            &scratch.join("mkfs.log"),
+        )?;
+        let free = crate::fit::user_free_mib(&out)?;
+        if free >= crate::fit::FREE_MIB || attempt == 2 {
+            tracing::debug!(size_mib, free, "template image sized");
+            break;
+        }
+        size_mib += crate::fit::FREE_MIB - free + 16;
+    }
     // Sandboxes only ever read the template image through their copy-on-write overlays; QEMU
     // reopens it after dropping privileges, so its group may read it.
     private::backing_image(&out).map_err(io_err(format!("set the access of {}", out.display())))?;

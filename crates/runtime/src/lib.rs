@@ -65,9 +65,9 @@ pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) 
     move |source| RuntimeError::Io { context, source }
 }
 
-/// Size of every sandbox's root disk, in MiB.
+/// Free space every sandbox's root disk has beyond its template's files, in MiB.
 pub fn disk_size_mib() -> u64 {
-    ember_image::rootfs::IMAGE_SIZE_MIB
+    ember_image::fit::FREE_MIB
 }
 
 /// Plain settings of a runtime. The `ember` binary fills them in from its settings (the

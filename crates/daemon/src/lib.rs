@@ -48,6 +48,9 @@ pub struct ServeConfig {
     pub max_sandboxes: usize,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// The most vCPUs and MiB of memory a template (and so its sandboxes) may ask for.
+    pub max_vcpus: u32,
+    pub max_memory_mib: u32,
     /// A key accepted besides the stored ones (`EMBER_API_KEY`), for team `default`.
     pub env_api_key: Option<String>,
     /// Destroy every sandbox when the daemon stops (otherwise the next daemon adopts them).

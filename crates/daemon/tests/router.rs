@@ -69,6 +69,8 @@ impl Daemon {
             default_timeout_secs: 300,
             max_timeout_secs: MAX_TIMEOUT as u64,
             max_sandboxes: 0,
+            max_vcpus: 4,
+            max_memory_mib: 4096,
             vcpus: 1,
             memory_mib: 256,
             env_api_key: Some(ENV_KEY.into()),
@@ -448,6 +450,27 @@ async fn a_500_answer_is_json_with_a_summary() {
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body, json!({"code": 500, "message": "the sandbox operation failed; see the daemon's log"}));
+}
+
+#[tokio::test]
+async fn template_sizes_stay_within_the_operators_maxima() {
+    let d = Daemon::new();
+    for body in
+        [r#"{"name":"big","cpuCount":5}"#, r#"{"name":"big","memoryMB":4097}"#, r#"{"name":"big","cpuCount":0}"#]
+    {
+        let r = d.send(Method::POST, "/v3/templates", Some(ENV_KEY), body.to_string()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+        assert!(r.text.contains("cpuCount must be 1-4 and memoryMB 128-4096"), "{}", r.text);
+    }
+    let ok = d
+        .send(
+            Method::POST,
+            "/v3/templates",
+            Some(ENV_KEY),
+            r#"{"name":"big","cpuCount":4,"memoryMB":4096}"#.to_string(),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.text);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
 use ember::settings;
 use ember_daemon::ServeConfig;
@@ -28,6 +29,12 @@ pub struct ServeArgs {
     /// Memory of each sandbox in MiB (128-8192).
     #[arg(long = "memory-mb", default_value_t = 512)]
     memory_mb: u32,
+    /// The most vCPUs a template may give its sandboxes (up to 8).
+    #[arg(long, default_value_t = 4)]
+    max_cpus: u32,
+    /// The most memory a template may give its sandboxes, in MiB (up to 8192).
+    #[arg(long = "max-memory-mb", default_value_t = 4096)]
+    max_memory_mb: u32,
     /// Destroy all sandboxes when the daemon stops, instead of leaving them for the next one.
     #[arg(long)]
     destroy_on_exit: bool,
@@ -91,6 +98,10 @@ const SLOT_POOL: usize = 4;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     ember_vmm::config::check_sizes(args.cpus, args.memory_mb)?;
+    ember_vmm::config::check_sizes(args.max_cpus, args.max_memory_mb).context("--max-cpus and --max-memory-mb")?;
+    if args.cpus > args.max_cpus || args.memory_mb > args.max_memory_mb {
+        anyhow::bail!("--cpus and --memory-mb must not exceed --max-cpus and --max-memory-mb");
+    }
     if args.max_timeout == 0 {
         anyhow::bail!("--max-timeout must be at least 1 second");
     }
@@ -116,6 +127,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_sandboxes: args.max_sandboxes,
         vcpus: args.cpus,
         memory_mib: args.memory_mb,
+        max_vcpus: args.max_cpus,
+        max_memory_mib: args.max_memory_mb,
         env_api_key: env_api_key(args.allow_weak_api_key)?,
         destroy_on_exit: args.destroy_on_exit,
         snapshots: !args.cold_boot,

@@ -151,8 +151,11 @@ impl Manager {
         };
         let vcpus = size(req.cpu_count, self.config.vcpus, "cpuCount")?;
         let memory_mib = size(req.memory_mb, self.config.memory_mib, "memoryMB")?;
-        if !(1..=8).contains(&vcpus) || !(128..=8192).contains(&memory_mib) {
-            return Err(LifecycleError::Invalid("cpuCount must be 1-8 and memoryMB 128-8192".into()));
+        let (max_vcpus, max_mib) = (self.config.max_vcpus, self.config.max_memory_mib);
+        if !(1..=max_vcpus).contains(&vcpus) || !(128..=max_mib).contains(&memory_mib) {
+            return Err(LifecycleError::Invalid(format!(
+                "cpuCount must be 1-{max_vcpus} and memoryMB 128-{max_mib} (the operator's maxima)"
+            )));
         }
         let known = self.store.templates(team)?;
         if known.len() >= MAX_TEMPLATES_PER_TEAM && !known.iter().any(|t| t.name == name) {

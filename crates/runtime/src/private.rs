@@ -1,7 +1,7 @@
 //! Who may read the runtime's host files. The data directory holds access tokens (the database),
 //! guests' RAM (`pause.state`, snapshots' `state`), their disks and consoles: all of it is root's
 //! alone, except the paths QEMU reopens after it has dropped to its unprivileged user. Those are
-//! a sandbox's overlay (owned by the QEMU user) and the backing images under it (0440, QEMU's
+//! a sandbox's overlay (owned by the uid its QEMU runs as) and the backing images under it (0440, QEMU's
 //! group), and the directories on the way (0710, QEMU's group: passed through, never listed).
 //! The primitives are [`ember_image::private`]'s; this module knows the data directory's layout.
 //!
@@ -10,7 +10,7 @@
 //!   ember.db{,-wal,-shm} 0600 root        (ember-store)
 //!   sandboxes/          0710 root:QEMU
 //!     ID/               0710 root:QEMU
-//!       rootfs.qcow2    0600 QEMU:QEMU    every other file 0600 root (pause.state, serial.log, ...)
+//!       rootfs.qcow2    0600 UID:QEMU     (UID its QEMU's own, `limits`) every other file 0600 root (pause.state, serial.log, ...)
 //!   snapshots/          0710 root:QEMU
 //!     ID/               0710 root:QEMU
 //!       disk.qcow2      0440 root:QEMU    state 0400 root, shape.json 0600 root

@@ -4,13 +4,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use ember_envd_proto::cors;
 
 use crate::auth::http_error;
 use crate::state::Agent;
@@ -62,21 +60,12 @@ pub fn router(agent: Arc<Agent>) -> Router {
 
 /// CORS for browser clients ([`ember_envd_proto::cors`]): a preflight (`OPTIONS`) is answered
 /// here, every other answer gets the CORS headers.
-async fn with_cors(req: Request, next: Next) -> Response {
-    if req.method() == Method::OPTIONS {
-        let requested = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).and_then(|v| v.to_str().ok());
-        let mut resp = StatusCode::NO_CONTENT.into_response();
-        for (name, value) in cors::preflight_headers(requested) {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                resp.headers_mut().insert(name, value);
-            }
-        }
-        return resp;
+async fn with_cors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Some(headers) = ember_envd_proto::cors::preflight(req.method(), req.headers()) {
+        return (StatusCode::NO_CONTENT, headers).into_response();
     }
     let mut resp = next.run(req).await;
-    for (name, value) in cors::response_headers() {
-        resp.headers_mut().insert(name, HeaderValue::from_static(value));
-    }
+    ember_envd_proto::cors::add_to(resp.headers_mut());
     resp
 }
 

@@ -110,22 +110,11 @@ pub fn router(app: Arc<App>) -> Router {
 /// CORS for browser clients, as envd answers ([`ember_envd_proto::cors`]): a preflight
 /// (`OPTIONS`, which carries no token) is answered here, every other answer gets the CORS headers.
 async fn with_cors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    use ember_envd_proto::cors;
-    if req.method() == axum::http::Method::OPTIONS {
-        let requested =
-            req.headers().get(axum::http::header::ACCESS_CONTROL_REQUEST_HEADERS).and_then(|v| v.to_str().ok());
-        let mut resp = StatusCode::NO_CONTENT.into_response();
-        for (name, value) in cors::preflight_headers(requested) {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                resp.headers_mut().insert(name, value);
-            }
-        }
-        return resp;
+    if let Some(headers) = ember_envd_proto::cors::preflight(req.method(), req.headers()) {
+        return (StatusCode::NO_CONTENT, headers).into_response();
     }
     let mut resp = next.run(req).await;
-    for (name, value) in cors::response_headers() {
-        resp.headers_mut().insert(name, HeaderValue::from_static(value));
-    }
+    ember_envd_proto::cors::add_to(resp.headers_mut());
     resp
 }
 

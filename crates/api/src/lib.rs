@@ -268,6 +268,39 @@ pub struct SnapshotInfo {
     pub names: Vec<String>,
 }
 
+/// A log entry's severity, as E2B names it (`debug`, `info`, `warn`, `error`; ordered by
+/// severity): in template build logs and sandbox logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+
+    /// The level of a `tracing` line's level word (`TRACE` counts as debug).
+    pub fn from_tracing(word: &str) -> Option<Self> {
+        match word {
+            "TRACE" | "DEBUG" => Some(LogLevel::Debug),
+            "INFO" => Some(LogLevel::Info),
+            "WARN" => Some(LogLevel::Warn),
+            "ERROR" => Some(LogLevel::Error),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

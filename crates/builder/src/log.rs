@@ -12,14 +12,7 @@ pub const MAX_ENTRIES: usize = 20_000;
 pub const MAX_LINE: usize = 4096;
 
 /// Severity, as E2B names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
+pub use ember_api::LogLevel as Level;
 
 /// One log entry, as E2B's status endpoint gives it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
+use ember_api::LogLevel as Level;
 use ember_api::{LogEntry, LogLine, SandboxLogs, SandboxMetric};
 use serde::{Deserialize, Serialize};
 
@@ -103,36 +104,6 @@ struct Entry {
     raw: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-impl Level {
-    fn as_str(self) -> &'static str {
-        match self {
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
-        }
-    }
-
-    fn parse(word: &str) -> Option<Self> {
-        match word {
-            "TRACE" | "DEBUG" => Some(Level::Debug),
-            "INFO" => Some(Level::Info),
-            "WARN" => Some(Level::Warn),
-            "ERROR" => Some(Level::Error),
-            _ => None,
-        }
-    }
-}
-
 /// Reads one console line: the agent's (`TIMESTAMP LEVEL target: message key=value ...`) with
 /// its own time, level and fields; any other (kernel, init) as `info` at time `before` (the
 /// line before it, or the sandbox's start).
@@ -148,7 +119,7 @@ fn parse_line(line: &str, before: i64) -> Entry {
     let Some((stamp, rest)) = line.split_once(' ') else { return plain(line) };
     let Some(time) = ember_envd_proto::time::parse_rfc3339(stamp) else { return plain(line) };
     let rest = rest.trim_start();
-    let Some((level, rest)) = rest.split_once(' ').and_then(|(w, r)| Some((Level::parse(w)?, r))) else {
+    let Some((level, rest)) = rest.split_once(' ').and_then(|(w, r)| Some((Level::from_tracing(w)?, r))) else {
         return plain(line);
     };
     let rest = rest.trim_start();

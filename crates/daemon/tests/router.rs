@@ -82,6 +82,7 @@ impl Daemon {
             domain: "sandboxes.test".into(),
             build_ready_timeout_secs: None,
             metrics_listen: None,
+            team_quota: Default::default(),
         };
         let runtime_config = RuntimeConfig::new(
             data.path().to_path_buf(),

@@ -31,10 +31,9 @@ impl Manager {
             let id = record.id.clone();
             if self.runtime.is_paused(&id) && !self.runtime.vm_recorded_alive(&id) {
                 // Paused, or a pause that saved its state completely before the daemon died.
-                if record.state != SandboxState::Paused {
-                    if let Err(e) = self.store.set_sandbox_state(&id, SandboxState::Paused) {
-                        tracing::error!(sandbox = %id, error = %e, "recording a paused sandbox");
-                    }
+                // Metered as paused from when its state was saved (a no-op if it was already).
+                if let Err(e) = self.store.set_sandbox_state_at(&id, SandboxState::Paused, self.paused_at(&id)) {
+                    tracing::error!(sandbox = %id, error = %e, "recording a paused sandbox");
                 }
                 tracing::info!(sandbox = %id, "kept paused sandbox");
                 kept.insert(id);
@@ -54,15 +53,17 @@ impl Manager {
             match adopted {
                 Ok(sandbox) => {
                     tracing::info!(sandbox = %id, "adopted sandbox left running by an earlier daemon");
-                    if record.state != SandboxState::Running {
-                        let _ = self.store.set_sandbox_state(&id, SandboxState::Running);
+                    // Its open usage interval goes on (one is opened if an older Ember left none).
+                    if let Err(e) = self.store.set_sandbox_state(&id, SandboxState::Running) {
+                        tracing::error!(sandbox = %id, error = %e, "recording an adopted sandbox");
                     }
                     kept.insert(id);
                     self.insert(record, Some(sandbox));
                 }
                 Err(e) => {
                     tracing::warn!(sandbox = %id, error = %e, "sandbox from an earlier daemon is gone; removing it");
-                    if let Err(e) = self.store.delete_sandbox(&id) {
+                    // Metered up to its console's last write (its last sign of life).
+                    if let Err(e) = self.store.delete_sandbox_at(&id, self.died_at(&id)) {
                         tracing::error!(sandbox = %id, error = %e, "deleting a sandbox record");
                     }
                 }

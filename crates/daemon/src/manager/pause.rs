@@ -104,8 +104,8 @@ impl Manager {
             return Ok(false);
         }
         // Only a resume that brings a VM back takes one of the host's sandbox slots.
-        let _reserved = self.reserve_slot()?;
         let record = live.record();
+        let _reserved = self.reserve_for(&record.team, (record.vcpus, record.memory_mib))?;
         let started = std::time::Instant::now();
         let policy = crate::network::stored(&record).policy;
         let cold = self.runtime.pause_mode(&record.id) == Some(ember_runtime::snapshot::PauseMode::Filesystem);

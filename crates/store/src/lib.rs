@@ -129,6 +129,7 @@ const MIGRATIONS: &[&str] = &[
         max_minutes_month INTEGER,
         updated_ms INTEGER NOT NULL
     );
+    CREATE TABLE daemon_heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), ms INTEGER NOT NULL);
     INSERT INTO usage_intervals (sandbox_id, team, state, vcpus, memory_mib, start_ms)
         SELECT id, team, state, vcpus, memory_mib, CAST(strftime('%s', 'now') AS INTEGER) * 1000 FROM sandboxes;
 ",

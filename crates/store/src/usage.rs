@@ -233,6 +233,21 @@ impl Store {
         Ok(())
     }
 
+    /// Records that a daemon is alive at `at_ms` (a sandbox found dead by the next daemon
+    /// died after the last such time: had it died earlier, this daemon would have seen it).
+    pub fn heartbeat(&self, at_ms: i64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO daemon_heartbeat (id, ms) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET ms = ?1",
+            params![at_ms],
+        )?;
+        Ok(())
+    }
+
+    /// The last time a daemon said it was alive, if one ever did.
+    pub fn last_heartbeat(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn().query_row("SELECT ms FROM daemon_heartbeat WHERE id = 1", [], |r| r.get(0)).optional()?)
+    }
+
     /// Sets `team`'s quota (an empty one removes it).
     pub fn set_quota(&self, team: &str, q: &Quota) -> Result<(), StoreError> {
         let conn = self.conn();
@@ -369,6 +384,15 @@ mod tests {
         let now = march + 30 * 60_000 + 59_000;
         assert_eq!(store.minutes_this_month("t", now).unwrap(), 30);
         assert_eq!(store.running_ms("t", 0, now).unwrap(), 90 * 60_000 + 59_000);
+    }
+
+    #[test]
+    fn heartbeats_keep_the_latest() {
+        let store = Store::open_in_memory().unwrap();
+        assert_eq!(store.last_heartbeat().unwrap(), None);
+        store.heartbeat(5).unwrap();
+        store.heartbeat(7).unwrap();
+        assert_eq!(store.last_heartbeat().unwrap(), Some(7));
     }
 
     #[test]

@@ -25,6 +25,11 @@ impl Manager {
                 Vec::new()
             }
         };
+        // The earlier daemon's last sign of life: sandboxes found dead died after it.
+        let alive_until = self.store.last_heartbeat().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the last heartbeat");
+            None
+        });
         let mut kept = HashSet::new();
         let mut adopting = tokio::task::JoinSet::new();
         for record in records {
@@ -62,8 +67,8 @@ impl Manager {
                 }
                 Err(e) => {
                     tracing::warn!(sandbox = %id, error = %e, "sandbox from an earlier daemon is gone; removing it");
-                    // Metered up to its console's last write (its last sign of life).
-                    if let Err(e) = self.store.delete_sandbox_at(&id, self.died_at(&id)) {
+                    // Metered up to the last time it is known to have been alive.
+                    if let Err(e) = self.store.delete_sandbox_at(&id, self.died_at(&id, alive_until)) {
                         tracing::error!(sandbox = %id, error = %e, "deleting a sandbox record");
                     }
                 }

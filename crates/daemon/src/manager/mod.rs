@@ -149,6 +149,7 @@ impl Manager {
         manager.fail_unfinished_builds();
         manager.adopt_all().await;
         tokio::spawn(Arc::clone(&manager).reap());
+        tokio::spawn(Arc::clone(&manager).keep_heartbeat());
         tokio::spawn(Arc::clone(&manager).sample_metrics());
         for (template, _) in manager.pool_sizes() {
             tokio::spawn(Arc::clone(&manager).keep_pool_filled(template));

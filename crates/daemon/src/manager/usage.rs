@@ -11,6 +11,10 @@ use ember_store::{now_ms, Quota};
 
 use super::{LifecycleError, Manager};
 
+/// How often the daemon records that it is alive: the most a sandbox that dies while no
+/// daemon runs can be under-metered by, besides the time until the next daemon starts.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Creates and resumes in flight: how many in all, and per team how many and with what shape.
 #[derive(Debug, Default)]
 pub(super) struct InFlight {
@@ -132,11 +136,25 @@ impl Manager {
             .fold(Load::default(), |acc, r| acc.plus(Load::of((r.vcpus, r.memory_mib))))
     }
 
-    /// When a sandbox found dead at start stopped, as best known: the last write to its serial
-    /// console (the guest's last sign of life), or now if there is none.
-    pub(super) fn died_at(&self, id: &str) -> i64 {
+    /// When a sandbox found dead at start stopped, as best known: the earlier daemon's last
+    /// heartbeat (`alive_until`; had the sandbox died before, that daemon would have seen it)
+    /// or the last write to its serial console, whichever is later; now if neither is known.
+    pub(super) fn died_at(&self, id: &str, alive_until: Option<i64>) -> i64 {
         let dir = self.runtime.sandbox_dir(id);
-        ["serial.log", "serial.qemu.log"].iter().filter_map(|f| mtime_ms(&dir.join(f))).max().unwrap_or_else(now_ms)
+        let console = ["serial.log", "serial.qemu.log"].iter().filter_map(|f| mtime_ms(&dir.join(f))).max();
+        console.max(alive_until).map_or_else(now_ms, |t| t.min(now_ms()))
+    }
+
+    /// Records every [`HEARTBEAT`] that the daemon is alive (one row, whatever the number of
+    /// sandboxes), for [`Manager::died_at`] of the next daemon.
+    pub(super) async fn keep_heartbeat(self: std::sync::Arc<Self>) {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.store.heartbeat(now_ms()) {
+                tracing::warn!(error = %e, "recording the daemon's heartbeat");
+            }
+        }
     }
 
     /// When a sandbox found paused at start (a pause that completed as the daemon died) stopped

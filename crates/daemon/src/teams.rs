@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use ember_api::{MaxTeamMetric, TeamMetric};
+use ember_store::RunningSpans;
 use serde::Deserialize;
 
 use crate::auth::Team;
@@ -60,10 +61,7 @@ impl Window {
     }
 }
 
-/// The team's running intervals and sandbox starts in the window, as Unix ms.
-type Spans = (Vec<(i64, i64)>, Vec<i64>);
-
-fn spans(m: &Manager, team: &Team, team_id: &str, w: &Window) -> Result<Spans, ApiError> {
+fn spans(m: &Manager, team: &Team, team_id: &str, w: &Window) -> Result<RunningSpans, ApiError> {
     if team_id != team.0 {
         return Err(ApiError::NotFound(format!("team \"{team_id}\" not found")));
     }
@@ -75,7 +73,7 @@ fn spans(m: &Manager, team: &Team, team_id: &str, w: &Window) -> Result<Spans, A
 }
 
 /// The series of `w`: at each point, the sandboxes running then and the start rate of its step.
-fn series((spans, starts): &Spans, w: &Window) -> Vec<TeamMetric> {
+fn series(RunningSpans { spans, starts }: &RunningSpans, w: &Window) -> Vec<TeamMetric> {
     w.points()
         .map(|t| {
             let ms = t * 1000;
@@ -92,7 +90,7 @@ fn series((spans, starts): &Spans, w: &Window) -> Vec<TeamMetric> {
 }
 
 /// The most sandboxes running at once in the window (exact, not sampled), and when first.
-fn max_concurrent((spans, _): &Spans, w: &Window) -> (i64, u32) {
+fn max_concurrent(RunningSpans { spans, .. }: &RunningSpans, w: &Window) -> (i64, u32) {
     let since = w.start * 1000;
     let mut events: Vec<(i64, i32)> =
         spans.iter().flat_map(|&(s, e)| [(s.max(since), 1), (e, -1)]).filter(|(t, _)| *t >= since).collect();
@@ -168,14 +166,14 @@ mod tests {
     fn series_and_maximum_follow_the_intervals() {
         let w = Window { start: 0, end: 30, step: 10 };
         // Two sandboxes from 1 s and 5 s; the first ends at 12 s, the second runs on.
-        let spans: Spans = (vec![(1_000, 12_000), (5_000, 30_000)], vec![1_000, 5_000]);
+        let spans = RunningSpans { spans: vec![(1_000, 12_000), (5_000, 30_000)], starts: vec![1_000, 5_000] };
         let s = series(&spans, &w);
         let got: Vec<(i64, u32, f64)> =
             s.iter().map(|p| (p.timestamp_unix, p.concurrent_sandboxes, p.sandbox_start_rate)).collect();
         assert_eq!(got, vec![(0, 0, 0.2), (10, 2, 0.0), (20, 1, 0.0)]);
         assert_eq!(max_concurrent(&spans, &w), (5_000, 2));
         // Back to back (one ends as another starts): never two at once.
-        let spans: Spans = (vec![(1_000, 5_000), (5_000, 9_000)], vec![]);
+        let spans = RunningSpans { spans: vec![(1_000, 5_000), (5_000, 9_000)], starts: vec![] };
         assert_eq!(max_concurrent(&spans, &w).1, 1);
     }
 }

@@ -21,7 +21,7 @@ pub use keys::{KeyInfo, NewKey};
 pub use sandboxes::{Lifecycle, SandboxRecord, SandboxState};
 pub use snapshots::SnapshotRecord;
 pub use templates::{BuildRecord, BuildStatus, TemplateRecord};
-pub use usage::{month_start_ms, Quota, Usage};
+pub use usage::{month_start_ms, Quota, RunningSpans, Usage};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]

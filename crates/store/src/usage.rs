@@ -41,6 +41,14 @@ impl Quota {
     }
 }
 
+/// A team's running intervals in a window, as (start, end) in Unix ms with open ones ending at
+/// the window's end, and the first start of each sandbox first recorded in the window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunningSpans {
+    pub spans: Vec<(i64, i64)>,
+    pub starts: Vec<i64>,
+}
+
 /// One sandbox's usage over a period, in milliseconds. vCPU and memory time count while it
 /// runs (a paused sandbox holds no vCPU, and its memory is on disk).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -197,7 +205,7 @@ impl Store {
         since_ms: i64,
         until_ms: i64,
         limit: usize,
-    ) -> Result<(Vec<(i64, i64)>, Vec<i64>), StoreError> {
+    ) -> Result<RunningSpans, StoreError> {
         let conn = self.conn();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut stmt = conn.prepare(
@@ -214,7 +222,7 @@ impl Store {
         )?;
         let starts =
             stmt.query_map(params![team, since_ms, until_ms, limit], |r| r.get(0))?.collect::<Result<Vec<_>, _>>()?;
-        Ok((spans, starts))
+        Ok(RunningSpans { spans, starts })
     }
 
     /// Closes `sandbox`'s open interval at `at_ms` (it ended then, or was found dead).
@@ -417,9 +425,9 @@ mod tests {
         store.insert_sandbox(&record("b", "t", 3_000)).unwrap();
         store.set_sandbox_state_at("b", SandboxState::Paused, 4_000).unwrap();
         store.set_sandbox_state_at("b", SandboxState::Running, 6_000).unwrap();
-        let (spans, starts) = store.running_spans("t", 0, 10_000, 100).unwrap();
-        assert_eq!(spans, vec![(1_000, 10_000), (3_000, 4_000), (6_000, 10_000)]);
-        assert_eq!(starts, vec![1_000, 3_000], "a resume is not a start");
+        let got = store.running_spans("t", 0, 10_000, 100).unwrap();
+        assert_eq!(got.spans, vec![(1_000, 10_000), (3_000, 4_000), (6_000, 10_000)]);
+        assert_eq!(got.starts, vec![1_000, 3_000], "a resume is not a start");
     }
 
     /// The metering cost: computing usage for 100 open intervals (what `ember usage` and a

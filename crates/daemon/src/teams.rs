@@ -61,10 +61,15 @@ impl Window {
     }
 }
 
-fn spans(m: &Manager, team: &Team, team_id: &str, w: &Window) -> Result<RunningSpans, ApiError> {
-    if team_id != team.0 {
-        return Err(ApiError::NotFound(format!("team \"{team_id}\" not found")));
+/// The caller's own team is the only one it may ask about (another is "not found").
+fn own(team: &Team, team_id: &str) -> Result<(), ApiError> {
+    match team_id == team.0 {
+        true => Ok(()),
+        false => Err(ApiError::NotFound(format!("team \"{team_id}\" not found"))),
     }
+}
+
+fn spans(m: &Manager, team: &Team, w: &Window) -> Result<RunningSpans, ApiError> {
     let until = (w.end * 1000).min(ember_store::now_ms());
     m.store().running_spans(&team.0, w.start * 1000, until.max(w.start * 1000), MAX_SPANS).map_err(|e| {
         tracing::error!(error = %e, "reading usage");
@@ -113,9 +118,9 @@ pub async fn metrics(
     Path(team_id): Path<String>,
     Query(q): Query<MetricsQuery>,
 ) -> Result<Json<Vec<TeamMetric>>, ApiError> {
+    own(&team, &team_id)?;
     let w = Window::of(&q, ember_envd_proto::time::now_unix())?;
-    let spans = spans(&m, &team, &team_id, &w)?;
-    Ok(Json(series(&spans, &w)))
+    Ok(Json(series(&spans(&m, &team, &w)?, &w)))
 }
 
 /// `GET /teams/{teamID}/metrics/max?metric=&start=&end=`.
@@ -125,12 +130,13 @@ pub async fn max(
     Path(team_id): Path<String>,
     Query(q): Query<MetricsQuery>,
 ) -> Result<Json<MaxTeamMetric>, ApiError> {
+    own(&team, &team_id)?;
     let w = Window::of(&q, ember_envd_proto::time::now_unix())?;
     let metric = q.metric.as_deref().unwrap_or_default();
     if !matches!(metric, "concurrent_sandboxes" | "sandbox_start_rate") {
         return Err(ApiError::BadRequest("metric must be concurrent_sandboxes or sandbox_start_rate".into()));
     }
-    let spans = spans(&m, &team, &team_id, &w)?;
+    let spans = spans(&m, &team, &w)?;
     let (ms, value) = match metric {
         "concurrent_sandboxes" => {
             let (ms, n) = max_concurrent(&spans, &w);

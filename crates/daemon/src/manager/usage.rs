@@ -106,23 +106,26 @@ impl Manager {
 
     fn reserve(&self, team: Option<(&str, (u32, u32), Quota)>) -> Result<SlotGuard<'_>, LifecycleError> {
         let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if self.running() + f.total >= self.config.max_sandboxes {
-            return Err(LifecycleError::TooMany(format!(
-                "at most {} sandboxes may run at once",
-                self.config.max_sandboxes
-            )));
-        }
+        // The team's quota first: it is the more specific answer.
         let team = match team {
             None => None,
             Some((team, shape, quota)) => {
                 let load = Load::of(shape);
                 let held = self.team_load(team).plus(f.teams.get(team).copied().unwrap_or_default());
                 check_quota(team, &quota, held, load)?;
-                let entry = f.teams.entry(team.to_string()).or_default();
-                *entry = entry.plus(load);
                 Some((team.to_string(), load))
             }
         };
+        if self.running() + f.total >= self.config.max_sandboxes {
+            return Err(LifecycleError::TooMany(format!(
+                "at most {} sandboxes may run at once",
+                self.config.max_sandboxes
+            )));
+        }
+        if let Some((team, load)) = &team {
+            let entry = f.teams.entry(team.clone()).or_default();
+            *entry = entry.plus(*load);
+        }
         f.total += 1;
         Ok(SlotGuard { in_flight: &self.in_flight, team })
     }

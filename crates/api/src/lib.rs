@@ -215,6 +215,26 @@ pub struct SandboxMetric {
     pub disk_total: u64,
 }
 
+/// One point of `GET /teams/{teamID}/metrics`: the team's sandboxes running at that time and
+/// how many it started per second in the step that begins there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TeamMetric {
+    pub timestamp: String,
+    pub timestamp_unix: i64,
+    pub concurrent_sandboxes: u32,
+    pub sandbox_start_rate: f64,
+}
+
+/// `GET /teams/{teamID}/metrics/max`: the largest value of a metric in the interval, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MaxTeamMetric {
+    pub timestamp: String,
+    pub timestamp_unix: i64,
+    pub value: f64,
+}
+
 /// `GET /sandboxes/{id}/logs`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

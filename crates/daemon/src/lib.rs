@@ -1,5 +1,5 @@
-//! `ember serve`: one HTTP/1.1 port serving E2B's REST API ([`sandboxes`], [`templates`] and
-//! [`snapshots`], behind [`auth`]) and
+//! `ember serve`: one HTTP/1.1 port serving E2B's REST API ([`sandboxes`], [`templates`],
+//! [`snapshots`] and [`teams`], behind [`auth`]) and
 //! all sandbox traffic ([`proxy`], with [`cors`] for browsers), with the sandboxes' lifecycle and state in [`manager`].
 
 #![forbid(unsafe_code)]
@@ -17,6 +17,7 @@ pub mod prom;
 pub mod proxy;
 pub mod sandboxes;
 pub mod snapshots;
+pub mod teams;
 pub mod templates;
 
 use std::net::SocketAddr;
@@ -74,6 +75,8 @@ pub struct ServeConfig {
     pub domain: String,
     /// Where operator metrics (Prometheus text, `GET /metrics`) are served; none by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// Every team's quota unless the store has one for it (`ember team set`); none by default.
+    pub team_quota: ember_store::Quota,
 }
 
 /// The whole HTTP surface.
@@ -104,6 +107,8 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v2/templates/{id}/builds/{build}", post(templates::start))
         .route("/templates/{id}/builds/{build}/status", get(templates::status))
         .route("/templates/aliases/{alias}", get(templates::alias))
+        .route("/teams/{team}/metrics", get(teams::metrics))
+        .route("/teams/{team}/metrics/max", get(teams::max))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), auth::require_key))
         .layer(axum::middleware::from_fn(error::json_errors));
     Router::new()

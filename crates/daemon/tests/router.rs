@@ -84,6 +84,7 @@ impl Daemon {
             domain: "sandboxes.test".into(),
             build_ready_timeout_secs: None,
             metrics_listen: None,
+            team_quota: Default::default(),
         };
         let runtime_config = RuntimeConfig::new(
             data.path().to_path_buf(),
@@ -162,6 +163,8 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/v2/templates/nope/builds/nope"),
     ("GET", "/templates/nope/builds/nope/status"),
     ("GET", "/templates/aliases/nope"),
+    ("GET", "/teams/nope/metrics"),
+    ("GET", "/teams/nope/metrics/max"),
 ];
 
 fn method(m: &str) -> Method {
@@ -263,6 +266,45 @@ async fn valid_creates_stop_at_the_sandbox_limit() {
 }
 
 #[tokio::test]
+async fn team_quotas_answer_before_the_host_limit_and_name_themselves() {
+    let d = Daemon::new();
+    let quota = ember_store::Quota { max_sandboxes: Some(0), ..Default::default() };
+    d.manager.store().set_quota("default", &quota).unwrap();
+    let a = d.create(r#"{"templateID":"base"}"#).await;
+    let message = a.assert_error(StatusCode::TOO_MANY_REQUESTS, "team quota");
+    assert!(message.contains("team quota: at most 0 concurrent sandboxes (team 'default'"), "{message}");
+    let quota = ember_store::Quota { max_minutes_month: Some(0), ..Default::default() };
+    d.manager.store().set_quota("default", &quota).unwrap();
+    let message = d.create(r#"{"templateID":"base"}"#).await.assert_error(StatusCode::TOO_MANY_REQUESTS, "minutes");
+    assert!(message.contains("0 sandbox-minutes per month"), "{message}");
+    // Another team has no quota of its own: only the host's limit.
+    let other = d.send(Method::POST, "/sandboxes", Some(&d.other), r#"{"templateID":"base"}"#.to_string()).await;
+    let message = other.assert_error(StatusCode::TOO_MANY_REQUESTS, "host limit");
+    assert!(!message.contains("team quota"), "{message}");
+}
+
+#[tokio::test]
+async fn team_metrics_are_the_callers_own_and_bounded() {
+    let d = Daemon::new();
+    let a = d.get("/teams/default/metrics?start=1000&end=2000", ENV_KEY).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let points = a.json();
+    let points = points.as_array().unwrap();
+    assert_eq!(points.len(), 100);
+    assert_eq!(
+        points[0],
+        json!({"timestamp": "1970-01-01T00:16:40.000000000Z", "timestampUnix": 1000, "concurrentSandboxes": 0, "sandboxStartRate": 0.0})
+    );
+    let a = d.get("/teams/default/metrics/max?metric=concurrent_sandboxes&start=1000&end=2000", ENV_KEY).await;
+    assert_eq!(a.json()["value"], json!(0.0), "{}", a.text);
+    d.get("/teams/default/metrics", &d.other).await.assert_error(StatusCode::NOT_FOUND, "another team");
+    d.get("/teams/default/metrics/max?metric=nonsense", ENV_KEY).await.assert_error(StatusCode::BAD_REQUEST, "metric");
+    d.get("/teams/default/metrics?start=5&end=4", ENV_KEY).await.assert_error(StatusCode::BAD_REQUEST, "window");
+    d.get("/teams/default/metrics?start=0&end=99999999", ENV_KEY).await.assert_error(StatusCode::BAD_REQUEST, "span");
+    d.get("/teams/default/metrics?start=x", ENV_KEY).await.assert_error(StatusCode::BAD_REQUEST, "not a number");
+}
+
+#[tokio::test]
 async fn bodies_over_one_mib_are_413() {
     let d = Daemon::new();
     let big = format!(r#"{{"templateID":"base","metadata":{{"k":"{}"}}}}"#, "v".repeat(MIB));
@@ -279,7 +321,11 @@ async fn bodies_over_one_mib_are_413() {
 async fn unknown_sandboxes_are_404() {
     let d = Daemon::new();
     for (m, path) in ENDPOINTS.iter().filter(|(_, p)| p.contains("/nope")) {
-        let expected = if path.contains("templates") { "template \"nope\"" } else { "sandbox \"nope\"" };
+        let expected = match path {
+            p if p.contains("templates") => "template \"nope\"",
+            p if p.contains("teams") => "team \"nope\"",
+            _ => "sandbox \"nope\"",
+        };
         for body in ["", "{}", r#"{"timeout":60}"#] {
             let a = d.send(method(m), path, Some(ENV_KEY), body.to_string()).await;
             let message = a.assert_error(StatusCode::NOT_FOUND, &format!("{m} {path} {body}"));

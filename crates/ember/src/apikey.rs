@@ -33,22 +33,26 @@ pub enum ApiKeyCmd {
     },
 }
 
-fn open(data_dir: Option<PathBuf>) -> anyhow::Result<Store> {
+/// The daemon's database in `data_dir` (or the default one).
+pub(crate) fn open(data_dir: Option<PathBuf>) -> anyhow::Result<Store> {
     let dir = ember::settings::data_dir(data_dir);
     // Made private by the umask if missing; `ember serve` sets its access in full at start.
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     Store::open(&dir.join("ember.db")).context("open the state database")
 }
 
+/// Team names: 1-64 letters, digits, '-' and '_'.
+pub(crate) fn check_team(team: &str) -> anyhow::Result<()> {
+    if team.is_empty() || team.len() > 64 || !team.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        anyhow::bail!("team names are 1-64 characters of letters, digits, '-' and '_'");
+    }
+    Ok(())
+}
+
 pub fn run(cmd: ApiKeyCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         ApiKeyCmd::Create { team, name, data_dir } => {
-            if team.is_empty()
-                || team.len() > 64
-                || !team.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                anyhow::bail!("team names are 1-64 characters of letters, digits, '-' and '_'");
-            }
+            check_team(&team)?;
             let key = open(data_dir)?.create_key(&team, &name)?;
             println!("{}", key.key);
             eprintln!("created key {} for team {}; it is not shown again", key.id, key.team);

@@ -9,8 +9,10 @@ mod build_context;
 mod dockerfile;
 mod run;
 mod serve;
+mod team;
 mod template;
 mod template_remote;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -32,6 +34,13 @@ enum Cmd {
         #[command(subcommand)]
         command: apikey::ApiKeyCmd,
     },
+    /// Manage per-team quotas.
+    Team {
+        #[command(subcommand)]
+        command: team::TeamCmd,
+    },
+    /// Show metered usage per team and per sandbox.
+    Usage(usage::UsageArgs),
     /// Run a command in a fresh sandbox, stream its output, destroy the sandbox, exit with its code.
     Run(run::RunArgs),
     /// Manage templates.
@@ -62,6 +71,8 @@ fn main() -> ExitCode {
             Cmd::Run(args) => run::run(args).await,
             Cmd::Serve(args) => serve::run(args).await,
             Cmd::Apikey { command } => apikey::run(command),
+            Cmd::Team { command } => team::run(command),
+            Cmd::Usage(args) => usage::run(args),
             Cmd::Template { command } => template::run(command).await,
         }
     });

@@ -91,6 +91,26 @@ pub struct ServeArgs {
     /// sandbox's private memory and costs speed when its code no longer fits.
     #[arg(long, value_name = "MIB")]
     tcg_tb_mib: Option<u32>,
+    /// Every team's default quotas; `ember team set` overrides them per team. None by default.
+    #[command(flatten)]
+    team_quota: TeamQuotaArgs,
+}
+
+/// Default team quotas (`ember serve`); per-team values come from `ember team set`.
+#[derive(Args)]
+struct TeamQuotaArgs {
+    /// Most sandboxes one team may have running at once.
+    #[arg(long, value_name = "N")]
+    team_max_sandboxes: Option<u64>,
+    /// Most vCPUs one team's running sandboxes may have together.
+    #[arg(long, value_name = "N")]
+    team_max_vcpus: Option<u64>,
+    /// Most memory one team's running sandboxes may have together, in MiB.
+    #[arg(long, value_name = "MIB")]
+    team_max_memory_mb: Option<u64>,
+    /// Most running sandbox-minutes one team may use in a calendar month (UTC).
+    #[arg(long, value_name = "N")]
+    team_max_minutes_month: Option<u64>,
 }
 
 /// Network slots the daemon keeps made ahead of creates.
@@ -140,6 +160,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         domain,
         build_ready_timeout_secs: args.build_ready_timeout,
         metrics_listen: args.metrics_listen,
+        team_quota: ember_store::Quota {
+            max_sandboxes: args.team_quota.team_max_sandboxes,
+            max_vcpus: args.team_quota.team_max_vcpus,
+            max_memory_mib: args.team_quota.team_max_memory_mb,
+            max_minutes_month: args.team_quota.team_max_minutes_month,
+        },
     };
     // Build the template before taking requests, with progress shown, rather than in the first create.
     runtime.cache.prepare(ember_runtime::private::qemu_group(runtime.qemu_user.as_deref())?)?;

@@ -1,6 +1,7 @@
 //! Ember's state in embedded SQLite (one file in the data directory, WAL mode): API keys,
 //! stored only as SHA-256 hashes, each belonging to a team; and the sandboxes the daemon runs,
-//! so that a restarted daemon knows what to adopt; snapshots; built templates and their builds. Schema changes are numbered migrations.
+//! so that a restarted daemon knows what to adopt; snapshots; built templates and their builds;
+//! usage intervals and team quotas ([`usage`]). Schema changes are numbered migrations.
 //! The database holds sandboxes' access tokens: its files are root's alone (0600).
 
 #![forbid(unsafe_code)]
@@ -9,6 +10,7 @@ mod keys;
 mod sandboxes;
 mod snapshots;
 mod templates;
+mod usage;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -19,6 +21,7 @@ pub use keys::{KeyInfo, NewKey};
 pub use sandboxes::{Lifecycle, SandboxRecord, SandboxState};
 pub use snapshots::SnapshotRecord;
 pub use templates::{BuildRecord, BuildStatus, TemplateRecord};
+pub use usage::{month_start_ms, Quota, RunningSpans, Usage};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +107,31 @@ const MIGRATIONS: &[&str] = &[
 ",
     "
     ALTER TABLE sandboxes ADD COLUMN lifecycle TEXT NOT NULL DEFAULT '{}';
+",
+    "
+    CREATE TABLE usage_intervals (
+        id INTEGER PRIMARY KEY,
+        sandbox_id TEXT NOT NULL,
+        team TEXT NOT NULL,
+        state TEXT NOT NULL,
+        vcpus INTEGER NOT NULL,
+        memory_mib INTEGER NOT NULL,
+        start_ms INTEGER NOT NULL,
+        end_ms INTEGER
+    );
+    CREATE INDEX usage_intervals_team ON usage_intervals(team, start_ms);
+    CREATE INDEX usage_intervals_open ON usage_intervals(sandbox_id) WHERE end_ms IS NULL;
+    CREATE TABLE team_quotas (
+        team TEXT PRIMARY KEY,
+        max_sandboxes INTEGER,
+        max_vcpus INTEGER,
+        max_memory_mib INTEGER,
+        max_minutes_month INTEGER,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE daemon_heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), ms INTEGER NOT NULL);
+    INSERT INTO usage_intervals (sandbox_id, team, state, vcpus, memory_mib, start_ms)
+        SELECT id, team, state, vcpus, memory_mib, CAST(strftime('%s', 'now') AS INTEGER) * 1000 FROM sandboxes;
 ",
 ];
 

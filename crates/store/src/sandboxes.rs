@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
-use crate::{Store, StoreError};
+use crate::{now_ms, usage, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxRecord {
@@ -83,9 +83,12 @@ fn json_map(id: &str, text: &str) -> Result<BTreeMap<String, String>, StoreError
 }
 
 impl Store {
+    /// Records a sandbox, and opens its usage interval from its start (same transaction).
     pub fn insert_sandbox(&self, r: &SandboxRecord) -> Result<(), StoreError> {
         let to_json = |m: &BTreeMap<String, String>| serde_json::to_string(m).unwrap_or_else(|_| "{}".into());
-        self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
             &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
             params![
                 r.id,
@@ -107,6 +110,8 @@ impl Store {
                 serde_json::to_string(&r.lifecycle).unwrap_or_else(|_| "{}".into())
             ],
         )?;
+        usage::open_interval(&tx, &r.id, &r.team, r.state, (r.vcpus, r.memory_mib), r.started_ms)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -124,13 +129,33 @@ impl Store {
         Ok(())
     }
 
+    /// Sets the sandbox's state now; its usage interval follows in the same transaction.
     pub fn set_sandbox_state(&self, id: &str, state: SandboxState) -> Result<(), StoreError> {
-        self.conn().execute("UPDATE sandboxes SET state = ?2 WHERE id = ?1", params![id, state.as_str()])?;
+        self.set_sandbox_state_at(id, state, now_ms())
+    }
+
+    /// [`Store::set_sandbox_state`], the change having happened at `at_ms`.
+    pub fn set_sandbox_state_at(&self, id: &str, state: SandboxState, at_ms: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("UPDATE sandboxes SET state = ?2 WHERE id = ?1", params![id, state.as_str()])?;
+        usage::follow_state(&tx, id, state, at_ms)?;
+        tx.commit()?;
         Ok(())
     }
 
+    /// Deletes the sandbox's record; its usage interval, if still open, closes now.
     pub fn delete_sandbox(&self, id: &str) -> Result<(), StoreError> {
-        self.conn().execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
+        self.delete_sandbox_at(id, now_ms())
+    }
+
+    /// [`Store::delete_sandbox`], the sandbox having ended at `at_ms`.
+    pub fn delete_sandbox_at(&self, id: &str, at_ms: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
+        usage::close_interval(&tx, id, at_ms)?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -25,16 +25,20 @@ impl Manager {
                 Vec::new()
             }
         };
+        // The earlier daemon's last sign of life: sandboxes found dead died after it.
+        let alive_until = self.store.last_heartbeat().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the last heartbeat");
+            None
+        });
         let mut kept = HashSet::new();
         let mut adopting = tokio::task::JoinSet::new();
         for record in records {
             let id = record.id.clone();
             if self.runtime.is_paused(&id) && !self.runtime.vm_recorded_alive(&id) {
                 // Paused, or a pause that saved its state completely before the daemon died.
-                if record.state != SandboxState::Paused {
-                    if let Err(e) = self.store.set_sandbox_state(&id, SandboxState::Paused) {
-                        tracing::error!(sandbox = %id, error = %e, "recording a paused sandbox");
-                    }
+                // Metered as paused from when its state was saved (a no-op if it was already).
+                if let Err(e) = self.store.set_sandbox_state_at(&id, SandboxState::Paused, self.paused_at(&id)) {
+                    tracing::error!(sandbox = %id, error = %e, "recording a paused sandbox");
                 }
                 tracing::info!(sandbox = %id, "kept paused sandbox");
                 kept.insert(id);
@@ -54,15 +58,17 @@ impl Manager {
             match adopted {
                 Ok(sandbox) => {
                     tracing::info!(sandbox = %id, "adopted sandbox left running by an earlier daemon");
-                    if record.state != SandboxState::Running {
-                        let _ = self.store.set_sandbox_state(&id, SandboxState::Running);
+                    // Its open usage interval goes on (one is opened if an older Ember left none).
+                    if let Err(e) = self.store.set_sandbox_state(&id, SandboxState::Running) {
+                        tracing::error!(sandbox = %id, error = %e, "recording an adopted sandbox");
                     }
                     kept.insert(id);
                     self.insert(record, Some(sandbox));
                 }
                 Err(e) => {
                     tracing::warn!(sandbox = %id, error = %e, "sandbox from an earlier daemon is gone; removing it");
-                    if let Err(e) = self.store.delete_sandbox(&id) {
+                    // Metered up to the last time it is known to have been alive.
+                    if let Err(e) = self.store.delete_sandbox_at(&id, self.died_at(&id, alive_until)) {
                         tracing::error!(sandbox = %id, error = %e, "deleting a sandbox record");
                     }
                 }

@@ -1,7 +1,8 @@
 //! The sandboxes the daemon runs: creating them (template, limits, `/init` with their identity),
 //! finding them for a team and ending them on request. The rest is split by concern: the pool of
 //! sandboxes restored ahead of time ([`pool`]), time-outs and dead VMs ([`reaper`]), what an
-//! earlier daemon left ([`adopt`]), pause and resume ([`pause`]) and snapshots ([`snapshots`]).
+//! earlier daemon left ([`adopt`]), pause and resume ([`pause`]), snapshots ([`snapshots`]) and
+//! team quotas ([`usage`]; usage itself is metered by the store as records change).
 //!
 //! A kill always wins: it takes the sandbox out of the table at once and signals every
 //! operation in flight on it (pause, resume, snapshot), which stops waiting on the guest and
@@ -18,6 +19,7 @@ mod pause;
 mod pool;
 mod reaper;
 mod snapshots;
+mod usage;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -119,7 +121,8 @@ pub struct Manager {
     runtime: Runtime,
     store: Store,
     live: RwLock<HashMap<String, Arc<Live>>>,
-    creating: Mutex<usize>,
+    /// Creates and resumes in flight, in all and per team (limits and quotas count them).
+    in_flight: Mutex<usage::InFlight>,
     /// Sandboxes already restored from each pooled template, waiting unassigned for a create.
     pool: tokio::sync::Mutex<HashMap<&'static str, std::collections::VecDeque<Sandbox>>>,
     refill: tokio::sync::Notify,
@@ -146,6 +149,7 @@ impl Manager {
         manager.fail_unfinished_builds();
         manager.adopt_all().await;
         tokio::spawn(Arc::clone(&manager).reap());
+        tokio::spawn(Arc::clone(&manager).keep_heartbeat());
         tokio::spawn(Arc::clone(&manager).sample_metrics());
         for (template, _) in manager.pool_sizes() {
             tokio::spawn(Arc::clone(&manager).keep_pool_filled(template));
@@ -163,7 +167,7 @@ impl Manager {
             runtime,
             store,
             live: RwLock::default(),
-            creating: Mutex::new(0),
+            in_flight: Mutex::default(),
             pool: Default::default(),
             refill: Default::default(),
             stopping: Default::default(),
@@ -290,7 +294,7 @@ impl Manager {
         for (k, v) in &defaults.env {
             env_vars.entry(k.clone()).or_insert_with(|| v.clone());
         }
-        let _slot = self.reserve_slot()?;
+        let _slot = self.reserve_for(team, self.expected_shape(&source))?;
         let (spec, pooled) = match &source {
             Source::Template(t) => (self.spec(t, &net), self.take_pooled(t).await),
             Source::Snapshot(..) | Source::Built { .. } | Source::Fork { .. } => {
@@ -404,16 +408,15 @@ impl Manager {
         live.values().filter(|l| !l.is_paused()).count()
     }
 
-    fn reserve_slot(&self) -> Result<SlotGuard<'_>, LifecycleError> {
-        let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
-        if self.running() + *creating >= self.config.max_sandboxes {
-            return Err(LifecycleError::TooMany(format!(
-                "at most {} sandboxes may run at once",
-                self.config.max_sandboxes
-            )));
-        }
-        *creating += 1;
-        Ok(SlotGuard(&self.creating))
+    /// The shape (vCPUs, MiB) a create from `source` will have: the saved state's, or the
+    /// daemon's for a template.
+    fn expected_shape(&self, source: &Source) -> (u32, u32) {
+        let saved = match source {
+            Source::Template(_) => None,
+            Source::Snapshot(id, _) => ember_runtime::snapshot::Shape::load(&self.snapshot_dir(id)),
+            Source::Built { dir, .. } | Source::Fork { dir, .. } => ember_runtime::snapshot::Shape::load(dir),
+        };
+        saved.map_or((self.config.vcpus, self.config.memory_mib), |s| (s.vcpus, s.memory_mib))
     }
 
     /// The time-out of a sandbox whose create or connect names none, in seconds.
@@ -448,6 +451,10 @@ impl Manager {
         let removed = self.live.write().unwrap_or_else(|e| e.into_inner()).remove(&id);
         if removed.is_none() {
             return;
+        }
+        // Metered up to now, whatever the teardown takes (or if the daemon dies during it).
+        if let Err(e) = self.store.end_usage(&id, now_ms()) {
+            tracing::error!(sandbox = %id, error = %e, "recording the end of a sandbox's usage");
         }
         live.ended.send_replace(true);
         live.vm_gone.send_modify(|n| *n += 1);
@@ -506,14 +513,6 @@ impl Manager {
         if destroy {
             self.runtime.release_host_network(std::time::Duration::from_secs(10));
         }
-    }
-}
-
-struct SlotGuard<'a>(&'a Mutex<usize>);
-
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
     }
 }
 

@@ -87,7 +87,9 @@ impl Manager {
         tokio::spawn(async move {
             let result = live.unless_killed(this.resume_now(&live, timeout_secs)).await;
             if let Err(e) = &result {
-                if !matches!(e, LifecycleError::Ended(_) | LifecycleError::Conflict(_)) {
+                // A limit or quota refuses before any VM starts: the sandbox stays paused.
+                let refused = matches!(e, LifecycleError::TooMany(_) | LifecycleError::Quota(_));
+                if !refused && !matches!(e, LifecycleError::Ended(_) | LifecycleError::Conflict(_)) {
                     tracing::error!(sandbox = %live.id(), error = %e, "resume failed; ending the sandbox");
                     this.kill(&live, "failed to resume").await;
                 }
@@ -104,8 +106,8 @@ impl Manager {
             return Ok(false);
         }
         // Only a resume that brings a VM back takes one of the host's sandbox slots.
-        let _reserved = self.reserve_slot()?;
         let record = live.record();
+        let _reserved = self.reserve_for(&record.team, (record.vcpus, record.memory_mib))?;
         let started = std::time::Instant::now();
         let policy = crate::network::stored(&record).policy;
         let cold = self.runtime.pause_mode(&record.id) == Some(ember_runtime::snapshot::PauseMode::Filesystem);

@@ -58,7 +58,7 @@ impl Manager {
                 let pool = self.pool.lock().await;
                 (pool.get(template).map_or(0, |p| p.len()), pool.values().map(|p| p.len()).sum::<usize>())
             };
-            let busy = self.running() + *self.creating.lock().unwrap_or_else(|e| e.into_inner());
+            let busy = self.running() + self.in_flight_total();
             if pooled < size && all_pooled + busy < self.config.max_sandboxes {
                 // Counted until the sandbox is in the pool (or destroyed), so a shutdown that
                 // drains the pool does not miss it.

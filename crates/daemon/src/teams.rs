@@ -45,8 +45,9 @@ struct Window {
 impl Window {
     fn of(q: &MetricsQuery, now: i64) -> Result<Self, ApiError> {
         let end = q.end.unwrap_or(now);
-        let start = q.start.unwrap_or(end - DEFAULT_SPAN_SECS);
-        if start < 0 || end <= start || end - start > MAX_SPAN_SECS {
+        let start = q.start.unwrap_or(end.saturating_sub(DEFAULT_SPAN_SECS));
+        // Up to the year 9999, so that milliseconds never overflow.
+        if start < 0 || end <= start || end > 253_402_300_799 || end - start > MAX_SPAN_SECS {
             return Err(ApiError::BadRequest(format!(
                 "start and end are Unix seconds with start before end, at most {MAX_SPAN_SECS} s apart"
             )));
@@ -166,6 +167,9 @@ mod tests {
         assert!(Window::of(&q(Some(10), Some(10)), 0).is_err());
         assert!(Window::of(&q(Some(-1), Some(10)), 0).is_err());
         assert!(Window::of(&q(Some(0), Some(MAX_SPAN_SECS + 1)), 0).is_err());
+        // Hostile values are refused, never overflowed.
+        assert!(Window::of(&q(None, Some(i64::MIN)), 0).is_err());
+        assert!(Window::of(&q(Some(i64::MAX - 10), Some(i64::MAX)), 0).is_err());
     }
 
     #[test]

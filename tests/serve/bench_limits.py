@@ -9,6 +9,7 @@ machine's drift falls on both.
 """
 
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -52,6 +53,7 @@ def run(cgroups, pool):
     finally:
         d.stop()
         os.environ.pop("EMBER_CGROUPS", None)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def main():

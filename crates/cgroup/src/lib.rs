@@ -232,7 +232,7 @@ impl Cgroups {
                 let dir = &dirs[0];
                 let cpu = read(dir, "cpu.max")?;
                 let quota = cpu.split_whitespace().next().unwrap_or("").to_string();
-                let weight = match io {
+                let weight = match *io && dir.join("io.weight").exists() {
                     true => read(dir, "io.weight")?.trim_start_matches("default ").to_string(),
                     false => IO_WEIGHT.to_string(),
                 };
@@ -316,7 +316,8 @@ fn write_v2(dir: &Path, limits: &Limits, io: bool) -> Result<(), CgroupError> {
         write(dir, "memory.swap.max", "0")?;
     }
     write(dir, "pids.max", &limits.pids_max.to_string())?;
-    if io {
+    // io.weight needs blk-iocost in the kernel; without it there is nothing to weigh.
+    if io && dir.join("io.weight").exists() {
         write(dir, "io.weight", &format!("default {}", limits.io_weight))?;
     }
     Ok(())

@@ -71,8 +71,12 @@ fn v2_files_on_a_stand_in_tree() {
     assert_eq!(read("cpu.max"), "150000 100000");
     assert_eq!(read("memory.max"), ((256 + QEMU_OVERHEAD_MIB) << 20).to_string());
     assert_eq!(read("pids.max"), "256");
+    // No io.weight file (a kernel without blk-iocost): nothing to weigh, nothing written.
+    assert!(!dir.join("io.weight").exists());
+    // With one (the kernel makes it with the group), the weight is written.
+    std::fs::write(dir.join("io.weight"), "default 50").unwrap();
+    cgroups.create("sbx", &Limits::for_vm(1, 256, 0)).unwrap();
     assert_eq!(read("io.weight"), "default 100");
-    std::fs::write(dir.join("io.weight"), "100").unwrap();
     assert_eq!(cgroups.read("sbx").unwrap(), Limits::for_vm(1, 256, 0));
     assert_eq!(cgroups.names(), vec!["sbx".to_string()]);
     for f in ["cpu.max", "memory.max", "pids.max", "io.weight"] {

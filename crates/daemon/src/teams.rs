@@ -72,14 +72,21 @@ fn own(team: &Team, team_id: &str) -> Result<(), ApiError> {
 
 fn spans(m: &Manager, team: &Team, w: &Window) -> Result<RunningSpans, ApiError> {
     let until = (w.end * 1000).min(ember_store::now_ms());
-    m.store().running_spans(&team.0, w.start * 1000, until.max(w.start * 1000), MAX_SPANS).map_err(|e| {
-        tracing::error!(error = %e, "reading usage");
-        ApiError::Internal("reading the team's usage failed".into())
-    })
+    let spans =
+        m.store().running_spans(&team.0, w.start * 1000, until.max(w.start * 1000), MAX_SPANS).map_err(|e| {
+            tracing::error!(error = %e, "reading usage");
+            ApiError::Internal("reading the team's usage failed".into())
+        })?;
+    if spans.truncated {
+        return Err(ApiError::BadRequest(format!(
+            "more than {MAX_SPANS} sandbox runs in this window; ask for a shorter one"
+        )));
+    }
+    Ok(spans)
 }
 
 /// The series of `w`: at each point, the sandboxes running then and the start rate of its step.
-fn series(RunningSpans { spans, starts }: &RunningSpans, w: &Window) -> Vec<TeamMetric> {
+fn series(RunningSpans { spans, starts, .. }: &RunningSpans, w: &Window) -> Vec<TeamMetric> {
     w.points()
         .map(|t| {
             let ms = t * 1000;
@@ -176,14 +183,18 @@ mod tests {
     fn series_and_maximum_follow_the_intervals() {
         let w = Window { start: 0, end: 30, step: 10 };
         // Two sandboxes from 1 s and 5 s; the first ends at 12 s, the second runs on.
-        let spans = RunningSpans { spans: vec![(1_000, 12_000), (5_000, 30_000)], starts: vec![1_000, 5_000] };
+        let spans = RunningSpans {
+            spans: vec![(1_000, 12_000), (5_000, 30_000)],
+            starts: vec![1_000, 5_000],
+            truncated: false,
+        };
         let s = series(&spans, &w);
         let got: Vec<(i64, u32, f64)> =
             s.iter().map(|p| (p.timestamp_unix, p.concurrent_sandboxes, p.sandbox_start_rate)).collect();
         assert_eq!(got, vec![(0, 0, 0.2), (10, 2, 0.0), (20, 1, 0.0)]);
         assert_eq!(max_concurrent(&spans, &w), (5_000, 2));
         // Back to back (one ends as another starts): never two at once.
-        let spans = RunningSpans { spans: vec![(1_000, 5_000), (5_000, 9_000)], starts: vec![] };
+        let spans = RunningSpans { spans: vec![(1_000, 5_000), (5_000, 9_000)], starts: vec![], truncated: false };
         assert_eq!(max_concurrent(&spans, &w).1, 1);
     }
 }

@@ -19,6 +19,11 @@ use crate::{private, Runtime, RuntimeError};
 /// ranges container tools hand out), below `(uid_t)-1`.
 pub const QEMU_UIDS: std::ops::Range<u32> = 3_000_000_000..3_016_777_216;
 
+/// Groups of template-snapshot VMs are named with this prefix.
+pub(crate) const SNAPSHOT_GROUP_PREFIX: &str = "snap-";
+/// How old a template-snapshot group must be before the clean-up at start removes it.
+const SNAPSHOT_GROUP_GRACE: Duration = Duration::from_secs(3600);
+
 /// How long a group's removal waits for its QEMU's last threads to leave it.
 const REMOVE_WAIT: Duration = Duration::from_secs(2);
 
@@ -54,7 +59,15 @@ pub(crate) fn detect(on: bool, data_dir: &Path) -> Result<Option<Cgroups>, Runti
     // One parent per data directory: `ember run` and `ember serve` never touch each other's.
     let canonical = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
     let tag = sha_tag(canonical.as_os_str().as_encoded_bytes());
-    Ok(Some(Cgroups::new(layout, &tag)?))
+    match Cgroups::new(layout, &tag) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) => Err(RuntimeError::Io {
+            context: "set up cgroups for the VMs' limits".into(),
+            source: std::io::Error::other(format!(
+                "{e} (set EMBER_CGROUPS=off to run QEMUs without limits of their own)"
+            )),
+        }),
+    }
 }
 
 fn sha_tag(bytes: &[u8]) -> String {
@@ -102,15 +115,23 @@ impl Runtime {
         )
     }
 
-    /// Removes the groups of VMs that are gone (none of `keep`), after a crash.
+    /// Removes the groups of VMs that are gone (none of `keep`), after a crash: not those of
+    /// sandboxes whose owner (another `ember` process on this data directory) is alive, nor
+    /// template-snapshot groups younger than [`SNAPSHOT_GROUP_GRACE`] (one may be starting).
     pub(crate) fn clean_groups(&self, keep: &HashSet<String>) {
         let Some(c) = &self.cgroups else { return };
         for name in c.names() {
-            if keep.contains(&name) {
+            if keep.contains(&name) || crate::reconcile::owner_alive(&self.sandbox_dir(&name)) {
                 continue;
             }
+            let Ok(dirs) = c.dirs(&name) else { continue };
+            let age = dirs.first().and_then(|d| std::fs::metadata(d).ok()?.modified().ok()?.elapsed().ok());
+            if name.starts_with(SNAPSHOT_GROUP_PREFIX) && age.is_none_or(|a| a < SNAPSHOT_GROUP_GRACE) {
+                continue;
+            }
+            // Its QEMU was killed just before (by the orphan clean-up): wait for it to go.
             if let Ok(group) = c.existing(&name) {
-                if !group.is_busy() && group.remove(Duration::ZERO) {
+                if group.remove(REMOVE_WAIT) {
                     tracing::info!(group = %name, "removed the cgroup of a VM that is gone");
                 }
             }

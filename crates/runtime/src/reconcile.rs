@@ -20,6 +20,11 @@ pub fn record_owner(dir: &Path) -> Result<(), RuntimeError> {
     std::fs::write(dir.join(OWNER_FILE), me).map_err(io_err("record sandbox owner"))
 }
 
+/// Whether the process recorded as the owner of sandbox directory `dir` is alive.
+pub fn owner_alive(dir: &Path) -> bool {
+    alive(&std::fs::read_to_string(dir.join(OWNER_FILE)).unwrap_or_default())
+}
+
 /// Records the sandbox's QEMU process.
 pub fn record_vm(dir: &Path, pid: u32) -> Result<(), RuntimeError> {
     std::fs::write(dir.join(VM_FILE), identity(pid).unwrap_or_default()).map_err(io_err("record QEMU pid"))

@@ -127,7 +127,7 @@ impl Runtime {
         let run_as = self.qemu_identity(&dir.join(DISK))?;
         // A template's build needs no network: its namespace lets nothing out.
         let rules = self.net.rules(&EgressPolicy::deny_all());
-        let name = format!("snap-{}", &new_id()[..8]);
+        let name = format!("{}{}", crate::limits::SNAPSHOT_GROUP_PREFIX, &new_id()[..8]);
         let netns = Netns::create(&ember_net::name_for(&name), &rules)?;
         let shape = Shape { vcpus, memory_mib, kernel: tpl.kernel.clone(), cmdline: cmdline.to_string(), ram: None };
         let memory = Memory::File { path: ram.clone(), shared: true };

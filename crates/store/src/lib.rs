@@ -133,6 +133,12 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO usage_intervals (sandbox_id, team, state, vcpus, memory_mib, start_ms)
         SELECT id, team, state, vcpus, memory_mib, CAST(strftime('%s', 'now') AS INTEGER) * 1000 FROM sandboxes;
 ",
+    // Usage windows read only what overlaps them: by end (and open ones), and a sandbox's
+    // earlier intervals by sandbox.
+    "
+    CREATE INDEX usage_intervals_team_end ON usage_intervals(team, end_ms);
+    CREATE INDEX usage_intervals_sandbox ON usage_intervals(sandbox_id, start_ms);
+",
 ];
 
 /// The open database.

@@ -47,6 +47,8 @@ impl Quota {
 pub struct RunningSpans {
     pub spans: Vec<(i64, i64)>,
     pub starts: Vec<i64>,
+    /// More than the limit asked for overlap the window: the lists are cut short.
+    pub truncated: bool,
 }
 
 /// One sandbox's usage over a period, in milliseconds. vCPU and memory time count while it
@@ -207,22 +209,32 @@ impl Store {
         limit: usize,
     ) -> Result<RunningSpans, StoreError> {
         let conn = self.conn();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // One more than the limit, to know whether the lists were cut short.
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
         let mut stmt = conn.prepare(
             "SELECT start_ms, MIN(COALESCE(end_ms, ?3), ?3) FROM usage_intervals
              WHERE team = ?1 AND state = 'running' AND start_ms < ?3 AND (end_ms IS NULL OR end_ms > ?2)
              ORDER BY start_ms LIMIT ?4",
         )?;
-        let spans = stmt
-            .query_map(params![team, since_ms, until_ms, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+        let mut spans = stmt
+            .query_map(params![team, since_ms, until_ms, limit + 1], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
+        // A sandbox's first start is in the window when it has an interval starting there and
+        // none before it (its intervals follow one another).
         let mut stmt = conn.prepare(
-            "SELECT first FROM (SELECT MIN(start_ms) AS first FROM usage_intervals WHERE team = ?1 GROUP BY sandbox_id)
-             WHERE first >= ?2 AND first < ?3 ORDER BY first LIMIT ?4",
+            "SELECT MIN(i.start_ms) AS first FROM usage_intervals i
+             WHERE i.team = ?1 AND i.start_ms >= ?2 AND i.start_ms < ?3
+               AND NOT EXISTS (SELECT 1 FROM usage_intervals p WHERE p.sandbox_id = i.sandbox_id AND p.start_ms < ?2)
+             GROUP BY i.sandbox_id ORDER BY first LIMIT ?4",
         )?;
-        let starts =
-            stmt.query_map(params![team, since_ms, until_ms, limit], |r| r.get(0))?.collect::<Result<Vec<_>, _>>()?;
-        Ok(RunningSpans { spans, starts })
+        let mut starts = stmt
+            .query_map(params![team, since_ms, until_ms, limit + 1], |r| r.get(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+        let truncated = spans.len() > cap || starts.len() > cap;
+        spans.truncate(cap);
+        starts.truncate(cap);
+        Ok(RunningSpans { spans, starts, truncated })
     }
 
     /// Closes `sandbox`'s open interval at `at_ms` (it ended then, or was found dead).
@@ -428,6 +440,15 @@ mod tests {
         let got = store.running_spans("t", 0, 10_000, 100).unwrap();
         assert_eq!(got.spans, vec![(1_000, 10_000), (3_000, 4_000), (6_000, 10_000)]);
         assert_eq!(got.starts, vec![1_000, 3_000], "a resume is not a start");
+        assert!(!got.truncated);
+        // From 2 s on: a started before the window (not a start there), b started in it.
+        let later = store.running_spans("t", 2_000, 10_000, 100).unwrap();
+        assert_eq!(later.starts, vec![3_000]);
+        assert_eq!(later.spans, vec![(1_000, 10_000), (3_000, 4_000), (6_000, 10_000)]);
+        // A window after b's pause starts nothing and sees both running.
+        assert!(store.running_spans("t", 7_000, 10_000, 100).unwrap().starts.is_empty());
+        let cut = store.running_spans("t", 0, 10_000, 2).unwrap();
+        assert!(cut.truncated && cut.spans.len() == 2);
     }
 
     /// The metering cost: computing usage for 100 open intervals (what `ember usage` and a

@@ -85,11 +85,13 @@ impl Manager {
     pub async fn resume(self: &Arc<Self>, live: Arc<Live>, timeout_secs: i64) -> Result<bool, LifecycleError> {
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let result = live.unless_killed(this.resume_now(&live, timeout_secs)).await;
+            let vm_started = std::sync::atomic::AtomicBool::new(false);
+            let result = live.unless_killed(this.resume_now(&live, timeout_secs, &vm_started)).await;
             if let Err(e) = &result {
-                // A limit or quota refuses before any VM starts: the sandbox stays paused.
-                let refused = matches!(e, LifecycleError::TooMany(_) | LifecycleError::Quota(_));
-                if !refused && !matches!(e, LifecycleError::Ended(_) | LifecycleError::Conflict(_)) {
+                // What fails before a VM starts (a limit, a quota, the database answering the
+                // quota check) leaves the sandbox paused, its state untouched.
+                let started = vm_started.load(std::sync::atomic::Ordering::Acquire);
+                if started && !matches!(e, LifecycleError::Ended(_) | LifecycleError::Conflict(_)) {
                     tracing::error!(sandbox = %live.id(), error = %e, "resume failed; ending the sandbox");
                     this.kill(&live, "failed to resume").await;
                 }
@@ -100,7 +102,12 @@ impl Manager {
         .map_err(|e| LifecycleError::Task(e.to_string()))?
     }
 
-    async fn resume_now(&self, live: &Live, timeout_secs: i64) -> Result<bool, LifecycleError> {
+    async fn resume_now(
+        &self,
+        live: &Live,
+        timeout_secs: i64,
+        vm_started: &std::sync::atomic::AtomicBool,
+    ) -> Result<bool, LifecycleError> {
         let mut slot = live.vm.lock().await;
         if slot.is_some() {
             return Ok(false);
@@ -111,6 +118,7 @@ impl Manager {
         let started = std::time::Instant::now();
         let policy = crate::network::stored(&record).policy;
         let cold = self.runtime.pause_mode(&record.id) == Some(ember_runtime::snapshot::PauseMode::Filesystem);
+        vm_started.store(true, std::sync::atomic::Ordering::Release);
         let sandbox = self.runtime.resume(&record.id, false, policy).await?;
         if cold {
             // Booted from its disk: the agent holds the boot's token and knows no defaults.

@@ -152,20 +152,35 @@ impl Cgroups {
     pub fn new(layout: Layout, tag: &str) -> Result<Self, CgroupError> {
         check_name(tag)?;
         let this = Self { layout, parent: Path::new("ember").join(tag) };
-        for mount in this.layout.mounts() {
+        this.make_parents()?;
+        Ok(this)
+    }
+
+    /// Makes the parents (again, if another process on the same data directory removed them
+    /// when it ended), delegating the controllers down them on v2.
+    fn make_parents(&self) -> Result<(), CgroupError> {
+        for mount in self.layout.mounts() {
             let mut dir = mount.to_path_buf();
-            for part in this.parent.components() {
-                if let Layout::V2 { io, .. } = &this.layout {
+            for part in self.parent.components() {
+                if let Layout::V2 { io, .. } = &self.layout {
                     enable_controllers(&dir, *io)?;
                 }
                 dir.push(part);
                 make_dir(&dir)?;
             }
-            if let Layout::V2 { io, .. } = &this.layout {
+            if let Layout::V2 { io, .. } = &self.layout {
                 enable_controllers(&dir, *io)?;
             }
         }
-        Ok(this)
+        Ok(())
+    }
+
+    /// Removes the runtime's parent groups if no VM's group is left under them (at a stop).
+    pub fn remove_parent(&self) {
+        for mount in self.layout.mounts() {
+            // Fails (and is left) while groups remain: another process's, or adoptable VMs'.
+            let _ = std::fs::remove_dir(mount.join(&self.parent));
+        }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -181,6 +196,7 @@ impl Cgroups {
     /// Makes (or takes over) group `name` with `limits`, before its VM starts.
     pub fn create(&self, name: &str, limits: &Limits) -> Result<Group, CgroupError> {
         let dirs = self.dirs(name)?;
+        self.make_parents()?;
         for dir in &dirs {
             make_dir(dir)?;
         }

@@ -112,6 +112,7 @@ async fn run_in_sandbox(runtime: &Runtime, spec: &SandboxSpec, args: &RunArgs) -
     sandbox.destroy().await.context("destroy sandbox")?;
     // The host's rules go too, unless another Ember process still has sandboxes.
     runtime.release_host_network(std::time::Duration::from_secs(3));
+    runtime.release_cgroups();
     result
 }
 

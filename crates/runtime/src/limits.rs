@@ -98,6 +98,14 @@ impl Runtime {
         VmGroup(self.cgroups.as_ref().and_then(|c| c.existing(name).ok()))
     }
 
+    /// Removes this runtime's parent cgroups once no VM's group is left under them (at a stop
+    /// that ended every sandbox).
+    pub fn release_cgroups(&self) {
+        if let Some(c) = &self.cgroups {
+            c.remove_parent();
+        }
+    }
+
     /// The host's cgroup version in use, if any.
     pub fn cgroup_version(&self) -> Option<u8> {
         self.cgroups.as_ref().map(|c| c.layout().version())

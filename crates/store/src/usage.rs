@@ -139,14 +139,7 @@ const OVERLAP: &str = "MAX(0, MIN(COALESCE(end_ms, ?3), ?3) - MAX(start_ms, ?2))
 /// The first millisecond of the calendar month (UTC) that `at_ms` falls in.
 pub fn month_start_ms(at_ms: i64) -> i64 {
     let days = at_ms.div_euclid(86_400_000);
-    // Howard Hinnant's civil-from-days, then days-from-civil of the 1st.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
+    let (_, _, day) = ember_envd_proto::time::civil_from_days(days);
     (days - (day - 1)) * 86_400_000
 }
 

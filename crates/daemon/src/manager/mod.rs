@@ -512,6 +512,7 @@ impl Manager {
         }
         if destroy {
             self.runtime.release_host_network(std::time::Duration::from_secs(10));
+            self.runtime.release_cgroups();
         }
     }
 }

@@ -90,6 +90,19 @@ def qemu_processes(needle):
     return found
 
 
+def end_after_kill(d, *args):
+    """The end of a test daemon that its tests kill -9: killed once more, started again with
+    `args` and `--destroy-on-exit` to clean up, stopped; then no QEMU of it may be left."""
+    d.stop(signal.SIGKILL)
+    d.start(*args, "--destroy-on-exit")
+    d.stop()
+    left = qemu_processes(d.data_dir)
+    for pid, _ in left:
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(d.data_dir, ignore_errors=True)
+    assert not left, f"QEMU processes left: {left}"
+
+
 @pytest.fixture(scope="session")
 def daemon():
     data_dir = tempfile.mkdtemp(prefix="ember-serve-test-")

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from conftest import EMBER, KEY, Daemon, free_port, qemu_processes
+from conftest import EMBER, KEY, Daemon, end_after_kill, free_port, qemu_processes
 
 
 @pytest.fixture
@@ -23,14 +23,7 @@ def metered():
     d = Daemon(data_dir, free_port())
     d.start("--pool", "1")
     yield d
-    d.stop(signal.SIGKILL)
-    d.start("--pool", "0", "--destroy-on-exit")
-    d.stop()
-    left = qemu_processes(data_dir)
-    for pid, _ in left:
-        os.kill(pid, signal.SIGKILL)
-    subprocess.run(["rm", "-rf", data_dir])
-    assert not left
+    end_after_kill(d, "--pool", "0")
 
 
 def api(d, method, path, **kw):

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from e2b import Sandbox
 
-from conftest import KEY, Daemon, free_port, qemu_processes
+from conftest import KEY, Daemon, end_after_kill, free_port, qemu_processes
 
 ENVD = "49983"
 
@@ -255,14 +255,7 @@ def crashy():
     d.start(*args)
     d.args = args
     yield d
-    d.stop(signal.SIGKILL)
-    d.start(*args, "--destroy-on-exit")
-    d.stop()
-    left = qemu_processes(data_dir)
-    for pid, _ in left:
-        os.kill(pid, signal.SIGKILL)
-    subprocess.run(["rm", "-rf", data_dir])
-    assert not left
+    end_after_kill(d, *args)
 
 
 def assert_consistent(d):

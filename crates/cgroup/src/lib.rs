@@ -196,9 +196,16 @@ impl Cgroups {
     /// Makes (or takes over) group `name` with `limits`, before its VM starts.
     pub fn create(&self, name: &str, limits: &Limits) -> Result<Group, CgroupError> {
         let dirs = self.dirs(name)?;
-        self.make_parents()?;
         for dir in &dirs {
-            make_dir(dir)?;
+            // The parents are made at start; only if another process on the same data
+            // directory removed them as it ended are they made again.
+            if let Err(CgroupError::Io { source, .. }) = make_dir(dir) {
+                if source.kind() != std::io::ErrorKind::NotFound {
+                    return Err(io_err(format!("create cgroup {}", dir.display()))(source));
+                }
+                self.make_parents()?;
+                make_dir(dir)?;
+            }
         }
         let group = Group { dirs };
         let written = match &self.layout {

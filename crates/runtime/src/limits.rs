@@ -77,7 +77,7 @@ fn sha_tag(bytes: &[u8]) -> String {
 
 impl Runtime {
     /// The limits of a VM with `vcpus` and `memory_mib` (TCG's translation cache counted in).
-    pub fn vm_limits(&self, vcpus: u32, memory_mib: u32) -> Limits {
+    fn vm_limits(&self, vcpus: u32, memory_mib: u32) -> Limits {
         let cache = match self.accel().accel {
             Accel::Tcg => self.config().tcg_tb_mib,
             Accel::Kvm => 0,
@@ -109,11 +109,6 @@ impl Runtime {
     /// The host's cgroup version in use, if any.
     pub fn cgroup_version(&self) -> Option<u8> {
         self.cgroups.as_ref().map(|c| c.layout().version())
-    }
-
-    /// The cgroup limits sandbox `id`'s VM has now, read back from the kernel's files.
-    pub fn cgroup_limits(&self, id: &str) -> Option<Limits> {
-        self.cgroups.as_ref()?.read(id).ok()
     }
 
     /// A warning when VMs run without host limits.
@@ -164,11 +159,10 @@ impl Runtime {
     /// A uid in [`QEMU_UIDS`] that no sandbox's disk (nor `beside`'s neighbours) belongs to.
     fn free_qemu_uid(&self, beside: &Path) -> u32 {
         let mut used = HashSet::new();
-        let dirs = [
-            Some(self.config().data_dir.join(private::SANDBOXES)),
-            beside.parent().and_then(Path::parent).map(Path::to_path_buf),
-        ];
-        for dir in dirs.into_iter().flatten() {
+        let sandboxes = self.sandboxes_dir();
+        // A sandbox's own directory is among the sandboxes'; a template snapshot's is elsewhere.
+        let neighbours = beside.parent().and_then(Path::parent).filter(|d| *d != sandboxes).map(Path::to_path_buf);
+        for dir in std::iter::once(sandboxes.clone()).chain(neighbours) {
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 if let Ok(meta) = std::fs::metadata(entry.path().join(DISK)) {
                     used.insert(meta.uid());

@@ -18,15 +18,10 @@ import time
 import httpx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import KEY, Daemon, free_port  # noqa: E402
+from conftest import KEY, Daemon, free_port, pct  # noqa: E402
 
 CREATES = int(os.environ.get("BENCH_CREATES", "20"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 def creates(d, n):

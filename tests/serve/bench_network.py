@@ -23,17 +23,12 @@ import time
 import httpx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import KEY, Daemon, free_port  # noqa: E402
+from conftest import KEY, Daemon, free_port, pct  # noqa: E402
 from fakenet import DNS_IP, FakeInternet  # noqa: E402
 from test_network import SINK_SCRIPT, finish_daemon, new_data_dir, sh, sdk_env  # noqa: E402
 
 CREATES = 30
 POLICY = {"allowOut": ["198.51.100.9", "allowed.test"], "denyOut": ["0.0.0.0/0"]}
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 def creates(d, network):

@@ -77,6 +77,12 @@ class Daemon:
         return subprocess.run([EMBER, *args, "--data-dir", self.data_dir], capture_output=True, text=True, check=True)
 
 
+def pct(values, p):
+    """The p-th percentile of `values` (nearest rank), for the benchmarks."""
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
 def qemu_processes(needle):
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):

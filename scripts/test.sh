@@ -35,11 +35,11 @@ fi
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 # The official SDKs against a real `ember serve`.
-EMBER_TEST_REGISTRIES=1 target/sdk-venv/bin/python -m pytest tests/serve -q -p no:cacheprovider | tee "$logs/pytest"
+EMBER_TEST_REGISTRIES=1 target/sdk-venv/bin/python -m pytest tests/serve -q -p no:cacheprovider --durations=15 | tee "$logs/pytest"
 (cd tests/js && npm ci --silent --no-audit --no-fund && node --test) | tee "$logs/node"
 # The code-interpreter server on the host, over real kernels (its own venv and Deno).
 tests/interpreter/setup.sh
-target/sdk-venv/bin/python -m pytest tests/interpreter -q -p no:cacheprovider | tee -a "$logs/pytest"
+target/sdk-venv/bin/python -m pytest tests/interpreter -q -p no:cacheprovider --durations=5 | tee -a "$logs/pytest"
 cargo test --workspace --locked 2>&1 | tee "$logs/cargo"
 
 # One closing line for all suites.

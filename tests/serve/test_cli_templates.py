@@ -110,9 +110,11 @@ def test_list_shows_it_and_rm_removes_it(daemon, built):
     template_id = re.search(r"Template cli-suite built \(ID (\S+)\)", built.stdout).group(1)
     r = ember("list", "--url", daemon.url)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[0].split() == ["NAME", "ID", "STATUS", "CPUS", "MEMORY", "CREATED"], r.stdout
+    assert r.stdout.splitlines()[0].split() == ["NAME", "ID", "STATUS", "CPUS", "MEMORY", "FREE", "DISK", "CREATED"]
     row = next(line for line in r.stdout.splitlines() if line.startswith("cli-suite"))
-    assert template_id in row and "ready" in row, r.stdout
+    # Its sandboxes' free disk: at least the default 1024 MiB.
+    free = int(re.search(r"(\d+) MiB\s+\d{4}-", row).group(1))
+    assert template_id in row and "ready" in row and 1024 <= free <= 2200, r.stdout
 
     r = ember("rm", "cli-suite", "--url", daemon.url)
     assert r.returncode == 0, r.stderr

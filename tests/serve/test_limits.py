@@ -95,6 +95,10 @@ def test_each_qemu_has_its_own_cgroup_limits_and_uid(daemon):
             pid = qemu_of(daemon, s.sandbox_id)
             meta = info(daemon, s.sandbox_id)
             quota, memory, pids, dirs = limits_of(pid)
+            # Template base's own size, also as the guest sees it.
+            assert (meta["cpuCount"], meta["memoryMB"]) == (1, 256), meta
+            seen = s.commands.run("nproc; awk '/MemTotal/ {print $2}' /proc/meminfo").stdout.split()
+            assert int(seen[0]) == 1 and 200 * 1024 < int(seen[1]) <= 256 * 1024, seen
             assert quota == meta["cpuCount"] * 100_000 + 50_000
             assert memory == (meta["memoryMB"] + TCG_TB_MIB + QEMU_OVERHEAD_MIB) << 20
             assert pids == 256

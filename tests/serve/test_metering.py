@@ -84,10 +84,10 @@ def test_usage_survives_kill_9_and_matches_wall_clock(metered):
     within(sb["paused_seconds"], u0 - p1, u1 - p0, "b's paused time, up to now")
     assert sb["ended"] is None
     assert sc["running_seconds"] <= c_died - c0 + 1, sc
-    # vCPU- and GiB-seconds are of running time (2 vCPUs, 512 MiB each by default).
+    # vCPU- and GiB-seconds are of running time (base's 1 vCPU and 256 MiB each).
     for s in (sa, sb):
-        assert abs(s["vcpu_seconds"] - 2 * s["running_seconds"]) < 0.01
-        assert abs(s["gib_seconds"] - 0.5 * s["running_seconds"]) < 0.01
+        assert abs(s["vcpu_seconds"] - 1 * s["running_seconds"]) < 0.01
+        assert abs(s["gib_seconds"] - 0.25 * s["running_seconds"]) < 0.01
     total = teams["default"]
     assert abs(total["running_seconds"] - sum(s["running_seconds"] for s in (sa, sb, sc))) < 0.01
 

@@ -71,12 +71,12 @@ def test_concurrent_sandboxes_quota_on_create_and_resume(daemon):
 @pytest.mark.parametrize(
     "quota,words",
     [
-        ({"max_vcpus": 3}, "at most 3 vCPUs in running sandboxes"),
-        ({"max_memory_mb": 700}, "at most 700 MiB of memory in running sandboxes"),
+        ({"max_vcpus": 1}, "at most 1 vCPUs in running sandboxes"),
+        ({"max_memory_mb": 400}, "at most 400 MiB of memory in running sandboxes"),
     ],
 )
 def test_vcpu_and_memory_quotas(daemon, quota, words):
-    # The session daemon's sandboxes have 2 vCPUs and 512 MiB: one fits, two do not.
+    # The session daemon's sandboxes (template base) have 1 vCPU and 256 MiB: one fits, two do not.
     _, key = team_key(daemon, **quota)
     a = created(daemon, key)
     try:

@@ -23,7 +23,7 @@ import time
 
 import httpx
 import pytest
-from e2b import BuildException, Sandbox, Template, wait_for_port
+from e2b import BuildException, CommandExitException, Sandbox, Template, wait_for_port
 
 from conftest import KEY, Daemon, free_port
 
@@ -353,6 +353,34 @@ def test_another_team_sees_no_template(daemon, other_key, web):
     assert api(daemon, "GET", f"/templates/{info.template_id}").status_code == 200
 
 
+def free_mib(sandbox):
+    return int(sandbox.commands.run("df -B1M --output=avail / | tail -1").stdout)
+
+
+def test_a_build_grows_its_disk_for_its_steps_and_to_its_min_free_disk(daemon):
+    # One step writes 1.5 GiB, more than the 1 GiB its source (base) has free: the disk grows
+    # while it runs. Then the template asks for 2 GiB free for its sandboxes.
+    t = Template().from_base_image().run_cmd("dd if=/dev/zero of=/home/user/big bs=1M count=1536 status=none && sync")
+    _, logs = build(t, "disk-suite", min_free_disk_mb=2048)
+    assert any("disk grown" in line for line in logs), logs
+    s = Sandbox.create("disk-suite")
+    try:
+        free = free_mib(s)
+        # At least what was asked, and at most the growth step (1 GiB) more.
+        assert 2048 <= free <= 2048 + 1024 + 128, free
+        assert s.commands.run("stat -c %s /home/user/big").stdout.strip() == str(1536 << 20)
+        listed = {t["names"][0]: t for t in api(daemon, "GET", "/templates").json()}
+        assert 2048 <= listed["disk-suite"]["diskSizeMB"] <= free, listed["disk-suite"]
+        detail = api(daemon, "GET", f"/sandboxes/{s.sandbox_id}").json()
+        assert detail["diskSizeMB"] == listed["disk-suite"]["diskSizeMB"], detail
+        # The bound holds: a write past the free space is ENOSPC in the guest.
+        with pytest.raises(CommandExitException) as failed:
+            s.commands.run(f"fallocate -l {free + 64}M /home/user/more", timeout=60)
+        assert "No space left" in failed.value.stderr, failed.value.stderr
+    finally:
+        s.kill()
+
+
 def test_bad_build_requests_get_clear_errors(daemon):
     r = api(daemon, "POST", "/v3/templates", json={"name": "Bad Name!"})
     assert r.status_code == 400 and "name" in r.json()["message"], r.text
@@ -360,6 +388,9 @@ def test_bad_build_requests_get_clear_errors(daemon):
     assert r.status_code == 400, r.text
     r = api(daemon, "POST", "/v3/templates", content=b"{not json")
     assert r.status_code == 400, r.text
+    for bad in (-1, 10241):
+        r = api(daemon, "POST", "/v3/templates", json={"name": "bad-disk-suite", "minFreeDiskMb": bad})
+        assert r.status_code == 400 and "minFreeDiskMb" in r.json()["message"], r.text
     made = api(daemon, "POST", "/v3/templates", json={"name": "bad-steps-suite", "cpuCount": 2, "memoryMB": 512})
     assert made.status_code == 202, made.text
     tid, bid = made.json()["templateID"], made.json()["buildID"]

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod ca;
 pub mod connect;
 pub mod creds;
+pub mod disk;
 pub mod files;
 pub mod forward;
 pub mod fs;

@@ -41,6 +41,15 @@ enum Cmd {
         #[arg(long)]
         guest_ip: Option<IpAddr>,
     },
+    /// Grow the root filesystem to its disk's new size (the host grew the disk; as root), then
+    /// print the disk's sizes as JSON. Without --bytes, only print them.
+    GrowRoot {
+        /// The size the disk must reach first, in bytes (the kernel learns of it shortly after).
+        #[arg(long)]
+        bytes: Option<u64>,
+        #[arg(long, default_value = "/dev/vda")]
+        device: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,6 +65,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = match cli.command {
+        Some(Cmd::GrowRoot { bytes, device }) => {
+            let root = std::path::Path::new("/");
+            if let Some(bytes) = bytes {
+                ember_agent::disk::grow_root(&device, root, bytes, std::time::Duration::from_secs(10))?;
+            }
+            println!("{}", serde_json::to_string(&ember_agent::disk::root_disk(&device, root)?)?);
+            return Ok(());
+        }
         Some(Cmd::Serve { listen, default_user, users_root, guest, state_file, guest_ip }) => {
             let state_file = state_file.or_else(|| guest.then(|| GUEST_STATE_FILE.into()));
             let guest_ip = guest_ip.or_else(|| if guest { boot_guest_ip() } else { None });

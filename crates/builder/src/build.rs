@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use ember_envd_proto::init::InitRequest;
 use ember_runtime::{EgressPolicy, Runtime, Sandbox, SandboxSpec};
 
+use crate::disk;
 use crate::guest::{self, Command, Output};
 use crate::layers::{self, LayerMeta, Layers};
 use crate::log::BuildLog;
@@ -41,6 +42,9 @@ pub struct BuildSpec {
     pub force: bool,
     /// The build sandbox's egress (builds fetch packages).
     pub policy: EgressPolicy,
+    /// Free space (MiB) the template's sandboxes must have at least (E2B's `minFreeDiskMb`; 0:
+    /// no growth after the steps). See [`crate::disk`].
+    pub min_free_mib: u64,
 }
 
 /// How builds run.
@@ -82,6 +86,8 @@ pub struct Built {
     pub agent_token: Option<String>,
     /// Steps taken from the cache.
     pub cached_steps: usize,
+    /// The free space (MiB) the template's sandboxes start with.
+    pub free_mib: u64,
 }
 
 /// Why a build failed, and at which step (`base`, `finalize` or a 1-based number).
@@ -164,9 +170,11 @@ pub async fn build(
             let prefix = if from_cache { "CACHED " } else { "" };
             log.info(Some(&label), &format!("{prefix}[{}/{n}] {}", i + 1, s.step.describe()));
             let started = std::time::Instant::now();
-            step(&agent, &log, &label, &s.step, &mut defaults, config)
-                .await
-                .map_err(|m| BuildError::at(&label, format!("step {label} ({}) failed: {m}", s.step.kind())))?;
+            let ran = tokio::select! {
+                ran = step(&agent, &log, &label, &s.step, &mut defaults, config) => ran,
+                never = disk::keep_room(&sandbox, &agent, &log, &label) => match never {},
+            };
+            ran.map_err(|m| BuildError::at(&label, format!("step {label} ({}) failed: {m}", s.step.kind())))?;
             if from_cache {
                 continue;
             }
@@ -177,15 +185,22 @@ pub async fn build(
             }
             log.info(Some(&label), &format!("step {label} done in {:.1} s", started.elapsed().as_secs_f64()));
         }
+        let disk = disk::ensure_free(&sandbox, &agent, spec.min_free_mib)
+            .await
+            .map_err(|m| BuildError::at(FINALIZE_STEP, format!("the template's free space: {m}")))?;
+        log.info(
+            Some(FINALIZE_STEP),
+            &format!("disk: {} MiB, {} MiB free", disk.fs_bytes >> 20, disk.avail_bytes >> 20),
+        );
         finalize(&sandbox, &agent, spec, config, &defaults, out, log.clone()).await?;
-        Ok::<_, BuildError>(())
+        Ok::<_, BuildError>(disk.avail_bytes >> 20)
     }
     .await;
     if let Err(e) = sandbox.destroy().await {
         tracing::warn!(error = %e, "destroying a build sandbox");
     }
-    run?;
-    Ok(Built { defaults, agent_token: Some(token), cached_steps: reached })
+    let free_mib = run?;
+    Ok(Built { defaults, agent_token: Some(token), cached_steps: reached, free_mib })
 }
 
 /// The build sandbox: restored from the last cached layer, or made from the source.

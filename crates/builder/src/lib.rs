@@ -6,12 +6,14 @@
 //! - [`spec`]: the steps, checked, and the defaults a template gives its sandboxes;
 //! - [`build`]: one build, through [`ember_runtime`];
 //! - [`source`]: where a build starts (a built-in template, another build, an OCI image);
+//! - [`disk`]: room for the steps, and the template's free space;
 //! - [`layers`]: the layer cache; [`guest`]: commands and files in the build sandbox;
 //! - [`log`]: the build log the status endpoint pages through.
 
 #![forbid(unsafe_code)]
 
 pub mod build;
+pub mod disk;
 pub mod guest;
 pub mod layers;
 pub mod log;

@@ -47,8 +47,10 @@ pub struct ServeConfig {
     pub default_timeout_secs: u64,
     pub max_timeout_secs: u64,
     pub max_sandboxes: usize,
-    pub vcpus: u32,
-    pub memory_mib: u32,
+    /// vCPUs and MiB of memory of every built-in template's sandboxes, instead of each template's
+    /// own (`ember_image::template::default_size`: `base` 1 vCPU and 256 MiB).
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u32>,
     /// The most vCPUs and MiB of memory a template (and so its sandboxes) may ask for.
     pub max_vcpus: u32,
     pub max_memory_mib: u32,

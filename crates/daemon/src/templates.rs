@@ -166,7 +166,7 @@ fn summary(m: &Manager, t: &TemplateRecord, with_builds: bool) -> Result<Templat
         build_id: current.map(|b| b.id.clone()).unwrap_or_default(),
         cpu_count: t.vcpus,
         memory_mb: t.memory_mib,
-        disk_size_mb: ember_runtime::disk_size_mib(),
+        disk_size_mb: current.and_then(|b| b.free_mib).map_or(ember_runtime::disk_size_mib(), u64::from),
         public: false,
         aliases: vec![t.name.clone()],
         names: vec![t.name.clone()],

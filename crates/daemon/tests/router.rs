@@ -71,8 +71,8 @@ impl Daemon {
             max_sandboxes: 0,
             max_vcpus: 4,
             max_memory_mib: 4096,
-            vcpus: 1,
-            memory_mib: 256,
+            vcpus: None,
+            memory_mib: None,
             env_api_key: Some(ENV_KEY.into()),
             destroy_on_exit: false,
             snapshots: false,
@@ -263,6 +263,51 @@ async fn valid_creates_stop_at_the_sandbox_limit() {
     }
     assert!(d.manager.all().is_empty());
     assert!(d.manager.store().sandboxes().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_template_bigger_than_the_maxima_is_refused_at_create() {
+    // A template built before the operator lowered --max-cpus: its saved state has 8 vCPUs.
+    let d = Daemon::new();
+    let store = d.manager.store();
+    let template = ember_store::TemplateRecord {
+        id: "tbig".into(),
+        team: "default".into(),
+        name: "big".into(),
+        created_ms: 1,
+        vcpus: 8,
+        memory_mib: 512,
+        min_free_mib: 1024,
+    };
+    store.upsert_template(&template).unwrap();
+    store
+        .insert_build(&ember_store::BuildRecord {
+            id: "bbig".into(),
+            template_id: "tbig".into(),
+            tags: vec!["latest".into()],
+            status: ember_store::BuildStatus::Ready,
+            reason: None,
+            reason_step: None,
+            created_ms: 1,
+            finished_ms: Some(2),
+            defaults: Some(r#"{"user":"user","env":{}}"#.into()),
+            agent_token: None,
+            free_mib: Some(1024),
+        })
+        .unwrap();
+    let dir = d.data.path().join(ember_runtime::private::TEMPLATES).join("bbig");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shape = ember_runtime::snapshot::Shape {
+        vcpus: 8,
+        memory_mib: 512,
+        kernel: "vmlinux".into(),
+        cmdline: String::new(),
+        ram: None,
+    };
+    shape.store(&dir).unwrap();
+    let message = d.create(r#"{"templateID":"big"}"#).await.assert_error(StatusCode::BAD_REQUEST, "too big");
+    assert!(message.contains("8 vCPUs") && message.contains("--max-cpus"), "{message}");
+    assert!(d.manager.all().is_empty());
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
+use clap::Args;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -22,8 +23,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where an HTTP URL points: `host:port` and the path prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    authority: String,
-    prefix: String,
+    pub authority: String,
+    pub prefix: String,
 }
 
 impl Endpoint {
@@ -46,6 +47,30 @@ impl Endpoint {
     }
 }
 
+/// Where `ember serve` is and the key to use.
+#[derive(Args)]
+pub struct ServerArgs {
+    /// The URL of `ember serve` (default: $EMBER_URL, else $E2B_API_URL, else
+    /// http://127.0.0.1:3000).
+    #[arg(long)]
+    url: Option<String>,
+    /// The API key (default: $EMBER_API_KEY, else $E2B_API_KEY).
+    #[arg(long = "api-key")]
+    api_key: Option<String>,
+}
+
+impl ServerArgs {
+    pub fn client(self) -> anyhow::Result<Client> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let url =
+            self.url.or_else(|| env("EMBER_URL")).or_else(|| env("E2B_API_URL")).unwrap_or_else(|| DEFAULT_URL.into());
+        let Some(key) = self.api_key.or_else(|| env("EMBER_API_KEY")).or_else(|| env("E2B_API_KEY")) else {
+            bail!("no API key: pass --api-key or set EMBER_API_KEY (make one with `ember apikey create`)");
+        };
+        Client::new(&url, key)
+    }
+}
+
 /// A client of one daemon, with one API key.
 pub struct Client {
     url: String,
@@ -56,12 +81,23 @@ pub struct Client {
 /// A response's status and body.
 pub struct Response {
     pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
 impl Client {
     pub fn new(url: &str, api_key: String) -> anyhow::Result<Client> {
         Ok(Client { url: url.trim_end_matches('/').to_string(), endpoint: Endpoint::parse(url)?, api_key })
+    }
+
+    /// The daemon's URL, as given.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Where the daemon listens.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// A request with the API key; errors for a status of 400 or more.
@@ -135,12 +171,13 @@ impl Client {
         let exchange = async {
             let response = sender.send_request(request).await?;
             let status = response.status();
+            let headers = response.headers().clone();
             let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
                 .map_err(|e| anyhow!("reading the answer: {e}"))?
                 .to_bytes();
-            anyhow::Ok(Response { status, body })
+            anyhow::Ok(Response { status, headers, body })
         };
         let result = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await

@@ -7,8 +7,12 @@ mod api_client;
 mod apikey;
 mod build_context;
 mod dockerfile;
+mod envd_client;
 mod run;
+mod sandbox;
 mod serve;
+mod shell;
+mod table;
 mod team;
 mod template;
 mod template_remote;
@@ -48,6 +52,11 @@ enum Cmd {
         #[command(subcommand)]
         command: template::TemplateCmd,
     },
+    /// A running daemon's sandboxes: list, inspect, kill, pause, resume, exec, shell.
+    Sandbox {
+        #[command(subcommand)]
+        command: sandbox::SandboxCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,6 +83,7 @@ fn main() -> ExitCode {
             Cmd::Team { command } => team::run(command),
             Cmd::Usage(args) => usage::run(args),
             Cmd::Template { command } => template::run(command).await,
+            Cmd::Sandbox { command } => sandbox::run(command).await,
         }
     });
     match result {

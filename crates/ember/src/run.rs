@@ -16,12 +16,12 @@ pub struct RunArgs {
     /// Template to create the sandbox from.
     #[arg(long, default_value = "base")]
     template: String,
-    /// vCPUs (1-8).
-    #[arg(long, default_value_t = 2)]
-    cpus: u32,
-    /// Memory in MiB (128-8192).
-    #[arg(long = "memory-mb", default_value_t = 512)]
-    memory_mb: u32,
+    /// vCPUs (1-8) [default: the template's: 1, and 2 for code-interpreter].
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Memory in MiB (128-8192) [default: the template's: 256 for base, 512 for the others].
+    #[arg(long = "memory-mb")]
+    memory_mb: Option<u32>,
     /// Seconds to wait for the guest to answer.
     #[arg(long, default_value_t = 60)]
     boot_timeout: u64,
@@ -38,8 +38,10 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    ember_vmm::config::check_sizes(args.cpus, args.memory_mb)?;
     ember_image::template::check_name(&args.template)?;
+    let own = ember_image::template::default_size(&args.template);
+    let (cpus, memory_mb) = (args.cpus.unwrap_or(own.vcpus), args.memory_mb.unwrap_or(own.memory_mib));
+    ember_vmm::config::check_sizes(cpus, memory_mb)?;
     // A directory of its own: cleaning up after crashed runs must never touch the sandboxes a
     // stopped `ember serve` left running for its next start to adopt. QEMU passes through the
     // data directory to it.
@@ -61,8 +63,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let spec = SandboxSpec {
         template: args.template.clone(),
         from_snapshot: false,
-        vcpus: args.cpus,
-        memory_mib: args.memory_mb,
+        vcpus: cpus,
+        memory_mib: memory_mb,
         die_with_parent: true,
         ..SandboxSpec::default()
     };

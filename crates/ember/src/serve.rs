@@ -23,12 +23,14 @@ pub struct ServeArgs {
     /// Most sandboxes running at once.
     #[arg(long, default_value_t = 32)]
     max_sandboxes: usize,
-    /// vCPUs of each sandbox (1-8).
-    #[arg(long, default_value_t = 2)]
-    cpus: u32,
-    /// Memory of each sandbox in MiB (128-8192).
-    #[arg(long = "memory-mb", default_value_t = 512)]
-    memory_mb: u32,
+    /// vCPUs of every built-in template's sandboxes (1-8) [default: the template's own: 1, and
+    /// 2 for code-interpreter].
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Memory of every built-in template's sandboxes in MiB (128-8192) [default: the
+    /// template's own: 256 for base, 512 for the runtimes and code-interpreter].
+    #[arg(long = "memory-mb")]
+    memory_mb: Option<u32>,
     /// The most vCPUs a template may give its sandboxes (up to 8).
     #[arg(long, default_value_t = 4)]
     max_cpus: u32,
@@ -117,9 +119,11 @@ struct TeamQuotaArgs {
 const SLOT_POOL: usize = 4;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    ember_vmm::config::check_sizes(args.cpus, args.memory_mb)?;
+    let base = ember_image::template::default_size("base");
+    let (cpus, memory_mb) = (args.cpus.unwrap_or(base.vcpus), args.memory_mb.unwrap_or(base.memory_mib));
+    ember_vmm::config::check_sizes(cpus, memory_mb)?;
     ember_vmm::config::check_sizes(args.max_cpus, args.max_memory_mb).context("--max-cpus and --max-memory-mb")?;
-    if args.cpus > args.max_cpus || args.memory_mb > args.max_memory_mb {
+    if cpus > args.max_cpus || memory_mb > args.max_memory_mb {
         anyhow::bail!("--cpus and --memory-mb must not exceed --max-cpus and --max-memory-mb");
     }
     if args.max_timeout == 0 {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::{Args, Subcommand};
 
-use crate::api_client::{Client, DEFAULT_URL};
+use crate::api_client::ServerArgs;
 use crate::template_remote::{self, BuildOptions};
 
 #[derive(Subcommand)]
@@ -51,6 +51,9 @@ pub struct BuildArgs {
     /// Memory of the template's sandboxes, in MiB.
     #[arg(long = "memory-mb", requires = "file")]
     memory_mb: Option<u32>,
+    /// Free disk space the template's sandboxes get at least, in MiB (0-10240; default 1024).
+    #[arg(long = "disk-mb", requires = "file")]
+    disk_mb: Option<u32>,
     /// The command that tells the start command is ready (default: `sleep 20`, as E2B).
     #[arg(long = "ready-cmd", value_name = "CMD", requires = "file")]
     ready_cmd: Option<String>,
@@ -59,28 +62,6 @@ pub struct BuildArgs {
     skip_cache: bool,
     #[command(flatten)]
     server: ServerArgs,
-}
-
-/// Where `ember serve` is and the key to use.
-#[derive(Args)]
-pub struct ServerArgs {
-    /// The URL of `ember serve` (default: $EMBER_URL, else http://127.0.0.1:3000).
-    #[arg(long)]
-    url: Option<String>,
-    /// The API key (default: $EMBER_API_KEY, else $E2B_API_KEY).
-    #[arg(long = "api-key")]
-    api_key: Option<String>,
-}
-
-impl ServerArgs {
-    fn client(self) -> anyhow::Result<Client> {
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let url = self.url.or_else(|| env("EMBER_URL")).unwrap_or_else(|| DEFAULT_URL.into());
-        let Some(key) = self.api_key.or_else(|| env("EMBER_API_KEY")).or_else(|| env("E2B_API_KEY")) else {
-            bail!("no API key: pass --api-key or set EMBER_API_KEY (make one with `ember apikey create`)");
-        };
-        Client::new(&url, key)
-    }
 }
 
 pub async fn run(cmd: TemplateCmd) -> anyhow::Result<ExitCode> {
@@ -95,6 +76,7 @@ pub async fn run(cmd: TemplateCmd) -> anyhow::Result<ExitCode> {
                     context: args.context,
                     cpus: args.cpus,
                     memory_mb: args.memory_mb,
+                    disk_mb: args.disk_mb,
                     ready_cmd: args.ready_cmd,
                     skip_cache: args.skip_cache,
                 };

@@ -27,6 +27,8 @@ pub struct BuildOptions {
     pub context: Option<PathBuf>,
     pub cpus: Option<u32>,
     pub memory_mb: Option<u32>,
+    /// The least free disk space of the template's sandboxes, in MiB (`minFreeDiskMb`).
+    pub disk_mb: Option<u32>,
     pub ready_cmd: Option<String>,
     pub skip_cache: bool,
 }
@@ -71,6 +73,7 @@ pub async fn build(client: &Client, opts: BuildOptions) -> anyhow::Result<ExitCo
         name: Some(opts.name.clone()),
         cpu_count: opts.cpus.map(i64::from),
         memory_mb: opts.memory_mb.map(i64::from),
+        min_free_disk_mb: opts.disk_mb.map(i64::from),
         ..Default::default()
     };
     let requested: TemplateBuildRequested = client.json(Method::POST, "/v3/templates", Some(&request)).await?;
@@ -159,25 +162,16 @@ pub async fn list(client: &Client) -> anyhow::Result<ExitCode> {
         println!("No templates (build one with `ember template build -f Dockerfile --name NAME`)");
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<[String; 6]> = templates
+    let rows: Vec<Vec<String>> = templates
         .into_iter()
         .map(|t| {
             let name = t.names.first().or(t.aliases.first()).cloned().unwrap_or_else(|| "-".into());
             let created = t.created_at.split('.').next().unwrap_or_default().replace('T', " ");
-            [name, t.template_id, t.build_status, t.cpu_count.to_string(), format!("{} MiB", t.memory_mb), created]
+            let (memory, disk) = (format!("{} MiB", t.memory_mb), format!("{} MiB", t.disk_size_mb));
+            vec![name, t.template_id, t.build_status, t.cpu_count.to_string(), memory, disk, created]
         })
         .collect();
-    let header = ["NAME", "ID", "STATUS", "CPUS", "MEMORY", "CREATED"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", cells.join("  ").trim_end());
-    }
+    crate::table::print(&["NAME", "ID", "STATUS", "CPUS", "MEMORY", "FREE DISK", "CREATED"], &rows);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -40,6 +40,24 @@ impl GuestBinaries {
     }
 }
 
+/// The vCPUs and memory a template's sandboxes get unless the operator sets others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+/// The size of built-in template `name`'s sandboxes: `base` is the smallest (1 vCPU, 256 MiB);
+/// the runtimes get 512 MiB for package managers and the code interpreter 2 vCPUs and 512 MiB
+/// for its kernels and data libraries. Other names get `base`'s.
+pub fn default_size(name: &str) -> Size {
+    match canonical(name) {
+        Some("code-interpreter") => Size { vcpus: 2, memory_mib: 512 },
+        Some("python" | "node-20" | "deno") => Size { vcpus: 1, memory_mib: 512 },
+        _ => Size { vcpus: 1, memory_mib: 256 },
+    }
+}
+
 /// An HTTP endpoint in the guest that answers 200 once the template's services are ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ready {
@@ -136,6 +154,17 @@ mod tests {
         }
         assert!(ALIASES.iter().all(|(alias, to)| !KNOWN_TEMPLATES.contains(alias) && KNOWN_TEMPLATES.contains(to)));
         assert!(canonical("python-3.12").is_none());
+    }
+
+    #[test]
+    fn base_is_the_smallest_and_aliases_share_sizes() {
+        assert_eq!(default_size("base"), Size { vcpus: 1, memory_mib: 256 });
+        assert_eq!(default_size("code-interpreter-v1"), default_size("code-interpreter"));
+        assert_eq!(default_size("nodejs-20"), Size { vcpus: 1, memory_mib: 512 });
+        for name in KNOWN_TEMPLATES {
+            let size = default_size(name);
+            assert!(size.vcpus >= default_size("base").vcpus && size.memory_mib >= 256, "{name}");
+        }
     }
 
     #[test]

@@ -311,6 +311,11 @@ pub struct ProcessStream {
 }
 
 impl ProcessStream {
+    /// The events of a `Start` (or `Connect`) answer's body, however it was reached.
+    pub fn from_body(body: Incoming) -> Self {
+        ProcessStream { frames: FrameReader::new(body), done: false }
+    }
+
     /// The next event; `None` after the end-of-stream frame.
     pub async fn next(&mut self) -> Result<Option<ProcessEvent>, AgentError> {
         if self.done {

@@ -7,6 +7,7 @@
 #![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
 
 pub mod agent;
+pub mod disk;
 pub mod limits;
 pub mod network;
 pub mod private;
@@ -132,6 +133,8 @@ pub const QEMU_USER: &str = "ember-qemu";
 pub struct Runtime {
     config: RuntimeConfig,
     accel: AccelInfo,
+    /// Guest kernel arguments for its clock under TCG ([`ember_vmm::clock`]).
+    clock_args: Option<String>,
     /// uid and gid of the QEMU user; its group may read template images (each QEMU runs as
     /// a uid of its own in that group, [`limits`]).
     qemu_ids: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
@@ -167,15 +170,9 @@ impl Runtime {
         net.install_host()?;
         let slots = slots::Slots::new(&config.data_dir, config.slot_pool, net.rules(&EgressPolicy::allow_all()))?;
         let cgroups = limits::detect(config.cgroups, &config.data_dir)?;
-        Ok(Self {
-            accel: ember_vmm::accel::choose(config.accel),
-            config,
-            qemu_ids,
-            cgroups,
-            uid_lock: Default::default(),
-            slots,
-            net,
-        })
+        let accel = ember_vmm::accel::choose(config.accel);
+        let clock_args = (accel.accel == Accel::Tcg).then(ember_vmm::clock::tcg_kernel_args).flatten();
+        Ok(Self { accel, clock_args, config, qemu_ids, cgroups, uid_lock: Default::default(), slots, net })
     }
 
     /// A runtime for tests of the code around it (the daemon's HTTP layer, without QEMU or
@@ -188,6 +185,7 @@ impl Runtime {
         let slots = slots::Slots::new(&config.data_dir, 0, String::new())?;
         Ok(Self {
             accel: ember_vmm::accel::choose(config.accel),
+            clock_args: None,
             config,
             qemu_ids: None,
             cgroups: None,
@@ -199,6 +197,13 @@ impl Runtime {
 
     pub fn accel(&self) -> &AccelInfo {
         &self.accel
+    }
+
+    /// The guest kernel's command line: Ember's, the clock's under TCG, then the operator's.
+    pub(crate) fn kernel_cmdline(&self) -> String {
+        let extra = [self.clock_args.as_deref(), self.config.kernel_args.as_deref()];
+        let extra: Vec<&str> = extra.into_iter().flatten().collect();
+        sandbox::kernel_cmdline((!extra.is_empty()).then(|| extra.join(" ")).as_deref())
     }
 
     /// A warning about how QEMU runs, if it deserves one.

@@ -115,7 +115,7 @@ impl Runtime {
                         vcpus: spec.vcpus,
                         memory_mib: spec.memory_mib,
                         kernel: tpl.kernel.clone(),
-                        cmdline: kernel_cmdline(self.config.kernel_args.as_deref()),
+                        cmdline: self.kernel_cmdline(),
                         ram: None,
                     };
                     (shape, Start::Boot)
@@ -153,12 +153,19 @@ impl Runtime {
         let started = Instant::now();
         let mut vm = Vm::spawn(config)?;
         reconcile::record_vm(dir.path(), vm.pid())?;
+        // Where a start's time goes (logged with "sandbox ready"): QEMU up and its QMP socket
+        // answering, the saved state loaded, the agent answering.
+        let (mut qmp_ms, mut load_ms) = (0, 0);
         if let Start::Restore(state, _) | Start::Resume(state) = &start {
             let mut qmp = vm.qmp(Duration::from_secs(10)).await?;
+            qmp_ms = started.elapsed().as_millis();
             ember_vmm::snapshot::load(&mut qmp, state).await?;
+            load_ms = started.elapsed().as_millis() - qmp_ms;
         }
         let agent = AgentClient::new(net.netns().path(), SocketAddr::from((GUEST_IP, ember_envd_proto::ENVD_PORT)));
+        let waited = Instant::now();
         wait_ready(&mut vm, &agent, self.config.boot_timeout, dir.path()).await?;
+        let agent_ms = waited.elapsed().as_millis();
         // The token the agent holds now: a booted agent gets a fresh one (it refuses every call
         // until it has one); a restored one holds its template's.
         let token = match &start {
@@ -170,6 +177,9 @@ impl Runtime {
         let boot_time = started.elapsed();
         tracing::info!(
             ms = u64::try_from(boot_time.as_millis()).unwrap_or(u64::MAX),
+            qmp_ms,
+            load_ms,
+            agent_ms,
             pid = vm.pid(),
             start = start.name(),
             "sandbox ready"

@@ -64,7 +64,7 @@ impl Runtime {
         vcpus: u32,
         memory_mib: u32,
     ) -> Result<SnapshotMeta, RuntimeError> {
-        let cmdline = crate::sandbox::kernel_cmdline(self.config.kernel_args.as_deref());
+        let cmdline = self.kernel_cmdline();
         let key = ember_image::cache::key(&[
             b"ember-template-snapshot-v2\n",
             tpl.key.as_bytes(),

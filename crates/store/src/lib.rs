@@ -139,6 +139,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX usage_intervals_team_end ON usage_intervals(team, end_ms);
     CREATE INDEX usage_intervals_sandbox ON usage_intervals(sandbox_id, start_ms);
 ",
+    // A template's minimum free disk space (E2B's `minFreeDiskMb`) and the free space its
+    // ready build gives sandboxes.
+    "
+    ALTER TABLE templates ADD COLUMN min_free_mib INTEGER NOT NULL DEFAULT 1024;
+    ALTER TABLE template_builds ADD COLUMN free_mib INTEGER;
+",
 ];
 
 /// The open database.

@@ -14,6 +14,8 @@ pub struct TemplateRecord {
     pub created_ms: i64,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// The free disk space (MiB) its sandboxes get at least.
+    pub min_free_mib: u32,
 }
 
 /// Where a build is.
@@ -57,6 +59,8 @@ pub struct BuildRecord {
     pub defaults: Option<String>,
     /// The token the saved agent holds, once ready.
     pub agent_token: Option<String>,
+    /// The free disk space (MiB) its sandboxes start with, once ready.
+    pub free_mib: Option<u32>,
 }
 
 fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRecord> {
@@ -67,12 +71,13 @@ fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRecord> {
         created_ms: r.get(3)?,
         vcpus: r.get(4)?,
         memory_mib: r.get(5)?,
+        min_free_mib: r.get(6)?,
     })
 }
 
-const TEMPLATE_COLUMNS: &str = "id, team, name, created_ms, vcpus, memory_mib";
+const TEMPLATE_COLUMNS: &str = "id, team, name, created_ms, vcpus, memory_mib, min_free_mib";
 const BUILD_COLUMNS: &str =
-    "id, template_id, tags, status, reason, reason_step, created_ms, finished_ms, defaults, agent_token";
+    "id, template_id, tags, status, reason, reason_step, created_ms, finished_ms, defaults, agent_token, free_mib";
 
 fn build_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
     let tags: String = r.get(2)?;
@@ -91,18 +96,21 @@ fn build_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
         finished_ms: r.get(7)?,
         defaults: r.get(8)?,
         agent_token: r.get(9)?,
+        free_mib: r.get(10)?,
     })
 }
 
 impl Store {
-    /// The team's template named `name`, made (with `id`, `vcpus`, `memory_mib`) if it has
-    /// none; an existing one keeps its id and takes the new shape.
+    /// The team's template named `name`, made (with `id`, `vcpus`, `memory_mib`,
+    /// `min_free_mib`) if it has none; an existing one keeps its id and takes the new shape.
     pub fn upsert_template(&self, new: &TemplateRecord) -> Result<TemplateRecord, StoreError> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO templates (id, team, name, created_ms, vcpus, memory_mib) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(team, name) DO UPDATE SET vcpus = excluded.vcpus, memory_mib = excluded.memory_mib",
-            params![new.id, new.team, new.name, new.created_ms, new.vcpus, new.memory_mib],
+            "INSERT INTO templates (id, team, name, created_ms, vcpus, memory_mib, min_free_mib)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(team, name) DO UPDATE SET vcpus = excluded.vcpus, memory_mib = excluded.memory_mib,
+             min_free_mib = excluded.min_free_mib",
+            params![new.id, new.team, new.name, new.created_ms, new.vcpus, new.memory_mib, new.min_free_mib],
         )?;
         Ok(conn.query_row(
             &format!("SELECT {TEMPLATE_COLUMNS} FROM templates WHERE team = ?1 AND name = ?2"),
@@ -142,7 +150,9 @@ impl Store {
 
     pub fn insert_build(&self, b: &BuildRecord) -> Result<(), StoreError> {
         self.conn().execute(
-            &format!("INSERT INTO template_builds ({BUILD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+            &format!(
+                "INSERT INTO template_builds ({BUILD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            ),
             params![
                 b.id,
                 b.template_id,
@@ -153,18 +163,28 @@ impl Store {
                 b.created_ms,
                 b.finished_ms,
                 b.defaults,
-                b.agent_token
+                b.agent_token,
+                b.free_mib
             ],
         )?;
         Ok(())
     }
 
-    /// Records a build's new status (and, when it ends, why, its defaults and token).
+    /// Records a build's new status (and, when it ends, why, its defaults, token and free space).
     pub fn update_build(&self, b: &BuildRecord) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE template_builds SET status = ?2, reason = ?3, reason_step = ?4, finished_ms = ?5, defaults = ?6,
-             agent_token = ?7 WHERE id = ?1",
-            params![b.id, b.status.as_str(), b.reason, b.reason_step, b.finished_ms, b.defaults, b.agent_token],
+             agent_token = ?7, free_mib = ?8 WHERE id = ?1",
+            params![
+                b.id,
+                b.status.as_str(),
+                b.reason,
+                b.reason_step,
+                b.finished_ms,
+                b.defaults,
+                b.agent_token,
+                b.free_mib
+            ],
         )?;
         Ok(())
     }
@@ -225,7 +245,15 @@ mod tests {
     use super::*;
 
     fn template(id: &str, team: &str, name: &str) -> TemplateRecord {
-        TemplateRecord { id: id.into(), team: team.into(), name: name.into(), created_ms: 1, vcpus: 2, memory_mib: 512 }
+        TemplateRecord {
+            id: id.into(),
+            team: team.into(),
+            name: name.into(),
+            created_ms: 1,
+            vcpus: 2,
+            memory_mib: 512,
+            min_free_mib: 1024,
+        }
     }
 
     fn build(id: &str, tpl: &str, tags: &[&str], ms: i64) -> BuildRecord {
@@ -240,6 +268,7 @@ mod tests {
             finished_ms: None,
             defaults: None,
             agent_token: None,
+            free_mib: None,
         }
     }
 

@@ -17,6 +17,9 @@ use tracing::Instrument;
 use super::{random_hex, LifecycleError, Manager};
 
 /// How long an upload URL is valid.
+/// A built template's size when its build names none (E2B's: 2 vCPUs, 512 MiB); builds install
+/// packages, which want more than `base`'s 256 MiB.
+const BUILD_SIZE: ember_image::template::Size = ember_image::template::Size { vcpus: 2, memory_mib: 512 };
 const UPLOAD_URL_TTL: Duration = Duration::from_secs(3600);
 /// Largest uploaded COPY archive.
 pub const MAX_UPLOAD_BYTES: u64 = ember_builder::guest::MAX_ARCHIVE_BYTES;
@@ -149,8 +152,20 @@ impl Manager {
             None => Ok(default),
             Some(v) => u32::try_from(v).map_err(|_| LifecycleError::Invalid(format!("{what} out of range"))),
         };
-        let vcpus = size(req.cpu_count, self.config.vcpus, "cpuCount")?;
-        let memory_mib = size(req.memory_mb, self.config.memory_mib, "memoryMB")?;
+        let vcpus = size(req.cpu_count, self.config.vcpus.unwrap_or(BUILD_SIZE.vcpus), "cpuCount")?;
+        let memory_mib = size(req.memory_mb, self.config.memory_mib.unwrap_or(BUILD_SIZE.memory_mib), "memoryMB")?;
+        let min_free_mib = match req.min_free_disk_mb {
+            None => u32::try_from(ember_image::fit::FREE_MIB).unwrap_or(u32::MAX),
+            Some(mib) => u32::try_from(mib)
+                .ok()
+                .filter(|m| u64::from(*m) <= ember_builder::disk::MAX_MIN_FREE_MIB)
+                .ok_or_else(|| {
+                    LifecycleError::Invalid(format!(
+                        "minFreeDiskMb must be 0-{} (MiB), got {mib}",
+                        ember_builder::disk::MAX_MIN_FREE_MIB
+                    ))
+                })?,
+        };
         let (max_vcpus, max_mib) = (self.config.max_vcpus, self.config.max_memory_mib);
         if !(1..=max_vcpus).contains(&vcpus) || !(128..=max_mib).contains(&memory_mib) {
             return Err(LifecycleError::Invalid(format!(
@@ -170,6 +185,7 @@ impl Manager {
             created_ms: now_ms(),
             vcpus,
             memory_mib,
+            min_free_mib,
         })?;
         let build = BuildRecord {
             id: new_build_id(),
@@ -182,6 +198,7 @@ impl Manager {
             finished_ms: None,
             defaults: None,
             agent_token: None,
+            free_mib: None,
         };
         self.store.insert_build(&build)?;
         Ok((template, build))
@@ -320,6 +337,7 @@ impl Manager {
             ready_cmd: body.ready_cmd.clone().filter(|c| !c.trim().is_empty()),
             force: body.force.unwrap_or(false),
             policy: ember_runtime::EgressPolicy::allow_all(),
+            min_free_mib: u64::from(template.min_free_mib),
         })
     }
 
@@ -405,6 +423,7 @@ impl Manager {
                 build.status = BuildStatus::Ready;
                 build.defaults = serde_json::to_string(&built.defaults).ok();
                 build.agent_token = built.agent_token;
+                build.free_mib = u32::try_from(built.free_mib).ok();
                 log.info(
                     Some(ember_builder::FINALIZE_STEP),
                     &format!(

@@ -82,7 +82,8 @@ impl Manager {
                 ..Default::default()
             };
             let net = crate::network::stored(&source);
-            let from = Source::Fork { dir: dir.to_path_buf(), token: source.access_token.clone() };
+            let from =
+                Source::Fork { dir: dir.to_path_buf(), token: source.access_token.clone(), free_mib: source.disk_mib };
             let copy = self.create_from(&source.team, req, net, from).await;
             match &copy {
                 Ok(c) => tracing::info!(sandbox = %source.id, fork = %c.id(), "forked"),

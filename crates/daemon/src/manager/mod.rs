@@ -280,6 +280,7 @@ impl Manager {
         net: Checked,
         source: Source,
     ) -> Result<Arc<Live>, LifecycleError> {
+        let begun = std::time::Instant::now();
         let timeout = self.check_timeout(req.timeout.unwrap_or(self.default_timeout()))?;
         let lifecycle = lifecycle(&req, timeout)?;
         let metadata = check_map("metadata", req.metadata.unwrap_or_default(), false)?;
@@ -294,13 +295,23 @@ impl Manager {
         for (k, v) in &defaults.env {
             env_vars.entry(k.clone()).or_insert_with(|| v.clone());
         }
-        let _slot = self.reserve_for(team, self.expected_shape(&source))?;
+        let shape = self.expected_shape(&source);
+        if shape.0 > self.config.max_vcpus || shape.1 > self.config.max_memory_mib {
+            // A template made before the operator lowered the maxima.
+            return Err(LifecycleError::Invalid(format!(
+                "template {} has {} vCPUs and {} MiB, more than this daemon allows ({} vCPUs, {} MiB: --max-cpus, \
+                 --max-memory-mb); rebuild it smaller",
+                req.template_id, shape.0, shape.1, self.config.max_vcpus, self.config.max_memory_mib
+            )));
+        }
+        let _slot = self.reserve_for(team, shape)?;
         let (spec, pooled) = match &source {
             Source::Template(t) => (self.spec(t, &net), self.take_pooled(t).await),
             Source::Snapshot(..) | Source::Built { .. } | Source::Fork { .. } => {
                 (self.spec(DEFAULT_TEMPLATE, &net), None)
             }
         };
+        let was_pooled = pooled.is_some();
         let sandbox = match (pooled, &source) {
             (Some(sandbox), _) => self.with_policy(sandbox, &net).await?,
             (None, Source::Template(_)) => self.runtime.create(&spec).await?,
@@ -312,6 +323,7 @@ impl Manager {
                 self.runtime.create_from_saved(dir, net.policy.clone()).await?
             }
         };
+        let vm_ms = begun.elapsed().as_millis();
         let (vcpus, memory_mib) = (sandbox.shape().vcpus, sandbox.shape().memory_mib);
         let id = sandbox.id().to_string();
         let span = tracing::info_span!("sandbox", id = %id);
@@ -327,7 +339,7 @@ impl Manager {
                 access_token: Some(random_hex(16)),
                 vcpus,
                 memory_mib,
-                disk_mib: ember_runtime::disk_size_mib(),
+                disk_mib: source.free_mib(),
                 started_ms,
                 end_ms: started_ms + timeout * 1000,
                 state: SandboxState::Running,
@@ -340,15 +352,20 @@ impl Manager {
                 Source::Snapshot(_, token) | Source::Built { token, .. } | Source::Fork { token, .. } => token.clone(),
                 Source::Template(_) => sandbox.agent().token().map(str::to_string),
             };
+            let init_started = std::time::Instant::now();
             let stored = async {
                 init_agent(sandbox.agent(), &record, init_defaults, held.as_deref(), self.ca_bundle()).await?;
+                let init_ms = init_started.elapsed().as_millis();
                 self.store.insert_sandbox(&record)?;
-                Ok::<_, LifecycleError>(())
+                Ok::<_, LifecycleError>(init_ms)
             }
             .await;
             match stored {
-                Ok(()) => {
-                    tracing::info!(team, template = %record.template, "sandbox created");
+                Ok(init_ms) => {
+                    // Where the create's time went: the VM (pooled or started), `/init`, the
+                    // record.
+                    let ms = begun.elapsed().as_millis();
+                    tracing::info!(team, template = %record.template, ms, vm_ms, init_ms, pooled = was_pooled, "sandbox created");
                     let what = match &source {
                         Source::Fork { .. } => format!("sandbox created as a fork (template {})", record.template),
                         _ => format!("sandbox created from template {}", record.template),
@@ -383,7 +400,13 @@ impl Manager {
                 .ok_or_else(|| LifecycleError::UnknownTemplate(format!("{name} (no ready build tagged {tag})")))?;
             let defaults = serde_json::from_str(build.defaults.as_deref().unwrap_or("{}"))
                 .map_err(|e| LifecycleError::Invalid(format!("template {name}: {e}")))?;
-            return Ok(Source::Built { dir: self.template_dir(&build.id), token: build.agent_token, defaults });
+            let free_mib = build.free_mib.map_or(ember_runtime::disk_size_mib(), u64::from);
+            return Ok(Source::Built {
+                dir: self.template_dir(&build.id),
+                token: build.agent_token,
+                defaults,
+                free_mib,
+            });
         }
         match self.find_snapshot(team, name)? {
             Some(snapshot) => Ok(Source::Snapshot(snapshot.id, snapshot.agent_token)),
@@ -395,10 +418,20 @@ impl Manager {
         SandboxSpec {
             template: template.into(),
             from_snapshot: self.config.snapshots,
-            vcpus: self.config.vcpus,
-            memory_mib: self.config.memory_mib,
+            vcpus: self.builtin_size(template).vcpus,
+            memory_mib: self.builtin_size(template).memory_mib,
             die_with_parent: false,
             policy: net.policy.clone(),
+        }
+    }
+
+    /// The size of built-in template `template`'s sandboxes: its own, or the operator's, within
+    /// the operator's maxima.
+    fn builtin_size(&self, template: &str) -> ember_image::template::Size {
+        let own = ember_image::template::default_size(template);
+        ember_image::template::Size {
+            vcpus: self.config.vcpus.unwrap_or(own.vcpus).min(self.config.max_vcpus),
+            memory_mib: self.config.memory_mib.unwrap_or(own.memory_mib).min(self.config.max_memory_mib),
         }
     }
 
@@ -412,11 +445,15 @@ impl Manager {
     /// daemon's for a template.
     fn expected_shape(&self, source: &Source) -> (u32, u32) {
         let saved = match source {
-            Source::Template(_) => None,
+            Source::Template(t) => {
+                let size = self.builtin_size(t);
+                return (size.vcpus, size.memory_mib);
+            }
             Source::Snapshot(id, _) => ember_runtime::snapshot::Shape::load(&self.snapshot_dir(id)),
             Source::Built { dir, .. } | Source::Fork { dir, .. } => ember_runtime::snapshot::Shape::load(dir),
         };
-        saved.map_or((self.config.vcpus, self.config.memory_mib), |s| (s.vcpus, s.memory_mib))
+        let size = self.builtin_size(DEFAULT_TEMPLATE);
+        saved.map_or((size.vcpus, size.memory_mib), |s| (s.vcpus, s.memory_mib))
     }
 
     /// The time-out of a sandbox whose create or connect names none, in seconds.
@@ -503,14 +540,18 @@ impl Manager {
             let _ = sandbox.destroy().await;
         }
         self.runtime.release_slots();
+        let mut left_running = 0;
         for live in self.all() {
             if destroy {
                 self.kill(&live, "daemon stopped").await;
             } else if let Some(sandbox) = live.vm.lock().await.take() {
                 sandbox.detach();
+                left_running += 1;
             }
         }
-        if destroy {
+        // With no VM left for the next daemon to adopt (paused sandboxes hold none), the host's
+        // network rules and the runtime's cgroups go as at a destroying stop.
+        if destroy || left_running == 0 {
             self.runtime.release_host_network(std::time::Duration::from_secs(10));
             self.runtime.release_cgroups();
         }
@@ -528,12 +569,26 @@ enum Source {
         dir: PathBuf,
         token: Option<String>,
         defaults: ember_builder::Defaults,
+        /// The free disk space its sandboxes start with (MiB).
+        free_mib: u64,
     },
-    /// A running sandbox saved for a fork: where, and the token its agent holds.
+    /// A running sandbox saved for a fork: where, the token its agent holds, and its free disk
+    /// space as created (MiB).
     Fork {
         dir: PathBuf,
         token: Option<String>,
+        free_mib: u64,
     },
+}
+
+impl Source {
+    /// The free disk space (MiB) a sandbox made from it is said to have (`diskSizeMB`).
+    fn free_mib(&self) -> u64 {
+        match self {
+            Source::Built { free_mib, .. } | Source::Fork { free_mib, .. } => *free_mib,
+            Source::Template(_) | Source::Snapshot(..) => ember_runtime::disk_size_mib(),
+        }
+    }
 }
 
 /// Gives the agent the sandbox's identity: env vars, access token, default user, the host's

@@ -170,6 +170,18 @@ def test_javascript_and_typescript_with_top_level_await(server):
     assert "boom" in err["value"] or "boom" in err["traceback"]
 
 
+def test_javascript_output_queued_past_idle_is_kept_and_not_given_to_the_next_cell(server):
+    # Deno queues a cell's output through another thread: a big burst is mostly published after
+    # the cell's idle (18000 of 20000 lines here), and its result too. The fence keeps it all.
+    ev = server.execute("for (let i = 0; i < 20000; i++) console.log(i)", language="javascript")
+    lines = stdout_of(ev).splitlines()
+    assert len(lines) == 20000 and lines[-1] == "19999", (len(lines), lines[-3:])
+    ev = server.execute("for (let i = 0; i < 3000; i++) console.log(i); 'done'", language="javascript")
+    assert len(stdout_of(ev).splitlines()) == 3000 and main_text(ev) == "done", ev[-3:]
+    ev = server.execute("process.cwd()", language="javascript")
+    assert stdout_of(ev) == "" and main_text(ev).startswith("/"), ev
+
+
 def test_bash_cells(server):
     ev = server.execute("X=5\necho hello $((X * 2))", language="bash")
     assert stdout_of(ev) == "hello 10\n"

@@ -32,9 +32,11 @@ pub const KEEPALIVE: Duration = Duration::from_secs(5);
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
 /// After the reply, how long to wait for the kernel's `idle` (some kernels send it late).
 const IDLE_GRACE: Duration = Duration::from_secs(10);
-/// How long a kernel with late results (Deno) may take to publish a cell's result after its
-/// `idle` (only cells without a result so far wait for it).
-const LATE_RESULT_GRACE: Duration = Duration::from_millis(50);
+/// How long a kernel with late output (Deno) has to publish the fence that follows a cell.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The fence: a silent cell whose marker goes through the queue of Deno's cell output.
+const FENCE_CODE: &str = "Deno.jupyter.broadcast('ember_fence', {})";
+const FENCE_MSG: &str = "ember_fence";
 /// Deadline of a silent execution (env vars, set-up).
 pub const SILENT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -329,23 +331,57 @@ pub async fn run_cell(kernel: &Kernel, code: &str, out: &mut Output, gone: &mut 
             }
         }
     }
-    if kernel.late_results && !result_seen && !error_sent {
-        late_result(&mut iopub, &id, out).await;
+    if kernel.late_results && !result_seen && interrupt_deadline.is_none() {
+        fence(kernel, &mut iopub, &id, out, &mut error_sent).await;
     }
     Outcome::Done
 }
 
-/// Deno's result may come just after its `idle`: waits LATE_RESULT_GRACE for it.
-async fn late_result(iopub: &mut mpsc::Receiver<Message>, id: &str, out: &mut Output) {
-    let linger = Instant::now() + LATE_RESULT_GRACE;
-    while let Ok(Some(m)) = tokio::time::timeout_at(linger, iopub.recv()).await {
-        if m.parent_msg_id.as_deref() == Some(id) && m.header.msg_type == "execute_result" {
-            for e in translate_iopub(&m, &mut false).events {
-                out.send(e).await;
+/// Deno publishes a cell's output (streams, its result) from the REPL thread through a queue,
+/// with the parent of whichever request is current when the queue is drained: under load that
+/// output comes after the cell's `idle`, and would be lost or given to the next cell. A silent
+/// cell that sends a marker through the same queue fences it: what comes before the marker, with
+/// the cell's parent or the fence's, is the cell's. (A cell with a result needs no fence: the
+/// result is the last thing the cell queues.)
+async fn fence(
+    kernel: &Kernel,
+    iopub: &mut mpsc::Receiver<Message>,
+    id: &str,
+    out: &mut Output,
+    error_sent: &mut bool,
+) {
+    let content = json!({"code": FENCE_CODE, "silent": true, "store_history": false, "user_expressions": {},
+        "allow_stdin": false, "stop_on_error": false});
+    let fence_id = match kernel.send_shell("execute_request", content).await {
+        Ok(fence_id) => fence_id,
+        Err(e) => return tracing::warn!(error = %e, "could not send the fence"),
+    };
+    let until = Instant::now() + FENCE_TIMEOUT;
+    while let Ok(Some(mut m)) = tokio::time::timeout_at(until, iopub.recv()).await {
+        let parent = m.parent_msg_id.as_deref();
+        if parent != Some(id) && parent != Some(fence_id.as_str()) {
+            continue;
+        }
+        let sent = match m.header.msg_type.as_str() {
+            FENCE_MSG => return,
+            "status" | "execute_input" => true,
+            "stream" => {
+                stream_out(&mut m, out).await;
+                true
             }
+            _ => {
+                let mut sent = true;
+                for e in translate_iopub(&m, error_sent).events {
+                    sent &= out.send(e).await;
+                }
+                sent
+            }
+        };
+        if !sent {
             return;
         }
     }
+    tracing::warn!("the kernel sent no fence within {FENCE_TIMEOUT:?}: late output may be lost");
 }
 
 /// Sends a `stream` message's text in pieces of at most MAX_CHUNK bytes.

@@ -78,7 +78,8 @@ pub struct Kernel {
     pub session: String,
     pgid: Pid,
     interrupt_mode: InterruptMode,
-    /// Deno's kernel (2.x) sometimes publishes a cell's `execute_result` after its `idle`.
+    /// Deno's kernel (2.x) publishes a cell's output from a queue, often after its `idle`: its
+    /// cells are followed by a fence (`execute::fence`).
     pub late_results: bool,
     shell_tx: Mutex<DealerSendHalf>,
     control_tx: Mutex<DealerSendHalf>,
